@@ -1,0 +1,210 @@
+"""Typed settings. Tiers and backends are configuration, not code.
+
+A deployment is a list of backends (one model at one endpoint each, with its boundary) and an
+ordered list of tiers that group them, plus routing, server, ledger and budget settings.
+See ``loader.py`` for where values come from and in which order.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from tierlm.types import Boundary, Privacy
+
+BackendKind = Literal["llama_cpp", "openai", "anthropic", "ollama", "transformers"]
+
+# Where each kind runs when the config does not say: in-process kinds never leave the process.
+_DEFAULT_BOUNDARY: dict[str, Boundary] = {
+    "llama_cpp": Boundary.PROCESS,
+    "transformers": Boundary.PROCESS,
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class Timeouts(_Strict):
+    """Per-attempt time limits, seconds. Local tiers keep ``connect`` short for fast failover."""
+
+    connect: float = Field(default=2.0, gt=0)
+    first_token: float = Field(default=30.0, gt=0)
+    stall: float = Field(default=15.0, gt=0)  # longest silence between two stream chunks
+    total: float = Field(default=300.0, gt=0)
+
+
+class Price(_Strict):
+    """USD per million tokens. Local backends cost zero unless configured."""
+
+    input: float = Field(default=0.0, ge=0)
+    output: float = Field(default=0.0, ge=0)
+    per_hour: float = Field(default=0.0, ge=0)  # e.g. energy or amortised hardware, local tiers
+
+
+class BackendConfig(_Strict):
+    """One model at one endpoint."""
+
+    name: str = Field(min_length=1)
+    kind: BackendKind
+    model: str = Field(min_length=1)
+    provider: str | None = None  # named preset for the OpenAI-compatible family (vllm, openai...)
+    url: str | None = None
+    api_key_env: str | None = None  # name of the environment variable holding the key
+    api_key: SecretStr | None = None  # prefer api_key_env; never logged
+    boundary: Boundary | None = None  # required for HTTP kinds: how far the data travels
+    context_window: int | None = Field(default=None, gt=0)
+    price: Price | None = None  # None: the bundled price table, or zero for local backends
+    tools: bool | None = None  # native tool calling; None: known per kind/provider
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    # local (in-process) model settings
+    max_concurrency: int = Field(default=1, ge=1)
+    max_queue: int = Field(default=16, ge=0)
+    keep_alive: float = Field(default=300.0, ge=0)  # seconds idle before unload; 0 = never
+    threads: int | None = Field(default=None, ge=1)
+    n_ctx: int = Field(default=4096, ge=64)
+    memory_limit_gb: float | None = Field(default=None, gt=0)  # cap on RAM a load may assume
+    options: dict[str, Any] = Field(default_factory=dict)  # kind-specific extras
+
+    @field_validator("boundary", mode="before")
+    @classmethod
+    def _parse_boundary(cls, v: Any) -> Any:
+        return None if v is None else Boundary.parse(v)
+
+    @model_validator(mode="after")
+    def _boundary_known(self) -> BackendConfig:
+        if self.boundary is None:
+            default = _DEFAULT_BOUNDARY.get(self.kind)
+            if default is None and self.provider is not None:
+                from tierlm.config.providers import PROVIDERS
+
+                p = PROVIDERS.get(self.provider)
+                default = p.boundary if p else None
+            if default is None:
+                raise ValueError(
+                    f"backend '{self.name}' (kind {self.kind}) must declare its boundary: "
+                    "process, host, site or external"
+                )
+            self.boundary = default
+        return self
+
+    @property
+    def where(self) -> Boundary:
+        assert self.boundary is not None
+        return self.boundary
+
+
+class TierConfig(_Strict):
+    """An ordered level of the hierarchy: one or more backends, tried in order."""
+
+    name: str = Field(min_length=1)
+    backends: list[str] = Field(min_length=1)
+    # How hard a request this tier answers well, in complexity units [0,1]. None: by position.
+    strength: float | None = Field(default=None, ge=0, le=1)
+
+
+class RoutingConfig(_Strict):
+    quality: float = Field(default=0.5, ge=0, le=1)  # the default quality bar
+    complexity_method: Literal["model", "llm", "length"] = "model"
+    default_privacy: Privacy = Privacy.PUBLIC
+    sensitive_terms: list[str] = Field(default_factory=list)  # organisation-specific terms
+    long_context_tokens: int = Field(default=8000, gt=0)
+    prefer_warm: bool = True
+
+
+class ApiKeyConfig(_Strict):
+    name: str
+    hash: str  # sha256 hex of the key; see `tierlm keys hash`
+    privacy: Privacy | None = None  # the key's floor: requests are at least this private
+    max_privacy_boundary: Literal["process", "host", "site", "external"] = "external"
+    tiers: list[str] | None = None  # allowed tiers; None = all
+    admin: bool = False
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    api_keys: list[ApiKeyConfig] = Field(default_factory=list)
+    drain_seconds: float = Field(default=20.0, ge=0)
+
+
+class LedgerConfig(_Strict):
+    url: str | None = None  # None: SQLite file in the data directory; "postgresql://..."; "off"
+    store_prompts: bool = False  # when on, sensitive findings are redacted before storing
+
+
+class BudgetLimit(_Strict):
+    scope: Literal["global", "key", "tier"] = "global"
+    name: str | None = None  # key or tier name for those scopes
+    period: Literal["month", "day"] = "month"
+    usd: float = Field(ge=0)
+
+
+class BudgetConfig(_Strict):
+    limits: list[BudgetLimit] = Field(default_factory=list)
+    local_only_below: float = Field(default=0.10, ge=0, le=1)  # share of budget remaining
+    per_request_share: float = Field(default=0.05, gt=0, le=1)  # cap: share of what remains
+
+
+class Settings(_Strict):
+    """A whole deployment."""
+
+    deployment: str = "embedded"
+    air_gapped: bool = False
+    backends: list[BackendConfig] = Field(min_length=1)
+    tiers: list[TierConfig] = Field(min_length=1)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    budgets: BudgetConfig = Field(default_factory=BudgetConfig)
+    models_dir: str | None = None
+    cache_dir: str | None = None
+    data_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        names = [b.name for b in self.backends]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"backend names must be unique; repeated: {', '.join(sorted(dup))}")
+        tier_names = [t.name for t in self.tiers]
+        dup = {n for n in tier_names if tier_names.count(n) > 1}
+        if dup:
+            raise ValueError(f"tier names must be unique; repeated: {', '.join(sorted(dup))}")
+        known = set(names)
+        for t in self.tiers:
+            if t.name in known and t.backends != [t.name]:
+                raise ValueError(
+                    f"tier '{t.name}' has the name of a backend but other backends: "
+                    "pinning by name would be ambiguous"
+                )
+            for b in t.backends:
+                if b not in known:
+                    raise ValueError(
+                        f"tier '{t.name}' uses backend '{b}', which is not defined "
+                        f"(defined: {', '.join(names)})"
+                    )
+        if self.air_gapped:
+            ext = [b.name for b in self.backends if b.where is Boundary.EXTERNAL]
+            if ext:
+                raise ValueError(
+                    "an air-gapped deployment cannot configure external backends; "
+                    f"remove: {', '.join(ext)}"
+                )
+        return self
+
+    def backend(self, name: str) -> BackendConfig:
+        for b in self.backends:
+            if b.name == name:
+                return b
+        raise KeyError(name)
+
+    def tier_strength(self, tier: TierConfig) -> float:
+        """A tier's strength, or an even spread by position (last tier = 1.0)."""
+        if tier.strength is not None:
+            return tier.strength
+        i = self.tiers.index(tier)
+        n = len(self.tiers)
+        return 1.0 if i == n - 1 else round(0.35 + 0.65 * i / max(n - 1, 1), 3)

@@ -1,0 +1,275 @@
+"""Core data types: what flows through tierlm.
+
+A client request becomes one :class:`ChatRequest` at the edge (HTTP, CLI or Python API), the
+policy turns it into a :class:`Plan` (ordered :class:`Candidate` s plus reasons), the executor
+carries the plan out against backends, and the answer comes back as a :class:`ChatResponse`
+or a stream of :class:`StreamEvent` s.
+
+Wire-format details (OpenAI, Ollama, Anthropic) live in ``server/`` and ``backends/``; these
+types are the one internal shape between them.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Boundary(IntEnum):
+    """How far the data travels when a backend answers. Ordered: smaller stays closer."""
+
+    PROCESS = 0  # in this process
+    HOST = 1  # another process on this machine
+    SITE = 2  # the customer's own network
+    EXTERNAL = 3  # a third party's cloud
+
+    @classmethod
+    def parse(cls, value: str | int | Boundary) -> Boundary:
+        if isinstance(value, Boundary):
+            return value
+        if isinstance(value, int):
+            return cls(value)
+        try:
+            return cls[value.strip().upper()]
+        except KeyError:
+            names = ", ".join(b.label for b in cls)
+            raise ValueError(f"unknown boundary {value!r} (expected one of: {names})") from None
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class Privacy(StrEnum):
+    """Privacy level of a request; see ARCHITECTURE.md."""
+
+    PUBLIC = "public"  # external backends allowed
+    ENHANCED = "enhanced"  # external only after redaction
+    PRIVATE = "private"  # stays at or below the site boundary
+
+    @property
+    def rank(self) -> int:
+        return _PRIVACY_RANK[self]
+
+    def raise_to(self, other: Privacy) -> Privacy:
+        """The stricter of the two levels: nothing lowers a level."""
+        return self if self.rank >= other.rank else other
+
+
+_PRIVACY_RANK = {Privacy.PUBLIC: 0, Privacy.ENHANCED: 1, Privacy.PRIVATE: 2}
+
+Role = Literal["system", "user", "assistant", "tool", "developer"]
+
+
+class ToolCall(BaseModel):
+    """An OpenAI-shaped tool call (``function`` calls are the only kind in use)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    type: Literal["function"] = "function"
+    function: dict[str, Any]  # {"name": str, "arguments": str (JSON)}
+
+
+class Message(BaseModel):
+    """One chat message. ``content`` is text, or OpenAI content parts (kept as given)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Role
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The text of the message; non-text parts are skipped."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(
+            str(p.get("text", "")) for p in self.content if p.get("type") in ("text", None)
+        )
+
+
+class Hints(BaseModel):
+    """Routing hints a request may carry (body field ``tierlm`` or ``x-tierlm-*`` headers)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    privacy: Privacy | None = None
+    quality: float | None = Field(default=None, ge=0.0, le=1.0)
+    urgency: Literal["low", "normal", "high"] | None = None
+    cost_sensitivity: Literal["low", "normal", "high"] | None = None
+    tier_floor: str | None = None
+    tier_ceiling: str | None = None
+    optimize: Literal["privacy", "cost", "quality", "latency"] | None = None
+
+
+class ChatRequest(BaseModel):
+    """One chat request, whatever door it came in by.
+
+    ``model`` is ``"auto"`` (route), or a tier or backend name (pin). Fields tierlm does not
+    interpret (``response_format``, ``logit_bias``, ...) are kept in ``extra`` and passed on.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[Message]
+    model: str = "auto"
+    stream: bool = False
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    stop: list[str] | None = None
+    seed: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    include_usage: bool = False
+    hints: Hints = Field(default_factory=Hints)
+    api_key_id: str | None = None
+    request_id: str = Field(default_factory=lambda: "req-" + uuid.uuid4().hex[:20])
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("messages")
+    @classmethod
+    def _non_empty(cls, v: list[Message]) -> list[Message]:
+        if not v:
+            raise ValueError("messages must contain at least one message")
+        return v
+
+    @classmethod
+    def from_prompt(cls, prompt: str, **kwargs: Any) -> ChatRequest:
+        return cls(messages=[Message(role="user", content=prompt)], **kwargs)
+
+    @property
+    def prompt_text(self) -> str:
+        """All message text joined, oldest first (signals read the whole conversation)."""
+        return "\n".join(m.text for m in self.messages if m.text)
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_openai(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "error"]
+
+
+class ChatResponse(BaseModel):
+    """A complete answer, with where it came from."""
+
+    id: str = Field(default_factory=lambda: "chatcmpl-" + uuid.uuid4().hex[:24])
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str  # the model that really answered
+    message: Message
+    finish_reason: FinishReason = "stop"
+    usage: Usage = Field(default_factory=Usage)
+    backend: str = ""
+    tier: str = ""
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+
+    @property
+    def text(self) -> str:
+        return self.message.text
+
+
+class StreamEvent(BaseModel):
+    """One piece of a streamed answer.
+
+    A stream is any number of events with ``text`` and/or ``tool_calls`` deltas, and ends with
+    one event that has ``finish_reason`` set (and ``usage`` where the backend reports it).
+    """
+
+    text: str = ""
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI delta shape, with "index"
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One entry of a plan: a backend of a tier."""
+
+    backend: str
+    tier: str
+    boundary: Boundary
+
+    def to_dict(self) -> dict[str, str]:
+        return {"backend": self.backend, "tier": self.tier, "boundary": self.boundary.label}
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """Something sensitive found in a request: its kind and where, never its value."""
+
+    kind: str
+    start: int
+    end: int
+    message_index: int = 0
+
+    def to_dict(self) -> dict[str, int | str]:
+        return {
+            "kind": self.kind,
+            "message": self.message_index,
+            "start": self.start,
+            "end": self.end,
+        }
+
+
+@dataclass(slots=True)
+class Plan:
+    """The policy's decision for one request: ordered candidates and the reasons why."""
+
+    candidates: list[Candidate]
+    reasons: list[str] = field(default_factory=list)
+    privacy: Privacy = Privacy.PUBLIC
+    complexity: float = 0.0
+    findings: list[Finding] = field(default_factory=list)
+    task: dict[str, Any] = field(default_factory=dict)
+    request_id: str = ""
+
+    @property
+    def first(self) -> Candidate:
+        return self.candidates[0]
+
+    @property
+    def sensitive(self) -> bool:
+        return bool(self.findings)
+
+    def to_dict(self) -> dict[str, Any]:
+        first = self.candidates[0] if self.candidates else None
+        return {
+            "request_id": self.request_id,
+            "tier": first.tier if first else None,
+            "backend": first.backend if first else None,
+            "boundary": first.boundary.label if first else None,
+            "complexity": round(self.complexity, 4),
+            "privacy": self.privacy.value,
+            "sensitive": self.sensitive,
+            "findings": [f.to_dict() for f in self.findings],
+            "task": self.task,
+            "candidates": [c.to_dict() for c in self.candidates],
+            "reasons": list(self.reasons),
+        }
