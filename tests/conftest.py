@@ -17,6 +17,9 @@ from typing import Any
 
 import pytest
 
+# The throwaway PostgreSQL server fixture (started by the tests themselves).
+pytest_plugins = ["pg_fixture"]
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 MODELS = Path(os.environ.get("TIERLM_TEST_MODELS", SHARED / "models"))
 SMOLLM2 = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"

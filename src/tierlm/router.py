@@ -1,0 +1,177 @@
+"""The Router: one core behind the CLI, the HTTP server and the Python API.
+
+``Router.plan()`` reads the signals and asks the policy (no model is called);
+``achat()``/``astream()`` also carry the plan out through the executor. The sync ``chat()``
+and ``stream()`` run on a private event-loop thread, so they work from any code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from tierlm.config import Settings, load_settings
+from tierlm.errors import ConfigError
+from tierlm.execute.executor import Executor, RoutedStream
+from tierlm.policy import Conditions, Policy, Signals
+from tierlm.types import ChatRequest, ChatResponse, Message, Plan, StreamEvent
+
+if TYPE_CHECKING:
+    from tierlm.backends.base import Backend
+    from tierlm.config.settings import ApiKeyConfig
+
+T = TypeVar("T")
+MAX_SIGNAL_CHARS = 200_000  # signals read at most this much of the conversation (head + tail)
+
+
+class SignalReader:
+    """Runs every signal on a request; detectors and models are built once."""
+
+    def __init__(self, settings: Settings, llm_rate: Any = None) -> None:
+        from tierlm.signals.complexity import load_scorer
+        from tierlm.signals.sensitivity import SensitivityDetector
+
+        r = settings.routing
+        self.detector = SensitivityDetector(terms=r.sensitive_terms)
+        self.scorer = load_scorer(r.complexity_method, llm_rate=llm_rate)
+        self.long_context_tokens = r.long_context_tokens
+
+    def read(self, request: ChatRequest) -> Signals:
+        from tierlm.signals.task import detect_task
+
+        task = detect_task(request, long_context_tokens=self.long_context_tokens)
+        return Signals(
+            complexity=float(self.scorer.score(request)),
+            findings=self.detector.scan(request),
+            tokens=task.tokens,
+            task=task.to_dict(),
+        )
+
+
+class Router:
+    """Route chat requests across the configured tiers."""
+
+    def __init__(self, settings: Settings, *, backends: Mapping[str, Backend] | None = None) -> None:
+        from tierlm.backends import create_backend
+
+        self.settings = settings
+        self.backends: dict[str, Backend] = dict(backends) if backends else {
+            b.name: create_backend(b, settings) for b in settings.backends
+        }
+        self.policy = Policy(settings)
+        self.executor = Executor(self.backends)
+        self._signals: SignalReader | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_config(
+        cls,
+        config: str | Path | Settings | None = None,
+        *,
+        preset: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Router:
+        """Build from a YAML file, a preset, or ready :class:`Settings` (default: edge-only)."""
+        if isinstance(config, Settings):
+            return cls(config)
+        return cls(load_settings(config, preset=preset, overrides=overrides, env=env))
+
+    # -- deciding ---------------------------------------------------------------------------
+    @property
+    def signals(self) -> SignalReader:
+        if self._signals is None:
+            self._signals = SignalReader(self.settings, llm_rate=self._llm_rate)
+        return self._signals
+
+    def plan(self, request: ChatRequest, conditions: Conditions | None = None) -> Plan:
+        """The decision for ``request``, without calling any model."""
+        return self.policy.plan(request, self.signals.read(request), conditions or Conditions())
+
+    async def live_conditions(self, api_key: ApiKeyConfig | None = None) -> Conditions:
+        """Conditions from every backend's health check (``route --live``, the gateway)."""
+        names = list(self.backends)
+        checks = await asyncio.gather(*(self.backends[n].health() for n in names))
+        healthy = {n: h.ok is not False for n, h in zip(names, checks, strict=True)}
+        warm = {n: bool(h.loaded) for n, h in zip(names, checks, strict=True)}
+        return Conditions(healthy=healthy, warm=warm, api_key=api_key)
+
+    def _llm_rate(self, messages: list[dict[str, str]]) -> str:
+        """For ``complexity_method: llm``: the first in-process model rates the request."""
+        from tierlm.backends.llama_cpp import LlamaCppBackend
+
+        local = [b for b in self.backends.values() if isinstance(b, LlamaCppBackend)]
+        if not local:
+            raise ConfigError("complexity_method 'llm' needs an in-process llama.cpp backend",
+                              key="routing.complexity_method")
+        req = ChatRequest(messages=[Message.model_validate(m) for m in messages],
+                          max_tokens=4, temperature=0.0)
+        return local[0].complete_blocking(req)
+
+    # -- answering --------------------------------------------------------------------------
+    async def achat(self, request: ChatRequest, conditions: Conditions | None = None,
+                    ) -> ChatResponse:
+        plan = self.plan(request, conditions)
+        return await self.executor.complete(request, plan)
+
+    def astream(self, request: ChatRequest, conditions: Conditions | None = None,
+                ) -> RoutedStream:
+        plan = self.plan(request, conditions)
+        return self.executor.stream(request, plan)
+
+    def chat(self, prompt: str | ChatRequest | list[dict[str, Any]], **kwargs: Any,
+             ) -> ChatResponse:
+        """Sync: answer a prompt, a message list or a :class:`ChatRequest`."""
+        return self._run(self.achat(_as_request(prompt, **kwargs)))
+
+    def stream(self, prompt: str | ChatRequest | list[dict[str, Any]], **kwargs: Any,
+               ) -> Iterator[StreamEvent]:
+        """Sync: yield the answer's pieces as they come."""
+        rs = self.astream(_as_request(prompt, stream=True, **kwargs))
+        it = aiter(rs)
+        try:
+            while True:
+                try:
+                    yield self._run(anext(it))
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._run(rs.aclose())
+
+    async def aclose(self) -> None:
+        for b in self.backends.values():
+            await b.aclose()
+
+    def close(self) -> None:
+        self._run(self.aclose())
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+            self._loop = None
+
+    def __enter__(self) -> Router:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                            name="tierlm-router")
+            self._thread.start()
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+
+def _as_request(prompt: str | ChatRequest | list[dict[str, Any]], **kwargs: Any) -> ChatRequest:
+    if isinstance(prompt, ChatRequest):
+        return prompt.model_copy(update=kwargs) if kwargs else prompt
+    if isinstance(prompt, str):
+        return ChatRequest.from_prompt(prompt, **kwargs)
+    return ChatRequest(messages=[Message.model_validate(m) for m in prompt], **kwargs)
