@@ -1,8 +1,8 @@
 """tierlm: a local-first, tiered LLM router.
 
-    from tierlm import Router
-    router = Router.from_config()            # the embedded default: SmolLM2 in-process
-    print(router.chat("What is the capital of France?").text)
+from tierlm import Router
+router = Router.from_config()            # the embedded default: SmolLM2 in-process
+print(router.chat("What is the capital of France?").text)
 """
 
 from __future__ import annotations
@@ -12,8 +12,19 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = [
-    "Boundary", "ChatRequest", "ChatResponse", "Message", "Plan", "Privacy", "Router",
-    "Settings", "StreamEvent", "TierlmError", "Usage", "__version__", "load_settings",
+    "Boundary",
+    "ChatRequest",
+    "ChatResponse",
+    "Message",
+    "Plan",
+    "Privacy",
+    "Router",
+    "Settings",
+    "StreamEvent",
+    "TierlmError",
+    "Usage",
+    "__version__",
+    "load_settings",
 ]
 
 if TYPE_CHECKING:
@@ -21,14 +32,34 @@ if TYPE_CHECKING:
     from tierlm.errors import TierlmError
     from tierlm.router import Router
     from tierlm.types import (
-        Boundary, ChatRequest, ChatResponse, Message, Plan, Privacy, StreamEvent, Usage,
+        Boundary,
+        ChatRequest,
+        ChatResponse,
+        Message,
+        Plan,
+        Privacy,
+        StreamEvent,
+        Usage,
     )
 
 _LAZY = {
-    "Router": "tierlm.router", "Settings": "tierlm.config", "load_settings": "tierlm.config",
+    "Router": "tierlm.router",
+    "Settings": "tierlm.config",
+    "load_settings": "tierlm.config",
     "TierlmError": "tierlm.errors",
-    **{n: "tierlm.types" for n in ("Boundary", "ChatRequest", "ChatResponse", "Message", "Plan",
-                                    "Privacy", "StreamEvent", "Usage")},
+    **{
+        n: "tierlm.types"
+        for n in (
+            "Boundary",
+            "ChatRequest",
+            "ChatResponse",
+            "Message",
+            "Plan",
+            "Privacy",
+            "StreamEvent",
+            "Usage",
+        )
+    },
 }
 
 

@@ -48,8 +48,10 @@ KNOWN_MODELS: dict[str, KnownModel] = {
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes")
-               for v in ("HF_HUB_OFFLINE", "TIERLM_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes")
+        for v in ("HF_HUB_OFFLINE", "TIERLM_OFFLINE")
+    )
 
 
 def find_local(spec: str, models_dir: Path) -> Path | None:
@@ -127,8 +129,11 @@ def pull(spec: str, models_dir: Path) -> Path:
     repo, filename, revision = source
     models_dir.mkdir(parents=True, exist_ok=True)
     try:
-        path = Path(hf_hub_download(repo_id=repo, filename=filename, revision=revision,
-                                    local_dir=models_dir))
+        path = Path(
+            hf_hub_download(
+                repo_id=repo, filename=filename, revision=revision, local_dir=models_dir
+            )
+        )
     except Exception as e:  # the hub raises many kinds; all mean "could not fetch"
         raise ModelNotFound(
             f"could not download {filename} from huggingface.co/{repo}: "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -54,13 +54,17 @@ class SignalReader:
 class Router:
     """Route chat requests across the configured tiers."""
 
-    def __init__(self, settings: Settings, *, backends: Mapping[str, Backend] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, backends: Mapping[str, Backend] | None = None
+    ) -> None:
         from tierlm.backends import create_backend
 
         self.settings = settings
-        self.backends: dict[str, Backend] = dict(backends) if backends else {
-            b.name: create_backend(b, settings) for b in settings.backends
-        }
+        self.backends: dict[str, Backend] = (
+            dict(backends)
+            if backends
+            else {b.name: create_backend(b, settings) for b in settings.backends}
+        )
         self.policy = Policy(settings)
         self.executor = Executor(self.backends)
         self._signals: SignalReader | None = None
@@ -106,30 +110,45 @@ class Router:
 
         local = [b for b in self.backends.values() if isinstance(b, LlamaCppBackend)]
         if not local:
-            raise ConfigError("complexity_method 'llm' needs an in-process llama.cpp backend",
-                              key="routing.complexity_method")
-        req = ChatRequest(messages=[Message.model_validate(m) for m in messages],
-                          max_tokens=4, temperature=0.0)
+            raise ConfigError(
+                "complexity_method 'llm' needs an in-process llama.cpp backend",
+                key="routing.complexity_method",
+            )
+        req = ChatRequest(
+            messages=[Message.model_validate(m) for m in messages], max_tokens=4, temperature=0.0
+        )
         return local[0].complete_blocking(req)
 
     # -- answering --------------------------------------------------------------------------
-    async def achat(self, request: ChatRequest, conditions: Conditions | None = None,
-                    ) -> ChatResponse:
+    async def achat(
+        self,
+        request: ChatRequest,
+        conditions: Conditions | None = None,
+    ) -> ChatResponse:
         plan = self.plan(request, conditions)
         return await self.executor.complete(request, plan)
 
-    def astream(self, request: ChatRequest, conditions: Conditions | None = None,
-                ) -> RoutedStream:
+    def astream(
+        self,
+        request: ChatRequest,
+        conditions: Conditions | None = None,
+    ) -> RoutedStream:
         plan = self.plan(request, conditions)
         return self.executor.stream(request, plan)
 
-    def chat(self, prompt: str | ChatRequest | list[dict[str, Any]], **kwargs: Any,
-             ) -> ChatResponse:
+    def chat(
+        self,
+        prompt: str | ChatRequest | list[dict[str, Any]],
+        **kwargs: Any,
+    ) -> ChatResponse:
         """Sync: answer a prompt, a message list or a :class:`ChatRequest`."""
         return self._run(self.achat(_as_request(prompt, **kwargs)))
 
-    def stream(self, prompt: str | ChatRequest | list[dict[str, Any]], **kwargs: Any,
-               ) -> Iterator[StreamEvent]:
+    def stream(
+        self,
+        prompt: str | ChatRequest | list[dict[str, Any]],
+        **kwargs: Any,
+    ) -> Iterator[StreamEvent]:
         """Sync: yield the answer's pieces as they come."""
         rs = self.astream(_as_request(prompt, stream=True, **kwargs))
         it = aiter(rs)
@@ -160,13 +179,14 @@ class Router:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+    def _run(self, aw: Awaitable[T]) -> T:
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
-            self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                            name="tierlm-router")
+            self._thread = threading.Thread(
+                target=self._loop.run_forever, daemon=True, name="tierlm-router"
+            )
             self._thread.start()
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        return asyncio.run_coroutine_threadsafe(_wrap(aw), self._loop).result()
 
 
 def _as_request(prompt: str | ChatRequest | list[dict[str, Any]], **kwargs: Any) -> ChatRequest:
@@ -175,3 +195,7 @@ def _as_request(prompt: str | ChatRequest | list[dict[str, Any]], **kwargs: Any)
     if isinstance(prompt, str):
         return ChatRequest.from_prompt(prompt, **kwargs)
     return ChatRequest(messages=[Message.model_validate(m) for m in prompt], **kwargs)
+
+
+async def _wrap(aw: Awaitable[T]) -> T:
+    return await aw

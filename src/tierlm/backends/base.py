@@ -36,7 +36,7 @@ class BackendHealth:
     latency_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        return {k: getattr(self, k) for k in self.__slots__}
 
 
 class Backend(ABC):
@@ -90,16 +90,18 @@ async def collect(events: AsyncIterator[StreamEvent], *, model: str) -> ChatResp
             finish = ev.finish_reason
     tool_calls = [ToolCall.model_validate(calls[i]) for i in sorted(calls)] or None
     text = "".join(parts)
-    msg = Message(role="assistant", content=text if text or not tool_calls else None,
-                  tool_calls=tool_calls)
+    msg = Message(
+        role="assistant", content=text if text or not tool_calls else None, tool_calls=tool_calls
+    )
     return ChatResponse(model=answered_by, message=msg, finish_reason=finish, usage=usage)
 
 
 def merge_tool_call_delta(calls: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:
     """Merge one OpenAI streaming tool-call delta into ``calls`` (by ``index``)."""
     i = int(delta.get("index", 0))
-    cur = calls.setdefault(i, {"id": "", "type": "function",
-                               "function": {"name": "", "arguments": ""}})
+    cur = calls.setdefault(
+        i, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+    )
     if delta.get("id"):
         cur["id"] = delta["id"]
     fn = delta.get("function") or {}
@@ -111,9 +113,15 @@ def merge_tool_call_delta(calls: dict[int, dict[str, Any]], delta: dict[str, Any
 
 def tool_calls_to_deltas(calls: list[ToolCall]) -> list[dict[str, Any]]:
     return [
-        {"index": i, "id": c.id, "type": "function",
-         "function": {"name": c.function.get("name", ""),
-                      "arguments": c.function.get("arguments", "")}}
+        {
+            "index": i,
+            "id": c.id,
+            "type": "function",
+            "function": {
+                "name": c.function.get("name", ""),
+                "arguments": c.function.get("arguments", ""),
+            },
+        }
         for i, c in enumerate(calls)
     ]
 

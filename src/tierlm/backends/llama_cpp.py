@@ -41,8 +41,16 @@ if TYPE_CHECKING:
     from tierlm.config.settings import BackendConfig, Settings
 
 _GB = 1024**3
-_PASSTHROUGH = ("min_p", "repeat_penalty", "presence_penalty", "frequency_penalty",
-                "response_format", "logit_bias", "typical_p", "mirostat_mode")
+_PASSTHROUGH = (
+    "min_p",
+    "repeat_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "response_format",
+    "logit_bias",
+    "typical_p",
+    "mirostat_mode",
+)
 _SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty")
 _DEFAULT_MAX_TOKENS = 1024
 
@@ -59,8 +67,9 @@ class LlamaCppBackend(Backend):
         self._lock = threading.Lock()
         self._slots: asyncio.Semaphore | None = None
         self._slots_loop: asyncio.AbstractEventLoop | None = None
-        self._pool = ThreadPoolExecutor(max_workers=config.max_concurrency,
-                                        thread_name_prefix=f"llama-{config.name}")
+        self._pool = ThreadPoolExecutor(
+            max_workers=config.max_concurrency, thread_name_prefix=f"llama-{config.name}"
+        )
         self._last_used = time.monotonic()
         self._unload_timer: threading.Timer | None = None
         self._sampling = {k: v for k, v in config.options.items() if k in _SAMPLING}
@@ -105,8 +114,11 @@ class LlamaCppBackend(Backend):
             n_ctx=self.config.n_ctx,
             n_threads=self.config.threads or max(os.cpu_count() or 1, 1),
             verbose=False,
-            **{k: v for k, v in self.config.options.items() if k in ("n_batch", "n_gpu_layers",
-                                                                     "chat_format", "seed")},
+            **{
+                k: v
+                for k, v in self.config.options.items()
+                if k in ("n_batch", "n_gpu_layers", "chat_format", "seed")
+            },
         )
         with self._lock:
             self._loaded += 1
@@ -126,7 +138,9 @@ class LlamaCppBackend(Backend):
             if self._waiting >= self.config.max_queue:
                 raise Overloaded(
                     f"{self._waiting} requests already queued for {self.name} "
-                    f"(max_queue={self.config.max_queue})", backend=self.name)
+                    f"(max_queue={self.config.max_queue})",
+                    backend=self.name,
+                )
             self._waiting += 1
             try:
                 await sem.acquire()
@@ -216,8 +230,8 @@ class LlamaCppBackend(Backend):
     def _kwargs(self, request: ChatRequest) -> dict[str, Any]:
         kw: dict[str, Any] = {
             "messages": [_to_llama_message(m) for m in request.messages],
-            "max_tokens": request.max_tokens or self.config.options.get("max_tokens",
-                                                                        _DEFAULT_MAX_TOKENS),
+            "max_tokens": request.max_tokens
+            or self.config.options.get("max_tokens", _DEFAULT_MAX_TOKENS),
         }
         for name, default in self._sampling.items():
             kw[name] = default  # the backend's configured sampling defaults
@@ -239,7 +253,8 @@ class LlamaCppBackend(Backend):
         if n >= self.config.n_ctx:
             raise ContextLengthExceeded(
                 f"prompt is ~{n} tokens; {self.name} has a context of {self.config.n_ctx}",
-                backend=self.name)
+                backend=self.name,
+            )
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         sem = self._semaphore()
@@ -248,7 +263,8 @@ class LlamaCppBackend(Backend):
         try:
             self._check_context(llm, request)
             out = await asyncio.get_running_loop().run_in_executor(
-                self._pool, lambda: _call(llm, self._kwargs(request)))
+                self._pool, lambda: _call(llm, self._kwargs(request))
+            )
         finally:
             self._release(llm, sem)
         choice = out["choices"][0]
@@ -257,8 +273,10 @@ class LlamaCppBackend(Backend):
             model=self.model,
             message=Message(role="assistant", content=choice["message"].get("content") or ""),
             finish_reason=choice.get("finish_reason") or "stop",
-            usage=Usage(prompt_tokens=usage.get("prompt_tokens", 0),
-                        completion_tokens=usage.get("completion_tokens", 0)),
+            usage=Usage(
+                prompt_tokens=usage.get("prompt_tokens", 0),
+                completion_tokens=usage.get("completion_tokens", 0),
+            ),
             backend=self.name,
             latency_ms=(time.perf_counter() - t0) * 1000,
         )
@@ -344,13 +362,18 @@ async def _events(queue: asyncio.Queue[tuple[str, Any]], model: str) -> AsyncIte
     # The context holds the prompt and the answer; a reply cut at max_tokens leaves its last
     # token unevaluated (measured against llama.cpp's own non-streaming usage).
     prompt = max(item - completion + (1 if finish == "length" else 0), 0)
-    yield StreamEvent(finish_reason=finish, model=model,
-                      usage=Usage(prompt_tokens=prompt, completion_tokens=completion))
+    yield StreamEvent(
+        finish_reason=finish,
+        model=model,
+        usage=Usage(prompt_tokens=prompt, completion_tokens=completion),
+    )
 
 
 def _to_llama_message(m: Message) -> dict[str, Any]:
-    d: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role,
-                         "content": m.text if not isinstance(m.content, str) else m.content}
+    d: dict[str, Any] = {
+        "role": "system" if m.role == "developer" else m.role,
+        "content": m.text if not isinstance(m.content, str) else m.content,
+    }
     if m.name:
         d["name"] = m.name
     if m.tool_calls:
@@ -358,5 +381,3 @@ def _to_llama_message(m: Message) -> dict[str, Any]:
     if m.tool_call_id:
         d["tool_call_id"] = m.tool_call_id
     return d
-
-

@@ -25,11 +25,11 @@ def chat(
     once: str | None = typer.Option(None, "--once", help="Answer this prompt and exit."),
     config: Path | None = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
     preset: str | None = typer.Option(None, "--preset", "-p", help=PRESET_HELP),
-    model: str = typer.Option("auto", "--model", "-m",
-                              help="auto (route), or a tier or backend name (pin)."),
+    model: str = typer.Option(
+        "auto", "--model", "-m", help="auto (route), or a tier or backend name (pin)."
+    ),
     system: str | None = typer.Option(None, "--system", "-s", help="A system prompt."),
-    privacy: str | None = typer.Option(None, "--privacy",
-                                       help="public, enhanced or private."),
+    privacy: str | None = typer.Option(None, "--privacy", help="public, enhanced or private."),
     max_tokens: int | None = typer.Option(None, "--max-tokens", min=1),
     temperature: float | None = typer.Option(None, "--temperature", min=0.0, max=2.0),
     json_out: bool = typer.Option(False, "--json", help="With --once: print the answer as JSON."),
@@ -66,23 +66,38 @@ def _request(history: list[Message], prompt: str, opts: dict[str, Any]) -> ChatR
     from tierlm.types import ChatRequest, Message
 
     msgs = [*history, Message(role="user", content=prompt)]
-    return ChatRequest(messages=msgs, stream=True,
-                       **{k: v for k, v in opts.items() if v is not None})
+    return ChatRequest(
+        messages=msgs, stream=True, **{k: v for k, v in opts.items() if v is not None}
+    )
 
 
-def _once_json(router: Router, history: list[Message], prompt: str,
-               opts: dict[str, Any]) -> None:
+def _once_json(router: Router, history: list[Message], prompt: str, opts: dict[str, Any]) -> None:
     import json
 
     req = _request(history, prompt, opts).model_copy(update={"stream": False})
     resp = router.chat(req)
-    typer.echo(json.dumps({"text": resp.text, "tier": resp.tier, "backend": resp.backend,
-                           "model": resp.model, "usage": resp.usage.to_openai(),
-                           "latency_ms": resp.latency_ms}))
+    typer.echo(
+        json.dumps(
+            {
+                "text": resp.text,
+                "tier": resp.tier,
+                "backend": resp.backend,
+                "model": resp.model,
+                "usage": resp.usage.to_openai(),
+                "latency_ms": resp.latency_ms,
+            }
+        )
+    )
 
 
-def _turn(router: Router, history: list[Message], prompt: str, opts: dict[str, Any],
-          out: Console, err: Console) -> str:
+def _turn(
+    router: Router,
+    history: list[Message],
+    prompt: str,
+    opts: dict[str, Any],
+    out: Console,
+    err: Console,
+) -> str:
     """Stream one answer to stdout; then the dim line on stderr. Ctrl-C stops the answer."""
     req = _request(history, prompt, opts)
     t0 = time.perf_counter()
@@ -114,13 +129,15 @@ def _turn(router: Router, history: list[Message], prompt: str, opts: dict[str, A
     toks = f"{usage.prompt_tokens}→{usage.completion_tokens} tokens" if usage else "tokens ?"
     first = f" · first token {ttft:.2f} s" if ttft is not None else ""
     stop = " · stopped" if interrupted else ""
-    err.print(f"[dim]{rs.tier} · {rs.backend} ({rs.model}) · {toks} · {took:.2f} s{first}"
-              f"{stop}[/dim]")
+    err.print(
+        f"[dim]{rs.tier} · {rs.backend} ({rs.model}) · {toks} · {took:.2f} s{first}{stop}[/dim]"
+    )
     return "".join(parts)
 
 
-def _repl(router: Router, history: list[Message], opts: dict[str, Any],
-          out: Console, err: Console) -> None:
+def _repl(
+    router: Router, history: list[Message], opts: dict[str, Any], out: Console, err: Console
+) -> None:
     from tierlm.types import Message
 
     err.print("[dim]tierlm chat: Ctrl-C stops an answer, Ctrl-D (or /exit) quits.[/dim]")
@@ -146,5 +163,6 @@ def _repl(router: Router, history: list[Message], opts: dict[str, Any],
                 raise
             err.print(f"[bold red]error:[/] {e}", markup=True)
             continue
-        history.extend([Message(role="user", content=prompt),
-                        Message(role="assistant", content=answer)])
+        history.extend(
+            [Message(role="user", content=prompt), Message(role="assistant", content=answer)]
+        )

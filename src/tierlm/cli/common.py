@@ -25,8 +25,9 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     """Print ``error: message`` on stderr; return the Exit to raise."""
     from rich.console import Console
 
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}", markup=True,
-                                                soft_wrap=True)
+    Console(stderr=True, highlight=False).print(
+        f"[bold red]error:[/] {message}", markup=True, soft_wrap=True
+    )
     return typer.Exit(code)
 
 
@@ -35,7 +36,7 @@ def run_app(app: typer.Typer) -> int:
     from tierlm.errors import TierlmError
 
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # click returns an Exit's code instead of raising
     except TierlmError as e:
         _print_error(str(e))
         return 2 if type(e).__name__ in ("ConfigError", "InvalidRequest") else 1
@@ -53,12 +54,13 @@ def run_app(app: typer.Typer) -> int:
         if isinstance(e, click.exceptions.Abort):
             return 130
         raise
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 def _print_error(message: str) -> None:
     from rich.console import Console
     from rich.markup import escape
 
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {escape(message)}",
-                                                soft_wrap=True)
+    Console(stderr=True, highlight=False).print(
+        f"[bold red]error:[/] {escape(message)}", soft_wrap=True
+    )

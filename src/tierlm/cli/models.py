@@ -8,8 +8,9 @@ import typer
 
 from tierlm.cli.common import CONFIG_HELP, fail, load
 
-models_app = typer.Typer(help="Local model files (GGUF) for the in-process tier.",
-                         no_args_is_help=True)
+models_app = typer.Typer(
+    help="Local model files (GGUF) for the in-process tier.", no_args_is_help=True
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -39,15 +40,19 @@ def list_(config: Path | None = typer.Option(None, "--config", "-c", help=CONFIG
         t.add_row(f.stem, f"{f.stat().st_size / 1e6:.0f} MB", str(f))
     for alias in models.KNOWN_MODELS:
         hit = models.find_local(alias, d)
-        t.add_row(alias, f"{hit.stat().st_size / 1e6:.0f} MB" if hit else "-",
-                  str(hit) if hit else "not found (tierlm models pull " + alias + ")")
+        t.add_row(
+            alias,
+            f"{hit.stat().st_size / 1e6:.0f} MB" if hit else "-",
+            str(hit) if hit else "not found (tierlm models pull " + alias + ")",
+        )
     Console().print(t)
 
 
 @models_app.command()
 def pull(
-    spec: str = typer.Argument(..., help="An alias (smollm2-135m-instruct) or "
-                                         "hf:OWNER/REPO/FILE.gguf."),
+    spec: str = typer.Argument(
+        ..., help="An alias (smollm2-135m-instruct) or hf:OWNER/REPO/FILE.gguf."
+    ),
     config: Path | None = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
 ) -> None:
     """Download a model from the Hugging Face hub into the models directory."""

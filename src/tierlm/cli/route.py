@@ -26,13 +26,16 @@ def route(
     config: Path | None = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
     preset: str | None = typer.Option(None, "--preset", "-p", help=PRESET_HELP),
     json_out: bool = typer.Option(False, "--json", help="One JSON object."),
-    jsonl: str | None = typer.Option(None, "--jsonl",
-                                     help="Route each line of FILE ('-' = stdin): "
-                                          '{"prompt": ...} or {"messages": [...]}.'),
+    jsonl: str | None = typer.Option(
+        None,
+        "--jsonl",
+        help='Route each line of FILE (\'-\' = stdin): {"prompt": ...} or {"messages": [...]}.',
+    ),
     live: bool = typer.Option(False, "--live", help="Ask every backend for its health first."),
     privacy: str | None = typer.Option(None, "--privacy", help="public, enhanced or private."),
-    quality: float | None = typer.Option(None, "--quality", min=0.0, max=1.0,
-                                         help="The quality bar for this request."),
+    quality: float | None = typer.Option(
+        None, "--quality", min=0.0, max=1.0, help="The quality bar for this request."
+    ),
 ) -> None:
     """Explain where a prompt would go, and why."""
     from tierlm.router import Router
@@ -98,7 +101,7 @@ def _route_lines(router: Router, source: str, cond: Conditions | None) -> None:
 
 def _open(path: str) -> TextIO:
     try:
-        return open(path, encoding="utf-8", errors="replace")  # noqa: SIM115 - read to the end
+        return open(path, encoding="utf-8", errors="replace")
     except OSError as e:
         raise fail(f"cannot read {path}: {e.strerror}", 2) from None
 
@@ -109,9 +112,14 @@ def _explain(plan: Plan) -> None:
     c = Console(highlight=False)
     d = plan.to_dict()
     c.print(f"[bold]{d['tier']}[/bold] → {d['backend']} ({d['boundary']})")
-    c.print(f"complexity {d['complexity']:.2f} · privacy {d['privacy']}"
-            + (f" · sensitive: {', '.join(sorted({f['kind'] for f in d['findings']}))}"
-               if d["sensitive"] else ""))
+    c.print(
+        f"complexity {d['complexity']:.2f} · privacy {d['privacy']}"
+        + (
+            f" · sensitive: {', '.join(sorted({f['kind'] for f in d['findings']}))}"
+            if d["sensitive"]
+            else ""
+        )
+    )
     c.print("why:")
     for r in d["reasons"]:
         c.print(f"  - {r}", markup=False)

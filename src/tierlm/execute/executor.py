@@ -62,8 +62,9 @@ class Executor:
         rs._events = self._stream(request, plan, rs)
         return rs
 
-    async def _stream(self, request: ChatRequest, plan: Plan,
-                      rs: RoutedStream | None) -> AsyncIterator[StreamEvent]:
+    async def _stream(
+        self, request: ChatRequest, plan: Plan, rs: RoutedStream | None
+    ) -> AsyncIterator[StreamEvent]:
         errors: list[BackendError] = []
         for cand in plan.candidates:
             backend = self.backends[cand.backend]

@@ -28,8 +28,11 @@ from tierlm.config.settings import ApiKeyConfig, BackendConfig, Settings, TierCo
 from tierlm.errors import BudgetExceeded, NoEligibleBackend
 from tierlm.types import Boundary, Candidate, ChatRequest, Finding, Plan, Privacy
 
-_MAX_BOUNDARY = {Privacy.PRIVATE: Boundary.SITE, Privacy.ENHANCED: Boundary.EXTERNAL,
-                 Privacy.PUBLIC: Boundary.EXTERNAL}
+_MAX_BOUNDARY = {
+    Privacy.PRIVATE: Boundary.SITE,
+    Privacy.ENHANCED: Boundary.EXTERNAL,
+    Privacy.PUBLIC: Boundary.EXTERNAL,
+}
 
 
 @dataclass(slots=True)
@@ -78,17 +81,27 @@ class Policy:
             if cond.local_only and pinned_external:
                 raise BudgetExceeded(
                     f"budget exhausted ({cond.budget_reason}); request pins "
-                    f"'{request.model}', which costs money", request_id=request.request_id)
+                    f"'{request.model}', which costs money",
+                    request_id=request.request_id,
+                )
             raise NoEligibleBackend(
                 "no backend may answer this request: " + "; ".join(reasons),
-                request_id=request.request_id)
-        return Plan(candidates=candidates, reasons=reasons, privacy=privacy,
-                    complexity=signals.complexity, findings=signals.findings,
-                    task=dict(signals.task), request_id=request.request_id)
+                request_id=request.request_id,
+            )
+        return Plan(
+            candidates=candidates,
+            reasons=reasons,
+            privacy=privacy,
+            complexity=signals.complexity,
+            findings=signals.findings,
+            task=dict(signals.task),
+            request_id=request.request_id,
+        )
 
     # -- constraints ------------------------------------------------------------------------
-    def _privacy(self, request: ChatRequest, signals: Signals, cond: Conditions,
-                 reasons: list[str]) -> Privacy:
+    def _privacy(
+        self, request: ChatRequest, signals: Signals, cond: Conditions, reasons: list[str]
+    ) -> Privacy:
         level = self.settings.routing.default_privacy
         if cond.api_key is not None and cond.api_key.privacy is not None:
             level = level.raise_to(cond.api_key.privacy)
@@ -97,21 +110,22 @@ class Policy:
         if signals.findings:
             kinds = sorted({f.kind for f in signals.findings})
             if level is not Privacy.PRIVATE:
-                reasons.append(f"sensitive content ({', '.join(kinds)}): privacy raised to "
-                               "private")
+                reasons.append(f"sensitive content ({', '.join(kinds)}): privacy raised to private")
             level = Privacy.PRIVATE
         if level is Privacy.PRIVATE:
             reasons.append("privacy private: stays at or below the site boundary")
         return level
 
-    def _eligible_tiers(self, request: ChatRequest, cond: Conditions,
-                        reasons: list[str]) -> list[TierConfig]:
+    def _eligible_tiers(
+        self, request: ChatRequest, cond: Conditions, reasons: list[str]
+    ) -> list[TierConfig]:
         tiers = list(self._tiers)
         names = [t.name for t in tiers]
         if cond.api_key is not None and cond.api_key.tiers is not None:
             allowed = set(cond.api_key.tiers)
             tiers = [t for t in tiers if t.name in allowed]
-            reasons.append(f"api key '{cond.api_key.name}' may use: {', '.join(cond.api_key.tiers)}")
+            allowed_list = ", ".join(cond.api_key.tiers)
+            reasons.append(f"api key '{cond.api_key.name}' may use: {allowed_list}")
         h = request.hints
         if h.tier_floor in names:
             tiers = [t for t in tiers if names.index(t.name) >= names.index(h.tier_floor)]
@@ -124,13 +138,18 @@ class Policy:
                 tiers = [t for t in tiers if t.name == request.model]
                 reasons.append(f"pinned to tier {request.model}")
             elif request.model in self._backends:
-                tiers = [TierConfig(name=t.name, backends=[request.model])
-                         for t in tiers if request.model in t.backends]
+                tiers = [
+                    TierConfig(name=t.name, backends=[request.model])
+                    for t in tiers
+                    if request.model in t.backends
+                ]
                 reasons.append(f"pinned to backend {request.model}")
             else:
                 raise NoEligibleBackend(
                     f"model {request.model!r} is not 'auto', a tier ({', '.join(names)}) or a "
-                    f"backend ({', '.join(self._backends)})", request_id=request.request_id)
+                    f"backend ({', '.join(self._backends)})",
+                    request_id=request.request_id,
+                )
         return tiers
 
     def _pinned_paid(self, request: ChatRequest, cond: Conditions) -> bool:
@@ -147,8 +166,9 @@ class Policy:
         return self._backends[name].where is Boundary.EXTERNAL
 
     # -- objective --------------------------------------------------------------------------
-    def _order(self, tiers: list[TierConfig], request: ChatRequest, signals: Signals,
-               reasons: list[str]) -> list[TierConfig]:
+    def _order(
+        self, tiers: list[TierConfig], request: ChatRequest, signals: Signals, reasons: list[str]
+    ) -> list[TierConfig]:
         if not tiers:
             return []
         h = request.hints
@@ -167,8 +187,10 @@ class Policy:
         chosen = next((t for t in tiers if c <= self._strength[t.name] + (0.5 - q)), tiers[-1])
         s = self._strength[chosen.name]
         if c <= s + (0.5 - q):
-            reasons.append(f"complexity {c:.2f} within tier {chosen.name}'s reach "
-                           f"({s + 0.5 - q:.2f} at quality {q:.2f})")
+            reasons.append(
+                f"complexity {c:.2f} within tier {chosen.name}'s reach "
+                f"({s + 0.5 - q:.2f} at quality {q:.2f})"
+            )
         else:
             reasons.append(f"complexity {c:.2f} above every tier's reach: strongest tier")
         i = tiers.index(chosen)
@@ -176,8 +198,15 @@ class Policy:
             reasons.append(f"escalated past {', '.join(t.name for t in tiers[:i])}")
         return [chosen, *tiers[i + 1 :], *reversed(tiers[:i])]
 
-    def _candidates(self, ordered: list[TierConfig], ceiling: Boundary, request: ChatRequest,
-                    signals: Signals, cond: Conditions, reasons: list[str]) -> list[Candidate]:
+    def _candidates(
+        self,
+        ordered: list[TierConfig],
+        ceiling: Boundary,
+        request: ChatRequest,
+        signals: Signals,
+        cond: Conditions,
+        reasons: list[str],
+    ) -> list[Candidate]:
         out: list[Candidate] = []
         dropped: dict[str, list[str]] = {}
         for tier in ordered:
@@ -195,8 +224,9 @@ class Policy:
             reasons.append(f"excluded {', '.join(names)}: {why}")
         return out
 
-    def _excluded(self, b: BackendConfig, ceiling: Boundary, signals: Signals,
-                  cond: Conditions) -> str:
+    def _excluded(
+        self, b: BackendConfig, ceiling: Boundary, signals: Signals, cond: Conditions
+    ) -> str:
         if b.where > ceiling:
             return f"boundary {b.where.label} is beyond {ceiling.label}"
         if cond.local_only and self._is_paid(b.name, cond):

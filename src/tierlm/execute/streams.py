@@ -1,0 +1,105 @@
+"""Stream helpers of the executor: per-chunk deadlines, continuation requests, usage sums.
+
+:class:`TimedStream` enforces the attempt's limits on any backend's event stream, whatever the
+adapter does itself: the first event must come within ``first_token`` seconds of the start,
+each later one within ``stall`` seconds of asking for it, and everything within ``total``. A
+stream that ends without its final event (``finish_reason``) is a :class:`ProtocolError`, so a
+missing ``[DONE]`` or a cut connection can never pass for a finished answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from tierlm.errors import BackendTimeout, ProtocolError
+from tierlm.types import ChatRequest, Message, StreamEvent, Usage
+
+if TYPE_CHECKING:
+    from tierlm.config.settings import Timeouts
+
+CONTINUE_INSTRUCTION = "Continue exactly where the answer stopped; do not repeat anything."
+
+
+class TimedStream:
+    """One attempt's event stream, read under its deadlines."""
+
+    def __init__(self, events: AsyncIterator[StreamEvent], timeouts: Timeouts, *,
+                 backend: str, request_id: str | None) -> None:
+        self._events = events
+        self._loop = asyncio.get_running_loop()
+        self._start = self._loop.time()
+        self._first = timeouts.first_token
+        self._stall = timeouts.stall
+        self._total_at = self._start + timeouts.total
+        self._started = False
+        self._finished = False
+        self._kw: dict[str, str | None] = {"backend": backend, "request_id": request_id}
+
+    @property
+    def elapsed(self) -> float:
+        return self._loop.time() - self._start
+
+    async def next(self) -> StreamEvent:
+        """The next event; raises ``BackendTimeout`` or ``ProtocolError``, never hangs.
+        After the final event (``finish_reason`` set) it raises ``StopAsyncIteration``."""
+        if self._finished:
+            raise StopAsyncIteration
+        if self._started:
+            deadline, phase = self._loop.time() + self._stall, "stall"
+        else:
+            deadline, phase = self._start + self._first, "first token"
+        if self._total_at <= deadline:
+            deadline, phase = self._total_at, "total"
+        try:
+            async with asyncio.timeout_at(deadline):
+                ev = await anext(self._events)
+        except TimeoutError:
+            raise BackendTimeout(f"{phase} timeout ({self._limit_text(phase)})",
+                                 **self._kw) from None
+        except StopAsyncIteration:
+            raise ProtocolError("stream ended before the answer finished", **self._kw) from None
+        self._started = True
+        if ev.finish_reason is not None:
+            self._finished = True
+        return ev
+
+    def _limit_text(self, phase: str) -> str:
+        seconds = {"first token": self._first, "stall": self._stall}.get(
+            phase, self._total_at - self._start)
+        return f"{seconds:g} s"
+
+    async def aclose(self) -> None:
+        close = getattr(self._events, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def continuation_request(request: ChatRequest, partial: str) -> ChatRequest:
+    """The original conversation, the partial answer as an assistant turn, and a short
+    instruction to go on from exactly there (works with any chat backend)."""
+    messages = [
+        *request.messages,
+        Message(role="assistant", content=partial),
+        Message(role="user", content=CONTINUE_INSTRUCTION),
+    ]
+    return request.model_copy(update={"messages": messages})
+
+
+def estimate_tokens(text: str) -> int:
+    """A rough token count (about four characters a token) for backends that report none."""
+    return math.ceil(len(text) / 4) if text else 0
+
+
+def estimate_usage(request: ChatRequest, completion: str) -> Usage:
+    return Usage(prompt_tokens=estimate_tokens(request.prompt_text),
+                 completion_tokens=estimate_tokens(completion))
+
+
+def add_usage(a: Usage | None, b: Usage) -> Usage:
+    if a is None:
+        return b
+    return Usage(prompt_tokens=a.prompt_tokens + b.prompt_tokens,
+                 completion_tokens=a.completion_tokens + b.completion_tokens)

@@ -1,0 +1,130 @@
+"""Configuration: precedence, presets, and validation errors that name the bad key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tierlm.config import load_settings
+from tierlm.errors import ConfigError
+from tierlm.types import Boundary
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "tierlm.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_no_config_is_the_embedded_default() -> None:
+    s = load_settings(env={})
+    assert s.deployment == "edge-only"
+    assert [t.name for t in s.tiers] == ["tiny"]
+    (b,) = s.backends
+    assert (b.kind, b.model, b.where) == ("llama_cpp", "smollm2-135m-instruct", Boundary.PROCESS)
+
+
+def test_precedence_preset_file_env_overrides(tmp_path: Path) -> None:
+    f = _write(tmp_path, "routing:\n  quality: 0.3\nserver:\n  port: 9001\n")
+    assert load_settings(f, env={}).routing.quality == 0.3
+    env = {"TIERLM_ROUTING__QUALITY": "0.7"}
+    s = load_settings(f, env=env)
+    assert (s.routing.quality, s.server.port) == (0.7, 9001)
+    s = load_settings(f, env=env, overrides={"routing": {"quality": 0.9}})
+    assert s.routing.quality == 0.9
+    # the file is found through TIERLM_CONFIG too
+    assert load_settings(env={"TIERLM_CONFIG": str(f)}).server.port == 9001
+
+
+def test_env_top_level_names(tmp_path: Path) -> None:
+    s = load_settings(
+        env={
+            "TIERLM_MODELS_DIR": str(tmp_path),
+            "TIERLM_AIR_GAPPED": "true",
+            "TIERLM_UNRELATED": "x",
+        }
+    )
+    assert s.models_dir == str(tmp_path) and s.air_gapped is True
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "why"),
+    [
+        ("routing:\n  qualty: 0.3\n", "routing.qualty", "Extra inputs are not permitted"),
+        ("routing:\n  quality: 2\n", "routing.quality", "less than or equal to 1"),
+        ("server:\n  port: many\n", "server.port", "valid integer"),
+        (
+            "backends:\n  - {name: x, kind: openai, model: m, url: 'http://h'}\n"
+            "tiers:\n  - {name: t, backends: [x]}\n",
+            "backends.0",
+            "must declare its boundary",
+        ),
+        (
+            "backends:\n  - {name: x, kind: llama_cpp, model: m}\n"
+            "tiers:\n  - {name: t, backends: [y]}\n",
+            "(top level)",
+            "uses backend 'y'",
+        ),
+        ("backends:\n  - {name: x, kind: grpc, model: m}\n", "backends.0.kind", "Input should be"),
+    ],
+)
+def test_validation_errors_point_at_the_key(tmp_path: Path, text: str, key: str, why: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_settings(_write(tmp_path, text), env={})
+    msg = str(e.value)
+    assert f"config key `{key}`" in msg and why in msg, msg
+    assert str(tmp_path) in msg
+
+
+def test_bad_env_value_names_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"config key `server.port`"):
+        load_settings(env={"TIERLM_SERVER__PORT": "high"})
+
+
+def test_air_gapped_refuses_an_external_backend(tmp_path: Path) -> None:
+    text = (
+        "air_gapped: true\nbackends:\n  - {name: tiny, kind: llama_cpp, model: m}\n"
+        "  - {name: gpt, kind: openai, provider: openai, model: gpt-4o}\n"
+        "tiers:\n  - {name: tiny, backends: [tiny]}\n  - {name: cloud, backends: [gpt]}\n"
+    )
+    with pytest.raises(ConfigError, match="air-gapped deployment cannot configure external"):
+        load_settings(_write(tmp_path, text), env={})
+
+
+def test_presets_are_complete_and_env_driven() -> None:
+    env = {
+        "TIERLM_SITE_URL": "http://127.0.0.1:8000/v1",
+        "TIERLM_SITE_MODEL": "llama-70b",
+        "OPENAI_API_KEY": "sk-test",
+        "ANTHROPIC_API_KEY": "sk-ant-test",
+    }
+    full = load_settings(preset="full-stack", env=env)
+    assert [t.name for t in full.tiers] == ["tiny", "site", "cloud"]
+    assert full.tiers[2].backends == ["openai", "anthropic"]
+    assert full.backend("site").model == "llama-70b"
+    assert full.backend("site").where is Boundary.SITE
+    assert full.backend("anthropic").kind == "anthropic"
+    gapped = load_settings(preset="air-gapped", env=env)
+    assert gapped.air_gapped and all(b.where < Boundary.EXTERNAL for b in gapped.backends)
+    budget = load_settings(preset="budget", env={"DEEPSEEK_API_KEY": "k"})
+    assert [t.name for t in budget.tiers] == ["tiny", "cloud"]
+    assert budget.backend("deepseek").api_key_env == "DEEPSEEK_API_KEY"
+
+
+def test_preset_errors_say_what_to_set() -> None:
+    with pytest.raises(ConfigError, match=r"unknown preset 'nope'.*edge-only"):
+        load_settings(preset="nope", env={})
+    with pytest.raises(ConfigError, match="set TIERLM_SITE_URL"):
+        load_settings(preset="full-stack", env={"OPENAI_API_KEY": "k"})
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+        load_settings(preset="budget", env={})
+
+
+def test_unreadable_files_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "missing.yaml", env={})
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(_write(tmp_path, "a: [1,\n"), env={})
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        load_settings(_write(tmp_path, "- 1\n- 2\n"), env={})
