@@ -18,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-MODEL = Path(__file__).resolve().parents[2] / "shared" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+MODEL = SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = "Explain how a centrifugal pump works and what maintenance it needs."
 
 
