@@ -1,0 +1,184 @@
+"""Lexicon rules of the sensitivity detector: person names, health data, organisation terms.
+
+Offline and fast by design: two small bundled word lists (``data/sensitivity_*.txt``, sources
+in their headers) and a set intersection as prefilter, so a prompt without a single known
+first name or health word costs one ``findall`` and one set operation.
+
+- ``person_name``: a known first name followed by a capitalised surname ("Anna Schmidt",
+  "Jan van der Berg"), a title plus a capitalised name ("Dr. Weber", "Frau Müller"), or a
+  capitalised name after "my name is" / "name:" / "patient". A first name alone ("Ask Anna",
+  "Thanks, John") is not reported: it rarely identifies a person outside its context.
+- ``health``: a health term (condition, medication, treatment, injury) with a personal
+  anchor within 80 characters (I, my, he, her, patient, employee, colleague, a title, a
+  person name found in the same text), or a term that is personal on its own ("diagnosed",
+  "sick note", "krankgeschrieben"). General medical questions are not health data.
+- ``org_term``: the configured organisation terms, case-insensitive, on word boundaries.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from functools import lru_cache
+from importlib import resources
+
+Hit = tuple[str, int, int]
+
+_UP = "A-ZÀ-ÖØ-ÞĀĂĄĆĈĊČĎĐĒĖĘĚĞĢĪĮİĶĹĻĽŁŃŅŇŌŐŒŔŘŚŜŞŠŢŤŪŮŰŲŹŻŽ"
+_LO = "a-zß-öø-ÿāăąćĉċčďđēėęěğģīįıķĺļľłńņňōőœŕřśŝşšţťūůűųźżž"
+_NAME = rf"[{_UP}][{_LO}'’]{{1,30}}(?:-[{_UP}][{_LO}]{{1,30}})?"
+_PARTICLE = r"(?:van|von|de|der|den|da|di|del|della|du|la|le|ten|ter|zu|dos|das|y)"
+_NOT_SURNAME = frozenset(
+    """january february march april may june july august september october november december
+    monday tuesday wednesday thursday friday saturday sunday street st road rd avenue ave lane
+    drive boulevard way place square platz strasse straße weg gasse inc ltd llc gmbh ag corp
+    co company group holding university college school institute hospital clinic hall park
+    bridge center centre valley county city station airport award prize act law report plan
+    team support service services the and or of for with from to in on at by valve valves pump
+    pumps motor motors series controller controls systems system energy electric electronics
+    engineering industries industrial technologies technology solutions labs software bank
+    capital partners associates consulting international global plant line unit model""".split()  # noqa: SIM905
+)
+_TITLE = re.compile(
+    rf"(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Herrn|Herr|Frau|Hrn|Hr|Mme|Mlle|Monsieur|Madame|Sr|Sra|"
+    rf"Señor|Señora|Sig|Dott|Ing)\.?(?:[ \t]{{1,3}}(?:Dr|Prof|Ing|med|rer\. nat|h\. ?c|phil|dent)"
+    rf"\.?){{0,3}}[ \t]{{1,3}}"
+    rf"(?:{_PARTICLE}[ \t]{{1,3}}){{0,2}}{_NAME}(?:[ \t]{{1,3}}{_NAME})?"
+)
+_HYPHEN_HEAD = re.compile(rf"(?<!\w)[{_UP}][{_LO}]{{1,19}}-$")
+_CONTEXT = re.compile(  # searched in the lower-cased text; group 1: a strong phrase
+    r"(?:(my name is|my name's|mein name ist|ich heiße|ich heisse|je m'appelle|me llamo"
+    r"|mi chiamo)|name:|patient:|employee:|mitarbeiter(?:in)?:)[ \t]{1,3}"
+)
+_CONTEXT_NAME = re.compile(rf"{_NAME}(?:[ \t]{{1,3}}({_NAME}))?")
+_ANCHOR = re.compile(
+    r"\b(?:i|i'm|i've|i'd|me|my|myself|he|she|his|her|him|he's|she's|patient|patients|"
+    r"employee|colleague|coworker|co-worker|worker|operator|technician|contractor|apprentice|"
+    r"client|customer|son|daughter|wife|husband|mother|father|mom|mum|dad|sister|brother|"
+    r"friend|boss|manager|child|baby|partner|mr|mrs|ms|dr|mein|meine|meiner|er|sein|seine|"
+    r"ihre|kollege|kollegin|mitarbeiter|mitarbeiterin|patientin)\b"
+)
+_WORD = re.compile(r"\w[\w'’-]{0,40}")
+_WINDOW = 80
+
+
+@lru_cache(maxsize=4)
+def _read_list(name: str) -> tuple[str, ...]:
+    text = resources.files("tierlm.data").joinpath(name).read_text(encoding="utf-8")
+    return tuple(
+        line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
+    )
+
+
+class NameRules:
+    """Person-name rules: first-name lexicon, titles, context phrases."""
+
+    def __init__(self) -> None:
+        self.first_names = frozenset(_read_list("sensitivity_first_names.txt"))
+        self._cap = re.compile(rf"[{_UP}][{_LO}]{{1,19}}")
+        self._pair = re.compile(
+            rf"([{_UP}](?<!\w[{_UP}])[{_LO}]{{1,19}})"
+            rf"(?=[ \t]{{1,3}}((?:{_PARTICLE}[ \t]{{1,3}}){{0,2}}({_NAME}))"
+            rf"(?:[ \t]{{1,3}}({_NAME}))?(?![\w]))"
+        )
+
+    def scan(self, text: str, lower: str) -> Iterator[Hit]:
+        """Name hits; ``lower`` is ``text`` lower-cased with the same length."""
+        for m in _TITLE.finditer(text):
+            if m.start() == 0 or not text[m.start() - 1].isalnum():
+                yield "person_name", m.start(), m.end()
+        caps = {w.lower() for w in self._cap.findall(text)}
+        for m in _CONTEXT.finditer(lower):
+            name = _CONTEXT_NAME.match(text, m.end())
+            if name is None:
+                continue
+            # "my name is X" is enough; after "name:"/"patient" (also code: "name: Any")
+            # the name needs two words or a known first name.
+            strong = m.group(1) is not None or name.group(1) is not None
+            if strong or name.group().lower() in self.first_names:
+                yield "person_name", name.start(), name.end()
+        if not caps & self.first_names:
+            return
+        for m in self._pair.finditer(text):
+            first, surname = m.group(1).lower(), m.group(3).lower()
+            if first not in self.first_names or surname in _NOT_SURNAME:
+                continue
+            start, end = m.start(1), m.end(2)
+            second = m.group(4)  # a second surname: José Álvarez García
+            if second is not None and second.lower() not in _NOT_SURNAME:
+                end = m.end(4)
+            head = _HYPHEN_HEAD.search(text, max(0, start - 21), start)  # Hans-Peter
+            yield "person_name", head.start() if head else start, end
+
+
+class HealthRules:
+    """Health terms near a personal anchor."""
+
+    def __init__(self) -> None:
+        singles: set[str] = set()
+        phrases: dict[str, list[str]] = {}
+        self.strong: frozenset[str]
+        strong: set[str] = set()
+        for raw in _read_list("sensitivity_health_terms.txt"):
+            term = raw.lstrip("!")
+            if raw.startswith("!"):
+                strong.add(term)
+            if " " in term:
+                phrases.setdefault(term.split(" ", 1)[0], []).append(term)
+            else:
+                singles.add(term)
+        for firsts in phrases.values():
+            firsts.sort(key=len, reverse=True)
+        self.singles = frozenset(singles)
+        self.phrases = phrases
+        self.strong = frozenset(strong)
+        self._keys = self.singles | frozenset(phrases)
+
+    def scan(self, lower: str, anchors: Sequence[tuple[int, int]] = ()) -> Iterator[Hit]:
+        """``lower`` is the lower-cased text (same length); ``anchors``: person-name spans."""
+        present = self._keys.intersection(_WORD.findall(lower))
+        if not present:
+            return
+        # Only the words that occur: one C-speed pass for their positions (re caches it).
+        alternation = "|".join(re.escape(k) for k in sorted(present, key=len, reverse=True))
+        for m in re.finditer(rf"(?<![\w'’-])(?:{alternation})(?!\w)", lower):
+            s = m.start()
+            term = self._match_term(lower, s, m.group())
+            if term is None:
+                continue
+            e = s + len(term)
+            if term in self.strong or self._anchored(lower, s, e, anchors):
+                yield "health", s, e
+
+    def _match_term(self, lower: str, start: int, word: str) -> str | None:
+        for phrase in self.phrases.get(word, ()):
+            end = start + len(phrase)
+            if lower.startswith(phrase, start) and (end == len(lower) or not lower[end].isalnum()):
+                return phrase
+        return word if word in self.singles else None
+
+    @staticmethod
+    def _anchored(lower: str, s: int, e: int, anchors: Sequence[tuple[int, int]]) -> bool:
+        lo, hi = max(0, s - _WINDOW), e + _WINDOW
+        if _ANCHOR.search(lower, lo, hi) is not None:
+            return True
+        return any(a_end >= lo and a_start <= hi for a_start, a_end in anchors)
+
+
+class TermRules:
+    """Organisation-specific terms from config (project names, customer names, ...)."""
+
+    def __init__(self, terms: Iterable[str]) -> None:
+        cleaned = {t.strip().lower() for t in terms if t and t.strip()}
+        # Matched in the lower-cased text: much faster than an IGNORECASE alternation.
+        usable = sorted(cleaned, key=len)
+        self.count = len(usable)
+        alternation = "|".join(re.escape(t) for t in reversed(usable))
+        self._pattern = re.compile(rf"(?<!\w)(?:{alternation})(?!\w)") if usable else None
+
+    def scan(self, lower: str) -> Iterator[Hit]:
+        """Term hits; ``lower`` is the text lower-cased with the same length."""
+        if self._pattern is None:
+            return
+        for m in self._pattern.finditer(lower):
+            yield "org_term", m.start(), m.end()
