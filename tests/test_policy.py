@@ -161,3 +161,10 @@ def test_plan_json_has_the_documented_fields(full: Settings) -> None:
         assert k in d
     assert d["findings"] == [{"kind": "email", "message": 0, "start": 3, "end": 20}]
     assert all(set(c) == {"backend", "tier", "boundary"} for c in d["candidates"])
+
+
+def test_enhanced_requests_may_leave_only_redacted(full: Settings) -> None:
+    p = plan(full, 0.9, hints={"privacy": "enhanced"}, findings=[Finding("email", 0, 9)])
+    assert p.privacy is Privacy.ENHANCED
+    assert p.candidates[0].boundary is Boundary.EXTERNAL
+    assert any("redacted before leaving the site" in r for r in p.reasons)

@@ -11,37 +11,66 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from tierlm.types import Boundary, Candidate, ChatRequest, ChatResponse, Plan, Usage
+from tierlm.types import Boundary, Candidate, ChatRequest, ChatResponse, Plan, Privacy, Usage
 
 if TYPE_CHECKING:
     from tierlm.config.settings import Settings
     from tierlm.errors import TierlmError
-    from tierlm.ledger import AttemptRecord, Ledger
+    from tierlm.ledger import AttemptRecord, BudgetState, Ledger
     from tierlm.policy import Conditions
 
 
 class Accounting:
-    def __init__(self, settings: Settings, ledger: Ledger | None) -> None:
+    """The executor's hooks and the request records, over a ledger opened on first use."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: Ledger | None = None,
+        redact: Callable[[ChatRequest], ChatRequest] | None = None,
+    ) -> None:
         self.settings = settings
-        self.ledger = ledger
+        self._redact = redact  # what an `enhanced` request looks like when it leaves
+        self._ledger = ledger
         self._configs = {b.name: b for b in settings.backends}
-        self._budgets = bool(settings.budgets.limits) and ledger is not None
+        self._tier_index = {t.name: i for i, t in enumerate(settings.tiers)}
+        self._budgets = bool(settings.budgets.limits)
+
+    @property
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            from tierlm.ledger import open_ledger
+
+            self._ledger = open_ledger(self.settings)
+        return self._ledger
+
+    def close(self) -> None:
+        if self._ledger is not None:
+            self._ledger.close()
+
+    def local_only(self, request: ChatRequest, cond: Conditions) -> None:
+        """Sync twin of :meth:`apply_budget` (for stream set-up)."""
+        if self._budgets:
+            self._mark(cond, self.ledger.budget_state(key=request.api_key_id, tier=None))
 
     # -- before routing ---------------------------------------------------------------------
     async def apply_budget(self, request: ChatRequest, cond: Conditions) -> None:
         """Mark the conditions local-only when the budget in force says so."""
-        if not self._budgets or self.ledger is None:
-            return
-        state = await self.ledger.abudget_state(key=request.api_key_id, tier=None)
+        if self._budgets:
+            self._mark(cond, await self.ledger.abudget_state(key=request.api_key_id, tier=None))
+
+    @staticmethod
+    def _mark(cond: Conditions, state: BudgetState) -> None:
         if state.local_only:
             cond.local_only = True
             cond.budget_reason = state.why_not(1e-9) or "budget low"
 
     # -- executor hooks ---------------------------------------------------------------------
     async def before_attempt(self, request: ChatRequest, candidate: Candidate) -> Any:
-        if not self._budgets or self.ledger is None:
+        if not self._budgets:
             return None
         from tierlm.pricing import estimate_usd
         from tierlm.signals.task import estimate_tokens
@@ -51,12 +80,16 @@ class Accounting:
         if usd <= 0:
             return None
         reservation = await self.ledger.areserve(
-            request.request_id, key=request.api_key_id, tier=candidate.tier,
-            backend=candidate.backend, usd=usd)
+            request.request_id,
+            key=request.api_key_id,
+            tier=candidate.tier,
+            backend=candidate.backend,
+            usd=usd,
+        )
         return (reservation, candidate.backend)
 
     async def after_attempt(self, token: Any, usage: Usage | None, ok: bool) -> None:
-        if token is None or self.ledger is None:
+        if token is None:
             return
         reservation, backend = token
         usd = self.cost(backend, usage) if ok and usage is not None else 0.0
@@ -79,51 +112,68 @@ class Accounting:
         response: ChatResponse | None = None,
         streamed: tuple[str | None, str | None, str | None, Usage | None] | None = None,
         error: TierlmError | None = None,
+        outcome: str | None = None,
         latency_ms: float | None = None,
         ttft_ms: float | None = None,
     ) -> None:
-        """Queue the request's record (never raises: the ledger spills what it cannot write)."""
-        if self.ledger is None:
-            return
+        """Queue the request's record (the ledger spills what it cannot write)."""
         from tierlm.ledger import RequestRecord, digest
 
+        tier: str | None
+        backend: str | None
+        model: str | None
+        usage: Usage | None
         if response is not None:
-            tier, backend, model, usage = (response.tier, response.backend, response.model,
-                                           response.usage)
+            tier, backend, model, usage = (
+                response.tier,
+                response.backend,
+                response.model,
+                response.usage,
+            )
         elif streamed is not None:
             tier, backend, model, usage = streamed
         else:
             first = plan.candidates[0] if plan and plan.candidates else None
-            tier, backend, model, usage = (first.tier if first else None,
-                                           first.backend if first else None, None, None)
-        sent = None
-        for a in attempts:
-            if a.boundary == Boundary.EXTERNAL.label and a.sent_digest is None:
-                sent = sent or digest(request.model_dump(mode="json", include={"messages",
-                                                                                "tools"}))
-                a.sent_digest = sent
+            tier, backend, model, usage = (
+                first.tier if first else None,
+                first.backend if first else None,
+                None,
+                None,
+            )
+        if any(a.boundary == Boundary.EXTERNAL.label and a.sent_digest is None for a in attempts):
+            outbound = request
+            if plan is not None and plan.privacy is Privacy.ENHANCED and self._redact:
+                outbound = self._redact(request)
+            sent = digest(outbound.model_dump(mode="json", include={"messages", "tools"}))
+            for a in attempts:
+                if a.boundary == Boundary.EXTERNAL.label and a.sent_digest is None:
+                    a.sent_digest = sent
         cfg = self._configs.get(backend or "")
         answered = [a for a in attempts if a.outcome == "ok"]
-        self.ledger.record(RequestRecord(
-            id=request.request_id,
-            api_key=request.api_key_id,
-            tier=tier,
-            backend=backend,
-            model=model,
-            boundary=cfg.where.label if cfg else None,
-            complexity=plan.complexity if plan else None,
-            privacy=plan.privacy.value if plan else None,
-            reasons=list(plan.reasons) if plan else [],
-            findings=sorted({f.kind for f in plan.findings}) if plan else [],
-            attempts=attempts,
-            prompt_tokens=usage.prompt_tokens if usage and error is None else 0,
-            completion_tokens=usage.completion_tokens if usage and error is None else 0,
-            cost_usd=self.cost(backend, usage) if backend and error is None else 0.0,
-            outcome="ok" if error is None else error.code,
-            latency_ms=latency_ms,
-            ttft_ms=ttft_ms,
-            fallback=bool(answered) and len(attempts) > len(answered),
-            escalated=bool(plan and plan.candidates and tier and
-                           tier != plan.candidates[0].tier),
-            stream=request.stream,
-        ))
+        ok = error is None and outcome in (None, "ok")
+        planned = plan.candidates[0].tier if plan and plan.candidates else None
+        self.ledger.record(
+            RequestRecord(
+                id=request.request_id,
+                api_key=request.api_key_id,
+                tier=tier,
+                backend=backend,
+                model=model,
+                boundary=cfg.where.label if cfg else None,
+                complexity=plan.complexity if plan else None,
+                privacy=plan.privacy.value if plan else None,
+                reasons=list(plan.reasons) if plan else [],
+                findings=sorted({f.kind for f in plan.findings}) if plan else [],
+                attempts=attempts,
+                prompt_tokens=usage.prompt_tokens if usage and ok else 0,
+                completion_tokens=usage.completion_tokens if usage and ok else 0,
+                cost_usd=self.cost(backend, usage) if backend and ok else 0.0,
+                outcome=error.code if error is not None else (outcome or "ok"),
+                latency_ms=latency_ms,
+                ttft_ms=ttft_ms,
+                fallback=bool(answered) and len(attempts) > len(answered),
+                escalated=ok
+                and self._tier_index.get(tier or "", -1) > self._tier_index.get(planned or "", 99),
+                stream=request.stream,
+            )
+        )

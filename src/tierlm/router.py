@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Iterator, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from tierlm.accounting import Accounting
 from tierlm.config import Settings, load_settings
-from tierlm.errors import ConfigError
+from tierlm.errors import ConfigError, TierlmError
 from tierlm.execute.executor import Executor, RoutedStream
 from tierlm.policy import Conditions, Policy, Signals
 from tierlm.types import ChatRequest, ChatResponse, Message, Plan, StreamEvent
@@ -22,6 +24,7 @@ from tierlm.types import ChatRequest, ChatResponse, Message, Plan, StreamEvent
 if TYPE_CHECKING:
     from tierlm.backends.base import Backend
     from tierlm.config.settings import ApiKeyConfig
+    from tierlm.ledger import AttemptRecord, Ledger
 
 T = TypeVar("T")
 MAX_SIGNAL_CHARS = 200_000  # signals read at most this much of the conversation (head + tail)
@@ -55,7 +58,11 @@ class Router:
     """Route chat requests across the configured tiers."""
 
     def __init__(
-        self, settings: Settings, *, backends: Mapping[str, Backend] | None = None
+        self,
+        settings: Settings,
+        *,
+        backends: Mapping[str, Backend] | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         from tierlm.backends import create_backend
 
@@ -66,8 +73,9 @@ class Router:
             else {b.name: create_backend(b, settings) for b in settings.backends}
         )
         self.policy = Policy(settings)
-        self.executor = Executor(self.backends)
+        self.accounting = Accounting(settings, ledger, redact=self._redact)
         self._signals: SignalReader | None = None
+        self.executor = Executor(self.backends, hooks=self.accounting, redact=self._redact)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -119,22 +127,68 @@ class Router:
         )
         return local[0].complete_blocking(req)
 
+    def _redact(self, request: ChatRequest) -> ChatRequest:
+        return self.signals.detector.redact_request(request)
+
     # -- answering --------------------------------------------------------------------------
     async def achat(
-        self,
-        request: ChatRequest,
-        conditions: Conditions | None = None,
+        self, request: ChatRequest, conditions: Conditions | None = None
     ) -> ChatResponse:
-        plan = self.plan(request, conditions)
-        return await self.executor.complete(request, plan)
+        """Plan, execute, record. Every request is recorded, answered or not."""
+        cond = conditions or Conditions()
+        attempts: list[AttemptRecord] = []
+        plan: Plan | None = None
+        t0 = time.perf_counter()
+        try:
+            await self.accounting.apply_budget(request, cond)
+            plan = self.plan(request, cond)
+            resp = await self.executor.complete(request, plan, attempts)
+        except TierlmError as e:
+            self.accounting.record(request, plan, attempts, error=e, latency_ms=_ms(t0))
+            raise
+        self.accounting.record(request, plan, attempts, response=resp, latency_ms=_ms(t0))
+        return resp
 
-    def astream(
+    def astream(self, request: ChatRequest, conditions: Conditions | None = None) -> RoutedStream:
+        """Plan now; stream on iteration. The record is written when the stream ends."""
+        cond = conditions or Conditions()
+        t0 = time.perf_counter()
+        try:
+            self.accounting.local_only(request, cond)
+            plan = self.plan(request, cond)
+        except TierlmError as e:
+            self.accounting.record(request, None, [], error=e, latency_ms=_ms(t0))
+            raise
+        rs = self.executor.stream(request, plan)
+        rs._events = self._recorded(request, rs, aiter(rs), t0)
+        return rs
+
+    async def _recorded(
         self,
         request: ChatRequest,
-        conditions: Conditions | None = None,
-    ) -> RoutedStream:
-        plan = self.plan(request, conditions)
-        return self.executor.stream(request, plan)
+        rs: RoutedStream,
+        events: AsyncIterator[StreamEvent],
+        t0: float,
+    ) -> AsyncIterator[StreamEvent]:
+        error: TierlmError | None = None
+        try:
+            async for ev in events:
+                yield ev
+        except TierlmError as e:
+            error = e
+            raise
+        finally:
+            done = rs.finish_reason is not None
+            self.accounting.record(
+                request,
+                rs.plan,
+                rs.attempts,
+                streamed=(rs.tier, rs.backend, rs.model, rs.usage),
+                error=error,
+                outcome=None if done or error else "cancelled",
+                latency_ms=_ms(t0),
+                ttft_ms=rs.ttft_ms,
+            )
 
     def chat(
         self,
@@ -164,6 +218,7 @@ class Router:
     async def aclose(self) -> None:
         for b in self.backends.values():
             await b.aclose()
+        self.accounting.close()
 
     def close(self) -> None:
         self._run(self.aclose())
@@ -171,6 +226,7 @@ class Router:
             self._loop.call_soon_threadsafe(self._loop.stop)
             if self._thread is not None:
                 self._thread.join(timeout=5)
+            self._loop.close()
             self._loop = None
 
     def __enter__(self) -> Router:
@@ -199,3 +255,7 @@ def _as_request(prompt: str | ChatRequest | list[dict[str, Any]], **kwargs: Any)
 
 async def _wrap(aw: Awaitable[T]) -> T:
     return await aw
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0

@@ -13,6 +13,8 @@
 - **half-open**: exactly one attempt (the *probe*) may go; everyone else is still refused. Its
   success closes the breaker, its failure opens it for another cool-down. A probe that ends
   without a verdict (the caller went away) hands its slot back with :meth:`release`.
+- A backend that asks for a pause (``Retry-After`` longer than the executor will wait) is
+  held open for that long (:meth:`hold_for`), so later requests do not knock either.
 
 Only upstream failures count (outages, timeouts, 429/5xx, broken streams); caller errors such
 as context length or content policy prove the backend is answering and count as success. The
@@ -53,14 +55,15 @@ class BreakerConfig:
 class CircuitBreaker:
     """The breaker of one backend. Not thread-safe: use it from one event loop."""
 
-    def __init__(self, name: str, config: BreakerConfig | None = None,
-                 clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, name: str, config: BreakerConfig | None = None, clock: Clock = time.monotonic
+    ) -> None:
         self.name = name
         self.config = config or BreakerConfig()
         self._clock = clock
         self._state = BreakerState.CLOSED
         self._failures = 0
-        self._opened_at = 0.0
+        self._open_until = 0.0
         self._probing = False
         # (clock time, new state) for every change: for metrics, logs and tests.
         self.transitions: list[tuple[float, BreakerState]] = []
@@ -80,7 +83,7 @@ class CircuitBreaker:
         """Seconds until an open breaker lets a probe through (0 when it would now)."""
         if self._state is not BreakerState.OPEN:
             return 0.0
-        return max(0.0, self._opened_at + self.config.cooldown - self._clock())
+        return max(0.0, self._open_until - self._clock())
 
     def allow(self) -> bool:
         """May an attempt go now? In half-open, ``True`` hands out the one probe slot, which
@@ -106,21 +109,32 @@ class CircuitBreaker:
         self._failures += 1
         was_probe = self._probing
         self._probing = False
-        if self._state is BreakerState.HALF_OPEN and was_probe:
-            self._open()
-        elif self._state is BreakerState.CLOSED and self._failures >= self.config.threshold:
+        probe_failed = self._state is BreakerState.HALF_OPEN and was_probe
+        too_many = self._state is BreakerState.CLOSED and self._failures >= self.config.threshold
+        if probe_failed or too_many:
             self._open()
 
     def release(self) -> None:
         """Give a probe slot back without a verdict (the attempt was abandoned)."""
         self._probing = False
 
+    def hold_for(self, seconds: float) -> None:
+        """The backend asked for a pause (``Retry-After``): open for at least ``seconds``,
+        whatever the failure count. Settles a probe slot like :meth:`failure` would."""
+        self._probing = False
+        until = self._clock() + max(0.0, seconds)
+        if self._state is BreakerState.OPEN:
+            self._open_until = max(self._open_until, until)
+        else:
+            self._open_until = until
+            self._move(BreakerState.OPEN)
+
     def _open(self) -> None:
-        self._opened_at = self._clock()
+        self._open_until = self._clock() + self.config.cooldown
         self._move(BreakerState.OPEN)
 
     def _cooled_down(self) -> bool:
-        return self._clock() - self._opened_at >= self.config.cooldown
+        return self._clock() >= self._open_until
 
     def _move(self, state: BreakerState) -> None:
         self._state = state
@@ -133,8 +147,7 @@ class CircuitBreaker:
 class BreakerBoard:
     """One breaker per backend name, made on first use with the same settings and clock."""
 
-    def __init__(self, config: BreakerConfig | None = None,
-                 clock: Clock = time.monotonic) -> None:
+    def __init__(self, config: BreakerConfig | None = None, clock: Clock = time.monotonic) -> None:
         self.config = config or BreakerConfig()
         self.clock = clock
         self._breakers: dict[str, CircuitBreaker] = {}

@@ -1,34 +1,141 @@
-"""Carry a plan out: try its candidates in order until one answers.
+"""Carry a plan out: try its candidates in order until one answers, and never hang.
 
 ``complete()`` returns a whole answer; ``stream()`` returns a :class:`RoutedStream`, an async
 iterator of :class:`StreamEvent` whose ``tier``/``backend``/``model`` are known once the first
-piece has arrived (the stream is then *committed* to that backend).
+piece has been handed over (the stream is then *committed* to that backend).
+
+For each candidate of the plan, in order:
+
+1. **Guards.** A candidate whose boundary is above what the plan's privacy allows (``private``:
+   nothing above ``site``) is refused and recorded, whatever the plan says: fallbacks never
+   cross the privacy boundary. After a context-length error, candidates whose context window is
+   not larger are skipped; after a content-policy refusal, candidates at the same endpoint host
+   are skipped (another provider may judge differently; the same one will not).
+2. **Circuit breaker** (:mod:`tierlm.execute.breaker`): an open breaker skips the candidate.
+3. **Budget hook**: ``hooks.before_attempt`` may raise ``BudgetExceeded`` to skip it.
+4. **The attempt**, under the backend's timeouts: ``total`` for ``complete()``; ``first_token``,
+   ``stall`` (between events) and ``total`` for streams (:class:`TimedStream`). Transient
+   failures are retried on the same backend (:mod:`tierlm.execute.retry`: bounded, backoff with
+   full jitter, ``Retry-After`` honoured up to a cap); others move on to the next candidate.
+   A ``Retry-After`` beyond the cap moves on at once and holds the backend's breaker open for
+   that long, so later requests leave it alone too.
+
+Streams: before commit every failure fails over silently. After commit, the answer so far is
+handed to the next candidate as an assistant turn with a short "continue exactly where the
+answer stopped" instruction, and its continuation is streamed on. If no candidate can continue
+(or the partial answer holds tool calls), the stream raises :class:`ProtocolError` after the
+pieces already sent, and never yields a final event for a truncated answer.
+
+Accounting: every attempt becomes an :class:`AttemptRecord` (in the caller's ``attempts`` list,
+or ``RoutedStream.attempts``); failed attempts carry no tokens and are settled with
+``after_attempt(token, None, False)``. Usage of a success is what the backend reported (a
+continued stream: the sum over the parts that finished), or an estimate (~4 characters a
+token) where a backend reports none.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Protocol, TypeVar
+from urllib.parse import urlsplit
 
-from tierlm.errors import AllAttemptsFailed, BackendError
-from tierlm.types import ChatRequest, ChatResponse, Plan, StreamEvent
+from tierlm.errors import (
+    AllAttemptsFailed,
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    BudgetExceeded,
+    ContentPolicyError,
+    ContextLengthExceeded,
+    NoEligibleBackend,
+    ProtocolError,
+    TierlmError,
+)
+from tierlm.execute.breaker import BreakerBoard, BreakerConfig, Clock
+from tierlm.execute.retry import RetryPolicy, counts_against_backend, retry_after
+from tierlm.execute.streams import (
+    TimedStream,
+    add_usage,
+    continuation_request,
+    estimate_usage,
+)
+from tierlm.ledger.records import AttemptRecord
+from tierlm.types import (
+    Boundary,
+    Candidate,
+    ChatRequest,
+    ChatResponse,
+    FinishReason,
+    Plan,
+    Privacy,
+    StreamEvent,
+    Usage,
+)
 
 if TYPE_CHECKING:
     from tierlm.backends.base import Backend
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ExecutionHooks(Protocol):
+    """Budget hooks around every attempt; any object with these two methods will do (subclass
+    this for the do-nothing defaults).
+
+    ``before_attempt`` may raise :class:`BudgetExceeded` to skip the candidate; what it returns
+    (e.g. a reservation) comes back to ``after_attempt`` exactly once, with the usage of a
+    success or ``None`` and ``ok=False`` for a failed or abandoned attempt.
+    """
+
+    async def before_attempt(self, request: ChatRequest, candidate: Candidate) -> object | None:
+        return None
+
+    async def after_attempt(self, token: object | None, usage: Usage | None, ok: bool) -> None:
+        return None
+
+
+class _NoHooks(ExecutionHooks):
+    pass
+
 
 class RoutedStream:
-    """A streamed answer that knows where it came from once it has started."""
+    """A streamed answer that knows where it came from once it has started.
 
-    def __init__(self, plan: Plan, events: AsyncIterator[StreamEvent]) -> None:
+    ``tier``/``backend``/``model`` name the backend that is answering (after a mid-stream
+    rescue: the one that finished the answer, and ``continued`` is true). ``usage`` and
+    ``finish_reason`` are set when the stream has finished; ``attempts`` fills as it goes.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        events: AsyncIterator[StreamEvent] | None = None,
+        *,
+        attempts: list[AttemptRecord] | None = None,
+    ) -> None:
         self.plan = plan
         self.tier: str | None = None
         self.backend: str | None = None
         self.model: str | None = None
-        self._events = events
+        self.attempts: list[AttemptRecord] = attempts if attempts is not None else []
+        self.usage: Usage | None = None
+        self.finish_reason: FinishReason | None = None
+        self.ttft_ms: float | None = None
+        self.continued = False
+        self._events: AsyncIterator[StreamEvent] | None = events
+
+    @property
+    def committed(self) -> bool:
+        return self.backend is not None
 
     def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        assert self._events is not None, "RoutedStream has no events"
         return self._events
 
     async def aclose(self) -> None:
@@ -37,48 +144,396 @@ class RoutedStream:
             await close()
 
 
+@dataclass(slots=True)
+class _Try:
+    """One attempt in flight."""
+
+    cand: Candidate
+    backend: Backend
+    token: object | None
+    started: float = field(default_factory=time.perf_counter)
+    ts: float = field(default_factory=time.time)
+    ttft_ms: float | None = None
+    settled: bool = False
+
+
+@dataclass(slots=True)
+class _Run:
+    """One request across all its attempts."""
+
+    request: ChatRequest
+    plan: Plan
+    attempts: list[AttemptRecord]
+    errors: list[BackendError] = field(default_factory=list)
+    refusals: list[TierlmError] = field(default_factory=list)
+    too_long: list[tuple[str, int | None]] = field(default_factory=list)  # (model, window)
+    refused_hosts: set[str] = field(default_factory=set)
+    started: float = field(default_factory=time.perf_counter)
+
+
+def privacy_ceiling(privacy: Privacy) -> Boundary:
+    """The farthest boundary a plan made under ``privacy`` may ever reach."""
+    return Boundary.SITE if privacy is Privacy.PRIVATE else Boundary.EXTERNAL
+
+
+def _cut_off(run: _Run, rs: RoutedStream, chars: int) -> ProtocolError:
+    """The in-band error of a committed stream that nobody could finish."""
+    last = run.errors[-1] if run.errors else None
+    cause = f" ({last.backend}: {last.message})" if last else ""
+    return ProtocolError(
+        f"the answer was cut off after {chars} characters and no other candidate could "
+        f"continue it{cause}",
+        backend=rs.backend,
+        tier=rs.tier,
+        request_id=run.request.request_id,
+    )
+
+
+def _commit(run: _Run, rs: RoutedStream, cand: Candidate, backend: Backend) -> None:
+    """The stream now hands over pieces from ``backend`` (first commit, or a continuation)."""
+    if rs.committed:
+        rs.continued = True
+    else:
+        rs.ttft_ms = (time.perf_counter() - run.started) * 1000.0
+    rs.tier, rs.backend, rs.model = cand.tier, cand.backend, backend.model
+
+
+def _host_key(backend: Backend) -> str:
+    url = getattr(backend, "base_url", None) or backend.config.url or ""
+    return f"{backend.config.kind}:{urlsplit(url).netloc or backend.name}"
+
+
 class Executor:
-    def __init__(self, backends: Mapping[str, Backend]) -> None:
+    """Runs plans against ``backends`` with retries, timeouts and one breaker per backend."""
+
+    def __init__(
+        self,
+        backends: Mapping[str, Backend],
+        *,
+        retry: RetryPolicy | None = None,
+        breakers: BreakerBoard | BreakerConfig | None = None,
+        hooks: ExecutionHooks | None = None,
+        redact: Callable[[ChatRequest], ChatRequest] | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.backends = backends
+        self.retry = retry or RetryPolicy()
+        self.breakers = (
+            breakers if isinstance(breakers, BreakerBoard) else BreakerBoard(breakers, clock)
+        )
+        self.hooks: ExecutionHooks = hooks or _NoHooks()
+        self.redact = redact  # for `enhanced` requests bound for an external backend
+        self._sleep = sleep
 
-    async def complete(self, request: ChatRequest, plan: Plan) -> ChatResponse:
-        errors: list[BackendError] = []
+    # ------------------------------------------------------------------ complete
+
+    async def complete(
+        self, request: ChatRequest, plan: Plan, attempts: list[AttemptRecord] | None = None
+    ) -> ChatResponse:
+        """The whole answer of the first candidate that gives one; every attempt is appended
+        to ``attempts``. Raises :class:`AllAttemptsFailed` (or the budget / eligibility error
+        when nothing could even be tried)."""
+        run = _Run(request, plan, attempts if attempts is not None else [])
         for cand in plan.candidates:
-            backend = self.backends[cand.backend]
-            t0 = time.perf_counter()
-            try:
-                resp = await backend.complete(request)
-            except BackendError as e:
-                e.backend, e.tier, e.request_id = cand.backend, cand.tier, request.request_id
-                errors.append(e)
+            backend = self._eligible(run, cand)
+            outbound = self._outbound(run, cand, backend, request) if backend else None
+            if backend is None or outbound is None:
                 continue
+            got = await self._with_retries(
+                run, cand, backend, partial(self._complete_once, outbound)
+            )
+            if got is None:
+                continue
+            resp, tr = got
+            if resp.usage.total_tokens == 0:
+                resp.usage = estimate_usage(request, resp.text)
+            await self._settle_ok(run, tr, resp.usage)
             resp.backend, resp.tier = cand.backend, cand.tier
-            resp.latency_ms = (time.perf_counter() - t0) * 1000
+            resp.latency_ms = (time.perf_counter() - run.started) * 1000.0
             return resp
-        raise AllAttemptsFailed(errors, request_id=request.request_id)
+        raise self._failure(run)
 
-    def stream(self, request: ChatRequest, plan: Plan) -> RoutedStream:
-        rs = RoutedStream(plan, self._stream(request, plan, None))
-        rs._events = self._stream(request, plan, rs)
+    async def _complete_once(self, request: ChatRequest, tr: _Try) -> ChatResponse:
+        total = tr.backend.config.timeouts.total
+        try:
+            async with asyncio.timeout(total):
+                resp = await tr.backend.complete(request)
+        except TimeoutError:
+            raise BackendTimeout(
+                f"total timeout ({total:g} s)",
+                backend=tr.cand.backend,
+                tier=tr.cand.tier,
+                request_id=request.request_id,
+            ) from None
+        if resp.finish_reason == "error":
+            raise ProtocolError(
+                "the backend reported an error instead of an answer",
+                backend=tr.cand.backend,
+                tier=tr.cand.tier,
+            )
+        return resp
+
+    # ------------------------------------------------------------------ stream
+
+    def stream(
+        self, request: ChatRequest, plan: Plan, attempts: list[AttemptRecord] | None = None
+    ) -> RoutedStream:
+        """The answer piece by piece; nothing runs until the first ``anext``."""
+        run = _Run(request, plan, attempts if attempts is not None else [])
+        rs = RoutedStream(plan, attempts=run.attempts)
+        rs._events = self._stream(run, rs)
         return rs
 
-    async def _stream(
-        self, request: ChatRequest, plan: Plan, rs: RoutedStream | None
-    ) -> AsyncIterator[StreamEvent]:
-        errors: list[BackendError] = []
-        for cand in plan.candidates:
-            backend = self.backends[cand.backend]
-            committed = False
+    async def _stream(self, run: _Run, rs: RoutedStream) -> AsyncIterator[StreamEvent]:
+        sent: list[str] = []  # text handed to the caller so far
+        tools_sent = False
+        usage: Usage | None = None
+        for cand in run.plan.candidates:
+            if rs.committed and tools_sent:
+                break  # a half-sent tool call cannot be continued by another model
+            backend = self._eligible(run, cand)
+            if backend is None:
+                continue
+            whole = continuation_request(run.request, "".join(sent)) if rs.committed else None
+            req = self._outbound(run, cand, backend, whole or run.request)
+            if req is None:
+                continue
+            got = await self._with_retries(run, cand, backend, partial(self._open, req))
+            if got is None:
+                continue
+            (timed, ev), tr = got
+            part: list[str] = []
             try:
-                async for ev in backend.stream(request):
-                    if not committed and rs is not None:
-                        rs.tier, rs.backend, rs.model = cand.tier, cand.backend, backend.model
-                        committed = True
-                    yield ev
-                return
+                while ev.finish_reason is None:
+                    if ev.text or ev.tool_calls:
+                        if not part:  # the first piece this backend hands over: commit
+                            _commit(run, rs, cand, backend)
+                        part.append(ev.text)
+                        sent.append(ev.text)
+                        tools_sent = tools_sent or bool(ev.tool_calls)
+                        yield ev
+                    ev = await timed.next()
+                if ev.finish_reason == "error":
+                    raise ProtocolError(
+                        "the backend ended the stream with an error",
+                        backend=cand.backend,
+                        tier=cand.tier,
+                    )
+                part_usage = ev.usage or estimate_usage(req, "".join(part))
+                await self._settle_ok(run, tr, part_usage)
             except BackendError as e:
-                if committed:
-                    raise
-                e.backend, e.tier, e.request_id = cand.backend, cand.tier, request.request_id
-                errors.append(e)
-        raise AllAttemptsFailed(errors, request_id=request.request_id)
+                await self._settle_fail(run, tr, e)
+                continue
+            finally:
+                await timed.aclose()
+                if not tr.settled:  # the caller went away (or we were cancelled)
+                    await self._abandon(run, tr)
+            if not part:
+                _commit(run, rs, cand, backend)
+            usage = add_usage(usage, part_usage)
+            rs.usage, rs.finish_reason = usage, ev.finish_reason
+            yield StreamEvent(
+                finish_reason=ev.finish_reason, usage=usage, model=ev.model or backend.model
+            )
+            return
+        if rs.committed:
+            raise _cut_off(run, rs, len("".join(sent))) from (
+                run.errors[-1] if run.errors else None
+            )
+        raise self._failure(run)
+
+    async def _open(self, request: ChatRequest, tr: _Try) -> tuple[TimedStream, StreamEvent]:
+        """Start a stream and wait for its first event (the commit point)."""
+        timed = TimedStream(
+            tr.backend.stream(request),
+            tr.backend.config.timeouts,
+            backend=tr.cand.backend,
+            request_id=request.request_id,
+        )
+        try:
+            first = await timed.next()
+        except BaseException:
+            await timed.aclose()
+            raise
+        tr.ttft_ms = (time.perf_counter() - tr.started) * 1000.0
+        return timed, first
+
+    # ------------------------------------------------------------------ one candidate
+
+    def _eligible(self, run: _Run, cand: Candidate) -> Backend | None:
+        """The candidate's backend, or ``None`` (recorded) when a guard refuses it."""
+        backend = self.backends.get(cand.backend)
+        if backend is None:
+            self._skip(run, cand, cand.boundary, "unknown_backend")
+            return None
+        where = max(cand.boundary, backend.boundary)
+        if where > privacy_ceiling(run.plan.privacy):
+            log.warning(
+                "refused candidate %s (%s) for a %s request %s: above the privacy ceiling",
+                cand.backend,
+                where.label,
+                run.plan.privacy.value,
+                run.request.request_id,
+            )
+            self._skip(run, cand, where, "privacy_boundary")
+            return None
+        window = backend.config.context_window
+        for model, failed in run.too_long:
+            if (
+                (window <= failed)
+                if (window is not None and failed is not None)
+                else (backend.model == model)
+            ):
+                self._skip(run, cand, where, "context_window_too_small")
+                return None
+        if _host_key(backend) in run.refused_hosts:
+            self._skip(run, cand, where, "content_policy_same_host")
+            return None
+        return backend
+
+    def _outbound(
+        self, run: _Run, cand: Candidate, backend: Backend, request: ChatRequest
+    ) -> ChatRequest | None:
+        """What may be sent to this candidate: an ``enhanced`` request leaves the site only
+        redacted, and not at all when no redactor is configured (recorded as a skip)."""
+        if run.plan.privacy is not Privacy.ENHANCED:
+            return request
+        where = max(cand.boundary, backend.boundary)
+        if where < Boundary.EXTERNAL:
+            return request
+        if self.redact is None:
+            self._skip(run, cand, where, "redaction_unavailable")
+            return None
+        return self.redact(request)
+
+    async def _with_retries(
+        self, run: _Run, cand: Candidate, backend: Backend, once: Callable[[_Try], Awaitable[T]]
+    ) -> tuple[T, _Try] | None:
+        """Run ``once`` with retries; ``None`` when the candidate is done for (recorded)."""
+        breaker = self.breakers[cand.backend]
+        budget_end = time.monotonic() + backend.config.timeouts.total
+        for retry_no in range(self.retry.max_retries + 1):
+            if not breaker.allow():
+                self._skip(run, cand, backend.boundary, "circuit_open")
+                run.errors.append(
+                    BackendUnavailable(
+                        f"circuit open (next probe in {breaker.retry_in():.1f} s)",
+                        backend=cand.backend,
+                        tier=cand.tier,
+                        request_id=run.request.request_id,
+                    )
+                )
+                return None
+            tr = await self._begin(run, cand, backend)
+            if tr is None:
+                breaker.release()
+                return None
+            try:
+                return await once(tr), tr
+            except BackendError as e:
+                err = e
+            except BaseException:
+                await self._abandon(run, tr)
+                raise
+            await self._settle_fail(run, tr, err)
+            wait = self.retry.delay(err, retry_no, budget_end - time.monotonic())
+            if wait is None:
+                return None
+            log.info("retrying %s in %.2f s after %s", cand.backend, wait, type(err).__name__)
+            await self._sleep(wait)
+        return None
+
+    async def _begin(self, run: _Run, cand: Candidate, backend: Backend) -> _Try | None:
+        try:
+            token = await self.hooks.before_attempt(run.request, cand)
+        except BudgetExceeded as e:
+            e.backend, e.tier, e.request_id = cand.backend, cand.tier, run.request.request_id
+            run.refusals.append(e)
+            self._skip(run, cand, backend.boundary, e.code)
+            return None
+        return _Try(cand, backend, token)
+
+    # ------------------------------------------------------------------ settling
+
+    async def _settle_ok(self, run: _Run, tr: _Try, usage: Usage) -> None:
+        tr.settled = True
+        self.breakers[tr.cand.backend].success()
+        run.attempts.append(self._record(tr, "ok", None, usage.total_tokens))
+        await self.hooks.after_attempt(tr.token, usage, True)
+
+    async def _settle_fail(self, run: _Run, tr: _Try, err: BackendError) -> None:
+        tr.settled = True
+        cand, backend = tr.cand, tr.backend
+        err.backend, err.tier = cand.backend, cand.tier
+        err.request_id = run.request.request_id
+        breaker = self.breakers[cand.backend]
+        pause = retry_after(err)
+        if pause is not None and pause > self.retry.retry_after_cap:
+            breaker.hold_for(min(pause, self.retry.hold_cap))
+        elif counts_against_backend(err):
+            breaker.failure()
+        else:
+            breaker.success()  # it answered: the backend is up, the request was the problem
+        if isinstance(err, ContextLengthExceeded):
+            run.too_long.append((backend.model, backend.config.context_window))
+        elif isinstance(err, ContentPolicyError):
+            run.refused_hosts.add(_host_key(backend))
+        run.errors.append(err)
+        run.attempts.append(self._record(tr, err.code, type(err).__name__, 0))
+        log.info(
+            "attempt on %s failed for %s: %s %s",
+            cand.backend,
+            run.request.request_id,
+            type(err).__name__,
+            err.message,
+        )
+        await self.hooks.after_attempt(tr.token, None, False)
+
+    async def _abandon(self, run: _Run, tr: _Try) -> None:
+        tr.settled = True
+        self.breakers[tr.cand.backend].release()
+        run.attempts.append(self._record(tr, "cancelled", "Cancelled", 0))
+        await self.hooks.after_attempt(tr.token, None, False)
+
+    @staticmethod
+    def _record(tr: _Try, outcome: str, kind: str | None, tokens: int) -> AttemptRecord:
+        return AttemptRecord(
+            backend=tr.cand.backend,
+            tier=tr.cand.tier,
+            boundary=max(tr.cand.boundary, tr.backend.boundary).label,
+            outcome=outcome,
+            error_kind=kind,
+            latency_ms=(time.perf_counter() - tr.started) * 1000.0,
+            ttft_ms=tr.ttft_ms,
+            tokens=tokens,
+            ts=tr.ts,
+        )
+
+    @staticmethod
+    def _skip(run: _Run, cand: Candidate, where: Boundary, outcome: str) -> None:
+        run.attempts.append(
+            AttemptRecord(
+                backend=cand.backend,
+                tier=cand.tier,
+                boundary=where.label,
+                outcome=outcome,
+                error_kind="Skipped",
+                latency_ms=0.0,
+                tokens=0,
+                ts=time.time(),
+            )
+        )
+
+    @staticmethod
+    def _failure(run: _Run) -> TierlmError:
+        rid = run.request.request_id
+        if run.errors:
+            return AllAttemptsFailed(run.errors, request_id=rid)
+        if run.refusals:
+            return run.refusals[-1]
+        tried = ", ".join(f"{a.backend}: {a.outcome}" for a in run.attempts)
+        return NoEligibleBackend(
+            f"no candidate of the plan could be tried ({tried or 'the plan is empty'})",
+            request_id=rid,
+        )

@@ -41,6 +41,13 @@ _TRANSIENT = (RateLimited, Overloaded, ServerError, BackendUnavailable)
 _UPSTREAM_FAULT = (*_TRANSIENT, BackendTimeout, ProtocolError, BackendAuthError)
 
 
+def retry_after(err: BackendError) -> float | None:
+    """The pause the backend asked for, if any (``RateLimited.retry_after``, or the same
+    attribute on any other error an adapter chose to give it)."""
+    value = getattr(err, "retry_after", None)
+    return float(value) if isinstance(value, int | float) and value >= 0 else None
+
+
 def is_transient(err: BackendError) -> bool:
     """May the same backend succeed if asked again shortly?"""
     return isinstance(err, _TRANSIENT)
@@ -57,13 +64,15 @@ class RetryPolicy:
 
     Backoff before retry ``n`` (0-based) is uniform in ``[0, min(max_delay, base_delay * 2**n)]``
     (full jitter). A ``Retry-After`` is waited for exactly when it is at most
-    ``retry_after_cap`` and fits the time left; a longer one moves on to the next candidate.
+    ``retry_after_cap`` and fits the time left; a longer one moves on to the next candidate
+    (and the executor holds the backend's breaker open for that long, up to ``hold_cap``).
     """
 
     max_retries: int = 2
     base_delay: float = 0.25
     max_delay: float = 4.0
     retry_after_cap: float = 5.0
+    hold_cap: float = 300.0
     rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
@@ -80,10 +89,8 @@ class RetryPolicy:
         """
         if retry_no >= self.max_retries or not is_transient(err):
             return None
-        if isinstance(err, RateLimited) and err.retry_after is not None:
-            wait = err.retry_after
-            if wait > self.retry_after_cap or wait >= remaining:
-                return None
-            return wait
+        wait = retry_after(err)
+        if wait is not None:
+            return None if wait > self.retry_after_cap or wait >= remaining else wait
         wait = self.rng.uniform(0.0, min(self.max_delay, self.base_delay * 2**retry_no))
         return wait if wait < remaining else None

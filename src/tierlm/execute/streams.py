@@ -26,8 +26,14 @@ CONTINUE_INSTRUCTION = "Continue exactly where the answer stopped; do not repeat
 class TimedStream:
     """One attempt's event stream, read under its deadlines."""
 
-    def __init__(self, events: AsyncIterator[StreamEvent], timeouts: Timeouts, *,
-                 backend: str, request_id: str | None) -> None:
+    def __init__(
+        self,
+        events: AsyncIterator[StreamEvent],
+        timeouts: Timeouts,
+        *,
+        backend: str,
+        request_id: str | None,
+    ) -> None:
         self._events = events
         self._loop = asyncio.get_running_loop()
         self._start = self._loop.time()
@@ -36,7 +42,8 @@ class TimedStream:
         self._total_at = self._start + timeouts.total
         self._started = False
         self._finished = False
-        self._kw: dict[str, str | None] = {"backend": backend, "request_id": request_id}
+        self._backend = backend
+        self._request_id = request_id
 
     @property
     def elapsed(self) -> float:
@@ -57,10 +64,17 @@ class TimedStream:
             async with asyncio.timeout_at(deadline):
                 ev = await anext(self._events)
         except TimeoutError:
-            raise BackendTimeout(f"{phase} timeout ({self._limit_text(phase)})",
-                                 **self._kw) from None
+            raise BackendTimeout(
+                f"{phase} timeout ({self._limit_text(phase)})",
+                backend=self._backend,
+                request_id=self._request_id,
+            ) from None
         except StopAsyncIteration:
-            raise ProtocolError("stream ended before the answer finished", **self._kw) from None
+            raise ProtocolError(
+                "stream ended before the answer finished",
+                backend=self._backend,
+                request_id=self._request_id,
+            ) from None
         self._started = True
         if ev.finish_reason is not None:
             self._finished = True
@@ -68,7 +82,8 @@ class TimedStream:
 
     def _limit_text(self, phase: str) -> str:
         seconds = {"first token": self._first, "stall": self._stall}.get(
-            phase, self._total_at - self._start)
+            phase, self._total_at - self._start
+        )
         return f"{seconds:g} s"
 
     async def aclose(self) -> None:
@@ -79,13 +94,17 @@ class TimedStream:
 
 def continuation_request(request: ChatRequest, partial: str) -> ChatRequest:
     """The original conversation, the partial answer as an assistant turn, and a short
-    instruction to go on from exactly there (works with any chat backend)."""
+    instruction to go on from exactly there (works with any chat backend). ``max_tokens`` is
+    reduced by the (estimated) tokens already sent."""
     messages = [
         *request.messages,
         Message(role="assistant", content=partial),
         Message(role="user", content=CONTINUE_INSTRUCTION),
     ]
-    return request.model_copy(update={"messages": messages})
+    update: dict[str, object] = {"messages": messages}
+    if request.max_tokens is not None:
+        update["max_tokens"] = max(1, request.max_tokens - estimate_tokens(partial))
+    return request.model_copy(update=update)
 
 
 def estimate_tokens(text: str) -> int:
@@ -94,12 +113,16 @@ def estimate_tokens(text: str) -> int:
 
 
 def estimate_usage(request: ChatRequest, completion: str) -> Usage:
-    return Usage(prompt_tokens=estimate_tokens(request.prompt_text),
-                 completion_tokens=estimate_tokens(completion))
+    return Usage(
+        prompt_tokens=estimate_tokens(request.prompt_text),
+        completion_tokens=estimate_tokens(completion),
+    )
 
 
 def add_usage(a: Usage | None, b: Usage) -> Usage:
     if a is None:
         return b
-    return Usage(prompt_tokens=a.prompt_tokens + b.prompt_tokens,
-                 completion_tokens=a.completion_tokens + b.completion_tokens)
+    return Usage(
+        prompt_tokens=a.prompt_tokens + b.prompt_tokens,
+        completion_tokens=a.completion_tokens + b.completion_tokens,
+    )

@@ -2,10 +2,11 @@
 
 Constraints first, each removing candidates and saying why:
 
-1. privacy: the effective level is the strictest of the config default, the API key's floor,
-   the request's hint, and ``private`` when sensitive content is found; ``private`` keeps the
-   request at or below ``site``. Air-gapped deployments have no external backend at all
-   (the config refuses one);
+1. privacy: the effective level is the strictest of the config default, the API key's floor
+   and the request's hint; sensitive content raises ``public`` to ``private``, which keeps the
+   request at or below ``site``. An ``enhanced`` request (the client or key opted in to
+   redaction) may leave the site, but the executor sends external backends a redacted copy
+   only. Air-gapped deployments have no external backend at all (the config refuses one);
 2. the API key's allowed tiers and boundary ceiling;
 3. a pinned model (``model`` = a tier or backend name) and the tier floor/ceiling hints;
 4. the budget: when the ledger says local-only, nothing that costs money is eligible;
@@ -108,10 +109,12 @@ class Policy:
         if request.hints.privacy is not None:
             level = level.raise_to(request.hints.privacy)
         if signals.findings:
-            kinds = sorted({f.kind for f in signals.findings})
-            if level is not Privacy.PRIVATE:
-                reasons.append(f"sensitive content ({', '.join(kinds)}): privacy raised to private")
-            level = Privacy.PRIVATE
+            kinds = ", ".join(sorted({f.kind for f in signals.findings}))
+            if level is Privacy.PUBLIC:
+                reasons.append(f"sensitive content ({kinds}): privacy raised to private")
+                level = Privacy.PRIVATE
+            elif level is Privacy.ENHANCED:
+                reasons.append(f"sensitive content ({kinds}): redacted before leaving the site")
         if level is Privacy.PRIVATE:
             reasons.append("privacy private: stays at or below the site boundary")
         return level
