@@ -1,0 +1,124 @@
+"""``tierlm report``: spend, latency, fallbacks, savings and quality from the ledger."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from tierlm.cli.common import CONFIG_HELP, PRESET_HELP, fail, load
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from tierlm.ledger.reports import Group, Report
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(report)
+
+
+def report(
+    since: str = typer.Option("30d", "--since", help="Period: 30d, 12h, 2w, ... or 'all'."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write PNG charts into DIR."),
+    config: Path | None = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+    preset: str | None = typer.Option(None, "--preset", "-p", help=PRESET_HELP),
+) -> None:
+    """Summarize the recorded requests: where they went, what they cost, how they did."""
+    from tierlm.ledger import open_ledger
+    from tierlm.ledger.reports import parse_since
+
+    try:
+        span = parse_since(since)
+    except ValueError as e:
+        raise fail(str(e), 2) from None
+    with open_ledger(load(config, preset)) as ledger:
+        rep = ledger.report(span)
+    charts: list[Path] = []
+    if plot is not None:
+        from tierlm.ledger.plots import write_plots
+
+        charts = write_plots(rep, plot)
+    if json_out:
+        typer.echo(json.dumps({**rep.to_dict(), "charts": [str(c) for c in charts]}))
+        return
+    _print(rep, charts)
+
+
+def _money(x: float) -> str:
+    return f"${x:,.4f}" if x < 1 else f"${x:,.2f}"
+
+
+def _group_table(console: Console, title: str, groups: list[Group]) -> None:
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    for col in ("name", "requests", "share", "cost", "tokens in", "tokens out", "fallback"):
+        t.add_column(col, justify="left" if col == "name" else "right")
+    for g in groups:
+        t.add_row(
+            g.name,
+            f"{g.requests:,}",
+            f"{g.share:.1%}",
+            _money(g.cost_usd),
+            f"{g.prompt_tokens:,}",
+            f"{g.completion_tokens:,}",
+            f"{g.fallback_rate:.1%}",
+        )
+    console.print(t)
+
+
+def _print(rep: Report, charts: list[Path]) -> None:
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    day = "%Y-%m-%d %H:%M"
+    console.print(
+        f"[bold]tierlm report[/] {datetime.fromtimestamp(rep.since, UTC).strftime(day)} .. "
+        f"{datetime.fromtimestamp(rep.until, UTC).strftime(day)} UTC: "
+        f"{rep.requests:,} requests, {_money(rep.cost_usd)}; fallback {rep.fallback_rate:.1%}, "
+        f"escalation {rep.escalation_rate:.1%}, errors {rep.error_rate:.1%}"
+    )
+    if rep.requests == 0:
+        return
+    _group_table(console, "Spend by tier", rep.by_tier)
+    _group_table(console, "Spend by backend", rep.by_backend)
+    _group_table(console, "Spend by key", rep.by_key)
+    t = Table(title="Latency (ms)", title_justify="left")
+    for col in ("tier", "n", "p50", "p90", "p99", "ttft p50"):
+        t.add_column(col, justify="left" if col == "tier" else "right")
+    for x in rep.latency:
+        t.add_row(
+            x.name,
+            f"{x.n:,}",
+            *(
+                f"{v:,.0f}" if v is not None else "-"
+                for v in (x.p50_ms, x.p90_ms, x.p99_ms, x.ttft_p50_ms)
+            ),
+        )
+    console.print(t)
+    if rep.quality:
+        t = Table(title="Quality from feedback", title_justify="left")
+        for col in ("tier", "ratings", "mean", "scored well"):
+            t.add_column(col, justify="left" if col == "tier" else "right")
+        for q in rep.quality:
+            t.add_row(q.tier, f"{q.ratings:,}", f"{q.mean:.2f}", f"{q.well_scored:.0%}")
+        console.print(t)
+    if rep.savings is not None:
+        s = rep.savings
+        console.print(
+            f"Savings: {_money(s.saved_usd)} ({s.saved_share:.0%}) against "
+            f"{_money(s.baseline_usd)} for sending everything to {s.strongest_tier} "
+            f"({'configured price' if s.method == 'price' else 'observed cost per token'})"
+        )
+    console.print("[bold]Recommendations[/]")
+    for r in rep.recommendations:
+        console.print(f"- {r}", soft_wrap=True)
+    for c in charts:
+        console.print(f"chart: {c}")

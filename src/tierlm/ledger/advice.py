@@ -1,0 +1,104 @@
+"""Plain recommendations drawn from a report: each names a number and what to try.
+
+Rules, each firing only with enough evidence:
+
+- cloud requests no harder than what a local tier was scored well on: raise that tier's share;
+- a tier scored poorly: raise the quality bar;
+- a backend whose attempts often fail: check its health and timeouts;
+- many escalations or errors; and no feedback at all.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tierlm.ledger.reports import GOOD
+
+if TYPE_CHECKING:
+    from tierlm.ledger.reports import Report
+
+MIN_RATINGS = 20
+MIN_ATTEMPTS = 50
+MIN_BIN = 5  # ratings a complexity bin needs to count
+BIN = 0.1  # must match the roll-ups' complexity tenths
+
+
+def scored_well_up_to(points: list[tuple[float, float]]) -> tuple[float, int, float] | None:
+    """The complexity up to which a tier was scored well, from (complexity, quality) ratings.
+
+    Ratings are binned by complexity (width ``BIN``); from the lowest rated bin up, each bin
+    with at least ``MIN_BIN`` ratings and a mean of at least ``GOOD`` extends the range. Returns
+    (upper complexity, ratings in range, their mean quality), or ``None``.
+    """
+    import numpy as np
+
+    if not points:
+        return None
+    c = np.array([p[0] for p in points])
+    q = np.array([p[1] for p in points])
+    bins = np.minimum((c / BIN).astype(int), int(1 / BIN) - 1)
+    bar, n, total = None, 0, 0.0
+    for b in range(int(bins.min()), int(1 / BIN)):
+        sel = q[bins == b]
+        if sel.size < MIN_BIN or sel.mean() < GOOD:
+            break
+        bar, n, total = (b + 1) * BIN, n + sel.size, total + float(sel.sum())
+    if bar is None or n < MIN_RATINGS:
+        return None
+    return round(bar, 4), n, total / n
+
+
+def _cloud_to_local(rep: Report, rated: list[tuple[str, float | None, float]]) -> list[str]:
+    cloud_n = sum(g.requests for g in rep.by_tier if g.external)
+    local = [g.name for g in rep.by_tier if not g.external]
+    if not cloud_n:
+        return []
+    out = []
+    for tier in sorted(local):
+        found = scored_well_up_to([(c, q) for t, c, q in rated if t == tier and c is not None])
+        if found is None:
+            continue
+        bar, n, mean = found
+        share = sum(rep.cloud_complexity[: round(bar / BIN)]) / cloud_n
+        if share >= 0.05:
+            out.append(
+                f"{share:.0%} of requests sent to the cloud were no harder than those the "
+                f"{tier} tier was scored well on (complexity under {bar:.2f}, where its {n} "
+                f"rated answers averaged {mean:.2f}): consider raising its share."
+            )
+    return out
+
+
+def recommend(rep: Report, rated: list[tuple[str, float | None, float]]) -> list[str]:
+    """The recommendations for ``rep``; ``rated`` holds (tier, complexity, quality) ratings."""
+    if rep.requests == 0:
+        return ["No requests recorded in this period."]
+    out = _cloud_to_local(rep, rated)
+    for q in rep.quality:
+        if q.ratings >= MIN_RATINGS and q.mean < 0.5:
+            out.append(
+                f"Answers from the {q.tier} tier were scored poorly (mean {q.mean:.2f} over "
+                f"{q.ratings} ratings): consider raising routing.quality so harder requests go "
+                f"to a stronger tier."
+            )
+    for a in rep.attempt_failures:
+        if a["attempts"] >= MIN_ATTEMPTS and a["failure_rate"] >= 0.05:
+            out.append(
+                f"{a['failure_rate']:.0%} of attempts on backend {a['backend']} failed "
+                f"({a['failed']} of {a['attempts']}): check its health and timeouts."
+            )
+    if rep.escalation_rate >= 0.15:
+        out.append(
+            f"{rep.escalation_rate:.0%} of requests were escalated after a failed check: "
+            "consider sending such requests to the stronger tier directly."
+        )
+    if rep.error_rate >= 0.02:
+        out.append(f"{rep.error_rate:.1%} of requests ended in an error.")
+    if rep.savings is not None and rep.savings.saved_share > 0:
+        out.append(
+            f"Routing saved ${rep.savings.saved_usd:,.2f} ({rep.savings.saved_share:.0%}) "
+            f"against sending everything to the {rep.savings.strongest_tier} tier."
+        )
+    if not rep.quality:
+        out.append("No feedback recorded: POST /v1/feedback to measure quality per tier.")
+    return out

@@ -1,0 +1,134 @@
+"""The audit trail: one row per call that crossed the site boundary, chained by hash.
+
+Each row's ``hash`` is ``sha256(prev_hash + canonical JSON of the row)``; the first row's
+``prev_hash`` is 64 zeros. Changing, inserting or deleting any row breaks the chain from that
+row on, and :func:`verify_rows` names the first row that no longer verifies. (Deleting rows
+from the *end* leaves a shorter valid chain; compare ``rows`` with an earlier count, or ship
+the last hash elsewhere, to detect that.)
+
+What was sent is kept only as :func:`digest`: the SHA-256 of the canonical JSON of the request
+body, never the content itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from tierlm.ledger.records import AuditRecord, AuditResult, RequestRecord
+from tierlm.ledger.store import Row, Tx
+
+GENESIS = "0" * 64
+COLUMNS = "seq, ts, request_id, api_key, backend, tier, boundary, privacy, digest, prev_hash, hash"
+CROSSES = frozenset({"external"})  # boundaries beyond the site
+NOT_SENT = "Skipped"  # the error_kind of an attempt that was planned but never sent
+
+
+def crossed(a: Any) -> bool:
+    """Did this attempt send data across the site boundary?"""
+    return a.boundary in CROSSES and a.error_kind != NOT_SENT
+
+
+def canonical(obj: Any) -> str:
+    """Deterministic JSON: sorted keys, no spaces, UTF-8 kept."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def digest(payload: Any) -> str:
+    """SHA-256 hex of what was sent (a request body as a JSON-able object, str or bytes)."""
+    if isinstance(payload, bytes):
+        data = payload
+    elif isinstance(payload, str):
+        data = payload.encode()
+    else:
+        data = canonical(payload).encode()
+    return hashlib.sha256(data).hexdigest()
+
+
+def row_hash(prev_hash: str, fields: dict[str, Any]) -> str:
+    return hashlib.sha256((prev_hash + canonical(fields)).encode()).hexdigest()
+
+
+def _fields(seq: int, ts: float, rec: RequestRecord, a: Any) -> dict[str, Any]:
+    return {
+        "seq": seq,
+        "ts": ts,
+        "request_id": rec.id,
+        "api_key": rec.api_key,
+        "backend": a.backend,
+        "tier": a.tier,
+        "boundary": a.boundary,
+        "privacy": rec.privacy,
+        "digest": a.sent_digest,
+    }
+
+
+def append(tx: Tx, records: Sequence[RequestRecord]) -> int:
+    """Chain and insert the audit rows of ``records``' boundary-crossing attempts.
+
+    The caller holds the chain lock (see ``Store.lock_chain``) inside ``tx``.
+    """
+    crossing = [(r, a) for r in records for a in r.attempts if crossed(a)]
+    if not crossing:
+        return 0
+    last = tx.q("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+    seq, prev = (int(last[0][0]), str(last[0][1])) if last else (0, GENESIS)
+    rows: list[tuple[Any, ...]] = []
+    for rec, a in crossing:
+        seq += 1
+        ts = round(a.ts if a.ts is not None else rec.ts, 6)
+        f = _fields(seq, ts, rec, a)
+        h = row_hash(prev, f)
+        rows.append((*f.values(), prev, h))
+        prev = h
+    tx.many(f"INSERT INTO audit ({COLUMNS}) VALUES ({', '.join('?' * 11)})", rows)
+    return len(rows)
+
+
+def to_record(row: Row) -> AuditRecord:
+    seq, ts, rid, key, backend, tier, boundary, privacy, dig, prev, h = row
+    return AuditRecord(
+        seq=int(seq),
+        ts=float(ts),
+        request_id=rid,
+        api_key=key,
+        backend=backend,
+        tier=tier,
+        boundary=boundary,
+        privacy=privacy,
+        digest=dig,
+        prev_hash=prev,
+        hash=h,
+    )
+
+
+def verify_rows(rows: Iterable[Row]) -> AuditResult:
+    """Walk the chain in ``seq`` order; stop at the first row that does not verify."""
+    prev = GENESIS
+    expected_seq = 1
+    n = 0
+    for row in rows:
+        r = to_record(row)
+        n += 1
+        if r.seq != expected_seq:
+            return AuditResult(False, n, r.seq, f"row {r.seq}: expected sequence {expected_seq}")
+        if r.prev_hash != prev:
+            return AuditResult(False, n, r.seq, f"row {r.seq}: prev_hash does not match")
+        fields = {
+            "seq": r.seq,
+            "ts": r.ts,
+            "request_id": r.request_id,
+            "api_key": r.api_key,
+            "backend": r.backend,
+            "tier": r.tier,
+            "boundary": r.boundary,
+            "privacy": r.privacy,
+            "digest": r.digest,
+        }
+        if row_hash(prev, fields) != r.hash:
+            return AuditResult(False, n, r.seq, f"row {r.seq}: contents do not match its hash")
+        prev = r.hash
+        expected_seq += 1
+    return AuditResult(True, n)

@@ -1,0 +1,137 @@
+"""What the ledger stores: one :class:`RequestRecord` per request, with its attempts.
+
+A record holds the decision (tier, backend, complexity, privacy, reasons, the kinds of
+sensitive findings), every attempt (backend, outcome, latency, time to first token, error
+kind), tokens, cost and the final outcome. It never holds an API key's secret, only its name.
+Prompt and completion text are kept only when ``ledger.store_prompts`` is on, and then with
+sensitive spans replaced by ``[KIND]``.
+
+Every attempt against a backend whose boundary is ``external`` becomes one row of the audit
+trail (:class:`AuditRecord`); its ``sent_digest`` is the SHA-256 of the canonical JSON of what
+was sent (see :func:`tierlm.ledger.audit.digest`), never the content.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Thumbs = Literal["up", "down"]
+
+
+@dataclass(slots=True)
+class AttemptRecord:
+    """One try against one backend."""
+
+    backend: str
+    tier: str
+    boundary: str  # process | host | site | external
+    outcome: str = "ok"  # "ok", or the error code (``TierlmError.code``)
+    error_kind: str | None = None  # e.g. "BackendTimeout"; "Skipped": never sent (not audited)
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    tokens: int = 0
+    sent_digest: str | None = None  # sha256 of what was sent; set for external attempts
+    ts: float | None = None  # when the attempt started; None: the request's time
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """One request, as decided and as carried out."""
+
+    id: str = field(default_factory=lambda: "req-" + uuid.uuid4().hex[:20])
+    ts: float = field(default_factory=time.time)
+    api_key: str | None = None  # the key's configured name, never the secret
+    tier: str | None = None  # the tier that answered (or was planned, on failure)
+    backend: str | None = None
+    model: str | None = None
+    boundary: str | None = None
+    complexity: float | None = None
+    privacy: str | None = None
+    reasons: list[str] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)  # kinds only, never values
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    outcome: str = "ok"  # "ok", or the error code the client got
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    escalated: bool = False  # an answer failed its check and a stronger tier answered
+    fallback: bool = False  # an attempt failed and another backend answered
+    stream: bool = False
+    # Only stored when ledger.store_prompts is on; spans are (start, end, kind) in the text.
+    prompt: str | None = None
+    completion: str | None = None
+    prompt_spans: list[tuple[int, int, str]] = field(default_factory=list)
+    completion_spans: list[tuple[int, int, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RequestRecord:
+        data = dict(data)
+        data["attempts"] = [AttemptRecord(**a) for a in data.get("attempts", [])]
+        for k in ("prompt_spans", "completion_spans"):
+            data[k] = [tuple(s) for s in data.get(k, [])]
+        return cls(**data)
+
+
+@dataclass(slots=True, frozen=True)
+class AuditRecord:
+    """One call that crossed the site boundary, chained to the previous row by hash."""
+
+    seq: int
+    ts: float
+    request_id: str
+    api_key: str | None
+    backend: str
+    tier: str
+    boundary: str
+    privacy: str | None
+    digest: str | None
+    prev_hash: str
+    hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True, frozen=True)
+class AuditResult:
+    """The outcome of ``audit verify``: ``ok``, or the first row that does not verify."""
+
+    ok: bool
+    rows: int
+    first_bad: int | None = None
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def redact(text: str, spans: list[tuple[int, int, str]]) -> str:
+    """Replace each ``(start, end, kind)`` span of ``text`` with ``[KIND]``."""
+    out: list[str] = []
+    pos = 0
+    for start, end, kind in sorted(spans):
+        if end <= pos:
+            continue
+        start = max(start, pos)
+        out.append(text[pos:start])
+        out.append(f"[{kind.upper()}]")
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def stored_text(text: str | None, spans: list[tuple[int, int, str]], sensitive: bool) -> str | None:
+    """The text to store: redacted by its spans; withheld if sensitive but no spans given."""
+    if text is None:
+        return None
+    if spans:
+        return redact(text, spans)
+    return "[withheld: sensitive content]" if sensitive else text

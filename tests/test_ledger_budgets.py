@@ -1,0 +1,188 @@
+"""Budgets: never overspend under concurrency (SQLite and Postgres), degrade instead of fail."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ledger_support import db_url, one_budget, open_url, run_reserve_processes
+from tierlm.config.settings import BudgetConfig, BudgetLimit
+from tierlm.errors import BudgetExceeded
+from tierlm.ledger import Ledger
+from tierlm.ledger.budgets import NANO, to_nusd
+
+DBS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+def _hammer(ledger: Ledger, n: int, usd: float) -> tuple[int, int]:
+    """``n`` threads each reserve ``usd`` at the same moment, then settle it."""
+    barrier = threading.Barrier(n)
+    ok, refused, lock = [0], [0], threading.Lock()
+
+    def one(i: int) -> None:
+        barrier.wait()
+        try:
+            r = ledger.reserve(f"r{i}", key="k", tier="cloud", backend="gpt", usd=usd)
+        except BudgetExceeded:
+            with lock:
+                refused[0] += 1
+            return
+        with lock:
+            ok[0] += 1
+        ledger.settle(r, usd)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return ok[0], refused[0]
+
+
+def _spent(ledger: Ledger) -> tuple[int, int, int]:
+    with ledger.store.transaction("read") as tx:
+        (row,) = tx.q(
+            "SELECT SUM(spent_nusd), SUM(reserved_nusd), SUM(limit_nusd) FROM budget_buckets"
+        )
+        (held,) = tx.q("SELECT COUNT(*) FROM reservations")
+    return int(row[0]), int(row[1]), int(held[0])
+
+
+@pytest.mark.parametrize("db", DBS)
+def test_200_concurrent_requests_never_overspend_a_budget_for_50(
+    db: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    cfg = one_budget(1.0, local_only_below=0.0, per_request_share=1.0)
+    with open_url(db_url(db, tmp_path, request), tmp_path, cfg) as ledger:
+        ok, refused = _hammer(ledger, 200, 0.02)
+        spent, reserved, held = _spent(ledger)
+    assert (ok, refused) == (50, 150)
+    assert spent == to_nusd(1.0) and reserved == 0 and held == 0
+
+
+@pytest.mark.parametrize("db", DBS)
+def test_with_default_shares_concurrency_stays_under_the_local_only_line(
+    db: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    with open_url(db_url(db, tmp_path, request), tmp_path, one_budget(1.0)) as ledger:
+        ok, _ = _hammer(ledger, 200, 0.02)
+        state = ledger.budget_state(key="k", tier="cloud")
+        spent, _, _ = _spent(ledger)
+    # Each admitted call was at most 5% of what remained, and none once under 10% remained.
+    # 31 calls fit: from $1.00 down to $0.40 left (0.02 is 5% of 0.40); then $0.38 is left.
+    assert ok == 31
+    assert spent == ok * to_nusd(0.02)
+    assert state.remaining_usd == pytest.approx(0.38)
+    assert not state.allows(0.02)
+
+
+@pytest.mark.parametrize("db", DBS)
+def test_several_processes_share_one_budget(
+    db: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = db_url(db, tmp_path, request)
+    open_url(url, tmp_path).close()  # create the schema first
+    admitted = run_reserve_processes(url, procs=4, each=40, usd=0.05, limit=1.0, cwd=tmp_path)
+    assert admitted == 20
+    with open_url(url, tmp_path, one_budget(1.0)) as ledger:
+        assert _spent(ledger) == (to_nusd(1.0), 0, 0)
+
+
+def test_shares_cap_a_request_and_switch_to_local_only(tmp_path: Path) -> None:
+    with open_url(f"sqlite:///{tmp_path / 'l.db'}", tmp_path, one_budget(10.0)) as ledger:
+        state = ledger.budget_state(key="k", tier="cloud")
+        assert state.cap_usd == pytest.approx(0.5) and not state.local_only
+        with pytest.raises(BudgetExceeded, match="per-request cap") as e:
+            ledger.reserve("big", key="k", tier="cloud", backend="gpt", usd=0.51)
+        assert (e.value.status, e.value.request_id, e.value.backend) == (402, "big", "gpt")
+        assert e.value.to_openai()["error"]["type"] == "insufficient_quota"
+        r = ledger.reserve("ok", key="k", tier="cloud", backend="gpt", usd=0.5)
+        ledger.settle(r, 9.1)  # the call cost more than estimated: still booked
+        state = ledger.budget_state(key="k", tier="cloud")
+        assert state.remaining_usd == pytest.approx(0.9)
+        assert state.local_only and not state.allows(0.0001)
+        assert state.allows(0.0)  # local tiers are never blocked by money
+        with pytest.raises(BudgetExceeded, match="local-only"):
+            ledger.reserve("late", key="k", tier="cloud", backend="gpt", usd=0.001)
+        free = ledger.reserve("local", key="k", tier="tiny", backend="smollm", usd=0.0)
+        assert free.noop
+        ledger.settle(free, 0.0)
+
+
+def test_zero_cost_never_touches_the_database(tmp_path: Path) -> None:
+    ledger = open_url(f"sqlite:///{tmp_path / 'l.db'}", tmp_path, one_budget(0.0))
+    ledger.store.close()  # any database access now fails
+    r = ledger.reserve("x", key="k", tier="tiny", backend="smollm", usd=0.0)
+    ledger.settle(r, 0.0)
+    ledger.release(r)
+    ledger._writer.close()
+
+
+def test_key_and_tier_limits_and_daily_periods(tmp_path: Path) -> None:
+    cfg = BudgetConfig(
+        limits=[
+            BudgetLimit(scope="key", usd=1.0),  # every key separately
+            BudgetLimit(scope="key", name="ci", period="day", usd=0.1),
+            BudgetLimit(scope="tier", name="cloud", usd=1.5),
+        ],
+        local_only_below=0.0,
+        per_request_share=1.0,
+    )
+    with open_url(f"sqlite:///{tmp_path / 'l.db'}", tmp_path, cfg) as ledger:
+        for key in ("alice", "bob"):
+            ledger.settle(ledger.reserve("a", key=key, tier="site", backend="s", usd=0.9), 0.9)
+        with pytest.raises(BudgetExceeded, match="key:alice:month"):
+            ledger.reserve("b", key="alice", tier="site", backend="s", usd=0.2)
+        with pytest.raises(BudgetExceeded, match="key:ci:day"):
+            ledger.reserve("c", key="ci", tier="site", backend="s", usd=0.2)
+        ledger.settle(ledger.reserve("d", key="carol", tier="cloud", backend="g", usd=0.9), 0.9)
+        with pytest.raises(BudgetExceeded, match="tier:cloud:month"):
+            ledger.reserve("e", key="dave", tier="cloud", backend="g", usd=0.7)
+        ledger.reserve("f", key="dave", tier="site", backend="s", usd=0.7)  # other tier: fine
+        state = ledger.budget_state(key="ci", tier="cloud")
+        assert [b.bucket.split(":")[:3] for b in state.buckets] == [
+            ["key", "ci", "day"],
+            ["key", "ci", "month"],
+            ["tier", "cloud", "month"],
+        ]
+
+
+def test_release_and_expiry_give_money_back(tmp_path: Path) -> None:
+    cfg = one_budget(1.0, local_only_below=0.0, per_request_share=1.0)
+    with open_url(f"sqlite:///{tmp_path / 'l.db'}", tmp_path, cfg) as ledger:
+        r = ledger.reserve("a", key=None, tier="cloud", backend="g", usd=0.6)
+        with pytest.raises(BudgetExceeded):
+            ledger.reserve("b", key=None, tier="cloud", backend="g", usd=0.6)
+        ledger.release(r)
+        ledger.release(r)  # twice: no effect
+        stale = ledger.reserve("c", key=None, tier="cloud", backend="g", usd=0.7)
+        assert ledger.budgets.expire(older_than_s=60, now=time.time() + 61) == 1
+        assert ledger.budget_state(key=None, tier=None).remaining_usd == pytest.approx(1.0)
+        ledger.settle(stale, 0.25)  # settled after expiry: the cost is still booked
+        assert _spent(ledger) == (to_nusd(0.25), 0, 0)
+        ledger.reserve("d", key=None, tier="cloud", backend="g", usd=0.5)  # then the process dies
+        with ledger.store.transaction("budget") as tx:
+            tx.q("UPDATE reservations SET ts = ts - 1000")
+    with open_url(f"sqlite:///{tmp_path / 'l.db'}", tmp_path, cfg) as reopened:
+        assert _spent(reopened) == (to_nusd(0.25), 0, 0)  # freed when the ledger opened
+
+
+async def test_async_wrappers(tmp_path: Path) -> None:
+    cfg = one_budget(1.0, local_only_below=0.0, per_request_share=1.0)
+    ledger = open_url(f"sqlite:///{tmp_path / 'l.db'}", tmp_path, cfg)
+    results = await asyncio.gather(
+        *(ledger.areserve(f"r{i}", key="k", tier="cloud", backend="g", usd=0.1) for i in range(15)),
+        return_exceptions=True,
+    )
+    held = [r for r in results if not isinstance(r, BaseException)]
+    assert len(held) == 10
+    assert all(isinstance(r, BudgetExceeded) for r in results if r not in held)
+    await asyncio.gather(*(ledger.asettle(r, 0.05) for r in held))
+    state = await ledger.abudget_state(key="k", tier="cloud")
+    assert state.remaining_usd == pytest.approx(0.5)
+    assert int(state.buckets[0].spent_nusd) == 10 * to_nusd(0.05) == NANO // 2
+    await ledger.aclose()
