@@ -122,3 +122,17 @@ def test_enhanced_requests_reach_the_cloud_only_redacted(
     sent = str(body["messages"])
     assert "4111" not in sent and "anna.schmidt" not in sent
     assert "[PAYMENT_CARD]" in sent and "[EMAIL]" in sent
+
+
+def test_stored_prompts_are_redacted(tmp_path: Path, upstream: FaultyUpstream) -> None:
+    url = upstream.add("ok", Scenario(kind="healthy", tokens=5))
+    prompt = "Turn on pump 3 and tell jonas.weber@rheinwerk.de"
+    with _router(tmp_path, url, ledger={"store_prompts": True}) as router:
+        router.chat(prompt, max_tokens=6)
+        list(router.stream("Turn on pump 4", max_tokens=6))
+        router.accounting.ledger.flush()
+    rows = _rows(tmp_path, "SELECT prompt, completion FROM requests ORDER BY ts")
+    assert rows[0][0] == "Turn on pump 3 and tell [EMAIL]"
+    assert rows[1][0] == "Turn on pump 4" and rows[1][1]  # the streamed answer is kept too
+    for f in tmp_path.glob("ledger.sqlite3*"):  # the database and its WAL
+        assert b"jonas.weber" not in f.read_bytes()

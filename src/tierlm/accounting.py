@@ -14,7 +14,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from tierlm.types import Boundary, Candidate, ChatRequest, ChatResponse, Plan, Privacy, Usage
+from tierlm.types import (
+    Boundary,
+    Candidate,
+    ChatRequest,
+    ChatResponse,
+    Finding,
+    Plan,
+    Privacy,
+    Usage,
+)
 
 if TYPE_CHECKING:
     from tierlm.config.settings import Settings
@@ -31,8 +40,11 @@ class Accounting:
         settings: Settings,
         ledger: Ledger | None = None,
         redact: Callable[[ChatRequest], ChatRequest] | None = None,
+        scan_text: Callable[[str], list[Finding]] | None = None,
     ) -> None:
         self.settings = settings
+        self.store_prompts = settings.ledger.store_prompts
+        self._scan_text = scan_text  # finds the spans to redact in stored prompts
         self._redact = redact  # what an `enhanced` request looks like when it leaves
         self._ledger = ledger
         self._configs = {b.name: b for b in settings.backends}
@@ -113,6 +125,7 @@ class Accounting:
         streamed: tuple[str | None, str | None, str | None, Usage | None] | None = None,
         error: TierlmError | None = None,
         outcome: str | None = None,
+        completion: str | None = None,
         latency_ms: float | None = None,
         ttft_ms: float | None = None,
     ) -> None:
@@ -148,6 +161,18 @@ class Accounting:
             for a in attempts:
                 if a.boundary == Boundary.EXTERNAL.label and a.sent_digest is None:
                     a.sent_digest = sent
+        texts: dict[str, Any] = {}
+        if self.store_prompts and self._scan_text is not None:
+            prompt = request.prompt_text
+            answer = completion if completion is not None else (response.text if response else None)
+            texts = {
+                "prompt": prompt,
+                "prompt_spans": [(f.start, f.end, f.kind) for f in self._scan_text(prompt)],
+                "completion": answer,
+                "completion_spans": [(f.start, f.end, f.kind) for f in self._scan_text(answer)]
+                if answer
+                else [],
+            }
         cfg = self._configs.get(backend or "")
         answered = [a for a in attempts if a.outcome == "ok"]
         ok = error is None and outcome in (None, "ok")
@@ -175,5 +200,6 @@ class Accounting:
                 escalated=ok
                 and self._tier_index.get(tier or "", -1) > self._tier_index.get(planned or "", 99),
                 stream=request.stream,
+                **texts,
             )
         )

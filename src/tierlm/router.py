@@ -19,7 +19,7 @@ from tierlm.config import Settings, load_settings
 from tierlm.errors import ConfigError, TierlmError
 from tierlm.execute.executor import Executor, RoutedStream
 from tierlm.policy import Conditions, Policy, Signals
-from tierlm.types import ChatRequest, ChatResponse, Message, Plan, StreamEvent
+from tierlm.types import ChatRequest, ChatResponse, Finding, Message, Plan, StreamEvent
 
 if TYPE_CHECKING:
     from tierlm.backends.base import Backend
@@ -73,7 +73,9 @@ class Router:
             else {b.name: create_backend(b, settings) for b in settings.backends}
         )
         self.policy = Policy(settings)
-        self.accounting = Accounting(settings, ledger, redact=self._redact)
+        self.accounting = Accounting(
+            settings, ledger, redact=self._redact, scan_text=self._scan_text
+        )
         self._signals: SignalReader | None = None
         self.executor = Executor(self.backends, hooks=self.accounting, redact=self._redact)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -130,11 +132,21 @@ class Router:
     def _redact(self, request: ChatRequest) -> ChatRequest:
         return self.signals.detector.redact_request(request)
 
+    def _scan_text(self, text: str) -> list[Finding]:
+        return self.signals.detector.scan_text(text)
+
     # -- answering --------------------------------------------------------------------------
     async def achat(
         self, request: ChatRequest, conditions: Conditions | None = None
     ) -> ChatResponse:
         """Plan, execute, record. Every request is recorded, answered or not."""
+        resp, _ = await self.achat_planned(request, conditions)
+        return resp
+
+    async def achat_planned(
+        self, request: ChatRequest, conditions: Conditions | None = None
+    ) -> tuple[ChatResponse, Plan]:
+        """:meth:`achat`, also returning the plan it followed (the gateway reports it)."""
         cond = conditions or Conditions()
         attempts: list[AttemptRecord] = []
         plan: Plan | None = None
@@ -147,7 +159,7 @@ class Router:
             self.accounting.record(request, plan, attempts, error=e, latency_ms=_ms(t0))
             raise
         self.accounting.record(request, plan, attempts, response=resp, latency_ms=_ms(t0))
-        return resp
+        return resp, plan
 
     def astream(self, request: ChatRequest, conditions: Conditions | None = None) -> RoutedStream:
         """Plan now; stream on iteration. The record is written when the stream ends."""
@@ -171,8 +183,12 @@ class Router:
         t0: float,
     ) -> AsyncIterator[StreamEvent]:
         error: TierlmError | None = None
+        keep = self.accounting.store_prompts
+        parts: list[str] = []
         try:
             async for ev in events:
+                if keep and ev.text:
+                    parts.append(ev.text)
                 yield ev
         except TierlmError as e:
             error = e
@@ -186,6 +202,7 @@ class Router:
                 streamed=(rs.tier, rs.backend, rs.model, rs.usage),
                 error=error,
                 outcome=None if done or error else "cancelled",
+                completion="".join(parts) if keep else None,
                 latency_ms=_ms(t0),
                 ttft_ms=rs.ttft_ms,
             )
