@@ -1,0 +1,434 @@
+"""The Anthropic Messages adapter (``POST /v1/messages``), stream and non-stream.
+
+Translation, both ways:
+
+- system and developer messages become the top-level ``system`` text;
+- OpenAI content parts become text and image blocks (data URLs as base64 sources);
+- assistant ``tool_calls`` become ``tool_use`` blocks, ``tool`` messages ``tool_result``
+  blocks; OpenAI ``tools``/``tool_choice`` become ``input_schema`` tools and ``auto``/``any``/
+  ``tool``/``none`` choices;
+- the streamed events (``message_start``, ``content_block_start``/``delta``/``stop`` with
+  ``text_delta`` and ``input_json_delta``, ``message_delta``, ``message_stop``, ``ping``,
+  ``error``) become :class:`StreamEvent` s with OpenAI tool-call deltas;
+- ``stop_reason`` and usage (cache reads and writes count as input) map to OpenAI's.
+
+Options: ``version`` (``anthropic-version`` header, default 2023-06-01), ``beta``
+(``anthropic-beta``), ``max_tokens`` (default when a request sets none: 4096), ``headers``,
+``extra_body``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from tierlm.backends.base import Backend, BackendHealth, dumps
+from tierlm.backends.http_common import (
+    Deadlines,
+    ErrorContext,
+    UpstreamError,
+    build_client,
+    drain,
+    error_for,
+    error_from_response,
+    error_from_transport,
+    loads_chunk,
+    raise_for_status,
+    read_with_deadlines,
+    resolve_api_key,
+    sse_events,
+)
+from tierlm.config.providers import PROVIDERS
+from tierlm.errors import BackendAuthError, BackendTimeout, ProtocolError
+from tierlm.types import (
+    ChatRequest,
+    ChatResponse,
+    FinishReason,
+    Message,
+    StreamEvent,
+    ToolCall,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from tierlm.config.settings import BackendConfig
+
+DEFAULT_URL = "https://api.anthropic.com"
+API_VERSION = "2023-06-01"
+_STOP: dict[str, FinishReason] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+    "pause_turn": "stop",
+}
+# Anthropic error ``type`` -> the HTTP status it comes with (for errors inside a stream).
+ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
+_PASS_THROUGH = ("metadata", "thinking", "service_tier", "top_k")
+
+
+def _usage(u: Any, prev: Usage | None = None) -> Usage:
+    if not isinstance(u, dict):
+        return prev or Usage()
+    inp = sum(
+        int(u.get(k) or 0)
+        for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    )
+    return Usage(
+        prompt_tokens=inp or (prev.prompt_tokens if prev else 0),
+        completion_tokens=int(u.get("output_tokens") or 0),
+    )
+
+
+def _image_block(part: dict[str, Any]) -> dict[str, Any] | None:
+    url = (part.get("image_url") or {}).get("url", "") if part.get("type") == "image_url" else ""
+    if url.startswith("data:") and ";base64," in url:
+        media, data = url[5:].split(";base64,", 1)
+        return {"type": "image", "source": {"type": "base64", "media_type": media, "data": data}}
+    if url:
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    return None
+
+
+def _blocks(m: Message) -> list[dict[str, Any]]:
+    if isinstance(m.content, list):
+        out = []
+        for part in m.content:
+            if part.get("type") in ("text", None) and part.get("text"):
+                out.append({"type": "text", "text": str(part["text"])})
+            elif (img := _image_block(part)) is not None:
+                out.append(img)
+        return out
+    return [{"type": "text", "text": m.content}] if m.content else []
+
+
+def to_anthropic(messages: list[Message]) -> tuple[str, list[dict[str, Any]]]:
+    """(system text, Anthropic messages) from OpenAI-shaped messages."""
+    system: list[str] = []
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if m.role in ("system", "developer"):
+            system.append(m.text)
+            continue
+        if m.role == "tool":
+            role = "user"
+            blocks: list[dict[str, Any]] = [
+                {"type": "tool_result", "tool_use_id": m.tool_call_id or "", "content": m.text}
+            ]
+        else:
+            role = m.role
+            blocks = _blocks(m)
+            for c in m.tool_calls or []:
+                try:
+                    args = json.loads(c.function.get("arguments") or "{}")
+                except ValueError:
+                    args = {}
+                blocks.append(
+                    {
+                        "type": "tool_use",
+                        "id": c.id,
+                        "name": c.function.get("name", ""),
+                        "input": args,
+                    }
+                )
+        if out and out[-1]["role"] == role:
+            out[-1]["content"].extend(blocks)  # the API wants alternating turns
+        else:
+            out.append({"role": role, "content": blocks})
+    return "\n\n".join(s for s in system if s), out
+
+
+def to_anthropic_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for t in tools:
+        fn = t.get("function", t)
+        out.append(
+            {
+                "name": fn.get("name"),
+                "description": fn.get("description", ""),
+                "input_schema": fn.get("parameters") or {"type": "object", "properties": {}},
+            }
+        )
+    return out
+
+
+def to_anthropic_choice(choice: str | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name") or choice.get("name")
+        return {"type": "tool", "name": name}
+    return {"type": {"required": "any", "none": "none"}.get(choice, "auto")}
+
+
+class AnthropicBackend(Backend):
+    """Claude models over the Messages API."""
+
+    def __init__(self, config: BackendConfig) -> None:
+        super().__init__(config)
+        url = (config.url or DEFAULT_URL).rstrip("/")
+        self.base_url = url.removesuffix("/v1")
+        self._client: httpx.AsyncClient | None = None
+        self._in_flight = 0
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            p = PROVIDERS.get(self.config.provider or "anthropic")
+            key = resolve_api_key(self.config, p.key_env if p else "ANTHROPIC_API_KEY")
+            if key is None:
+                var = self.config.api_key_env or (p.key_env if p else "ANTHROPIC_API_KEY")
+                raise BackendAuthError(f"no API key configured (set {var})", backend=self.name)
+            opts = self.config.options
+            headers = {
+                "x-api-key": key,
+                "anthropic-version": str(opts.get("version", API_VERSION)),
+                "content-type": "application/json",
+            }
+            if opts.get("beta"):
+                headers["anthropic-beta"] = str(opts["beta"])
+            headers.update({str(k): str(v) for k, v in (opts.get("headers") or {}).items()})
+            self._client = build_client(self.config, headers=headers)
+        return self._client
+
+    def body(self, req: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        system, messages = to_anthropic(req.messages)
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": req.max_tokens or int(self.config.options.get("max_tokens", 4096)),
+        }
+        if system:
+            body["system"] = system
+        if stream:
+            body["stream"] = True
+        if req.temperature is not None:
+            body["temperature"] = min(req.temperature, 1.0)  # Anthropic's range is [0, 1]
+        if req.top_p is not None:
+            body["top_p"] = req.top_p
+        if req.top_k is not None:
+            body["top_k"] = req.top_k
+        if req.stop:
+            body["stop_sequences"] = req.stop
+        if req.tools and req.tool_choice != "none":
+            body["tools"] = to_anthropic_tools(req.tools)
+            if req.tool_choice is not None:
+                body["tool_choice"] = to_anthropic_choice(req.tool_choice)
+        body.update({k: v for k, v in req.extra.items() if k in _PASS_THROUGH})
+        body.update(self.config.options.get("extra_body") or {})
+        return body
+
+    # ------------------------------------------------------------------ complete
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        ctx = ErrorContext(self.name, request.request_id)
+        client = self._http()
+        t = self.config.timeouts
+        timeout = httpx.Timeout(
+            connect=t.connect, read=t.total, write=max(t.connect, 10.0), pool=max(t.connect, 1.0)
+        )
+        start = time.perf_counter()
+        self._in_flight += 1
+        try:
+            async with asyncio.timeout(t.total):
+                resp = await client.post(
+                    self.base_url + "/v1/messages",
+                    timeout=timeout,
+                    content=dumps(self.body(request, stream=False)),
+                )
+        except TimeoutError:
+            raise BackendTimeout("total timeout", **ctx.kw()) from None
+        except httpx.HTTPError as e:
+            raise error_from_transport(e, ctx) from e
+        finally:
+            self._in_flight -= 1
+        if resp.status_code >= 400:
+            raise error_from_response(resp.status_code, resp.headers, resp.content[:65536], ctx)
+        out = self.parse_message(loads_chunk(resp.text, ctx), ctx)
+        out.latency_ms = (time.perf_counter() - start) * 1000.0
+        return out
+
+    def parse_message(self, data: Any, ctx: ErrorContext) -> ChatResponse:
+        if not isinstance(data, dict) or not isinstance(data.get("content"), list):
+            if isinstance(data, dict) and data.get("type") == "error":
+                raise _stream_error(data, ctx)
+            raise ProtocolError("answer is not a Messages object", **ctx.kw())
+        texts: list[str] = []
+        calls: list[ToolCall] = []
+        for block in data["content"]:
+            if block.get("type") == "text":
+                texts.append(str(block.get("text", "")))
+            elif block.get("type") == "tool_use":
+                calls.append(
+                    ToolCall(
+                        id=str(block.get("id", "")),
+                        function={
+                            "name": block.get("name", ""),
+                            "arguments": json.dumps(block.get("input") or {}, ensure_ascii=False),
+                        },
+                    )
+                )
+        text = "".join(texts)
+        msg = Message(
+            role="assistant", content=text if text or not calls else None, tool_calls=calls or None
+        )
+        extra: dict[str, Any] = {"id": str(data["id"])} if data.get("id") else {}
+        return ChatResponse(
+            **extra,
+            model=str(data.get("model") or self.model),
+            message=msg,
+            finish_reason=_STOP.get(str(data.get("stop_reason")), "stop"),
+            usage=_usage(data.get("usage")),
+            backend=self.name,
+        )
+
+    # ------------------------------------------------------------------ stream
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        ctx = ErrorContext(self.name, request.request_id)
+        client = self._http()
+        deadlines = Deadlines(self.config)
+        http_req = client.build_request(
+            "POST", self.base_url + "/v1/messages", content=dumps(self.body(request, stream=True))
+        )
+        self._in_flight += 1
+        try:
+            try:
+                async with asyncio.timeout_at(deadlines.next_deadline()):
+                    resp = await client.send(http_req, stream=True)
+            except TimeoutError:
+                raise BackendTimeout(
+                    f"{deadlines.expired()} timeout before the answer began", **ctx.kw()
+                ) from None
+            try:
+                await raise_for_status(resp, ctx)
+                lines = read_with_deadlines(resp.aiter_lines(), deadlines, ctx)
+                async for ev in self._events(sse_events(lines), deadlines, ctx):
+                    yield ev
+            finally:
+                await resp.aclose()
+        except httpx.HTTPError as e:
+            raise error_from_transport(e, ctx) from e
+        finally:
+            self._in_flight -= 1
+
+    async def _events(
+        self, events: AsyncIterator[tuple[str, str]], deadlines: Deadlines, ctx: ErrorContext
+    ) -> AsyncIterator[StreamEvent]:
+        model = self.model
+        usage = Usage()
+        finish: FinishReason = "stop"
+        tool_index: dict[int, int] = {}  # content block index -> tool-call index
+        async for name, data in events:
+            if name == "ping":
+                continue
+            ev = loads_chunk(data, ctx)
+            kind = ev.get("type", name) if isinstance(ev, dict) else name
+            if kind == "error":
+                raise _stream_error(ev, ctx)
+            if kind == "message_start":
+                msg = ev.get("message") or {}
+                model = str(msg.get("model") or model)
+                usage = _usage(msg.get("usage"), usage)
+            elif kind in ("content_block_start", "content_block_delta"):
+                out = _block_event(ev, tool_index, model)
+                if out is not None or kind == "content_block_delta":  # thinking is alive too
+                    deadlines.got_content()
+                if out is not None:
+                    yield out
+            elif kind == "message_delta":
+                stop = (ev.get("delta") or {}).get("stop_reason")
+                finish = _STOP.get(str(stop), "stop") if stop else finish
+                usage = _usage(ev.get("usage"), usage)
+            elif kind == "message_stop":
+                await drain(events)
+                yield StreamEvent(finish_reason=finish, usage=usage, model=model)
+                return
+        raise ProtocolError("stream ended before message_stop", **ctx.kw())
+
+    # ------------------------------------------------------------------ health
+
+    async def health(self) -> BackendHealth:
+        """``GET /v1/models``: reachable, key accepted, and whether the model is offered."""
+        t = self.config.timeouts
+        try:
+            client = self._http()
+        except BackendAuthError as e:
+            return BackendHealth(ok=False, detail=e.message)
+        start = time.perf_counter()
+        try:
+            resp = await client.get(
+                self.base_url + "/v1/models",
+                timeout=httpx.Timeout(
+                    connect=t.connect, read=max(t.connect, 5.0), write=5.0, pool=t.connect
+                ),
+            )
+        except httpx.HTTPError as e:
+            err = error_from_transport(e, ErrorContext(self.name))
+            return BackendHealth(ok=False, detail=f"unreachable: {err.message}")
+        latency = (time.perf_counter() - start) * 1000.0
+        if resp.status_code >= 400:
+            err = error_from_response(
+                resp.status_code, resp.headers, resp.content[:4096], ErrorContext(self.name)
+            )
+            return BackendHealth(ok=False, detail=err.message, latency_ms=latency)
+        try:
+            models = [str(m["id"]) for m in resp.json().get("data", [])]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return BackendHealth(ok=False, detail="malformed /v1/models answer", latency_ms=latency)
+        return BackendHealth(
+            ok=True, detail="ok", models=models, latency_ms=latency, in_flight=self._in_flight
+        )
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+def _block_event(ev: dict[str, Any], tool_index: dict[int, int], model: str) -> StreamEvent | None:
+    """The text or tool-call delta of a ``content_block_start``/``_delta`` event."""
+    i = int(ev.get("index", 0))
+    if ev.get("type") == "content_block_start":
+        block = ev.get("content_block") or {}
+        if block.get("type") == "tool_use":
+            k = tool_index.setdefault(i, len(tool_index))
+            call = {
+                "index": k,
+                "id": block.get("id", ""),
+                "type": "function",
+                "function": {"name": block.get("name", ""), "arguments": ""},
+            }
+            return StreamEvent(tool_calls=[call], model=model)
+        return StreamEvent(text=str(block["text"]), model=model) if block.get("text") else None
+    delta = ev.get("delta") or {}
+    if delta.get("type") == "text_delta":
+        return StreamEvent(text=str(delta.get("text", "")), model=model)
+    if delta.get("type") == "input_json_delta":
+        call = {
+            "index": tool_index.get(i, 0),
+            "function": {"arguments": delta.get("partial_json", "")},
+        }
+        return StreamEvent(tool_calls=[call], model=model)
+    return None  # thinking and signature deltas: not part of the OpenAI answer
+
+
+def _stream_error(ev: Any, ctx: ErrorContext) -> Exception:
+    err = ev.get("error") if isinstance(ev, dict) else None
+    etype = str(err.get("type", "")) if isinstance(err, dict) else ""
+    msg = str(err.get("message", "")) if isinstance(err, dict) else ""
+    up = UpstreamError(message=msg[:300], type=etype)
+    status = ERROR_STATUS.get(etype, 500)
+    return error_for(status, up, f"upstream error event {etype}: {up.message}", ctx)

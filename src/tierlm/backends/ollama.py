@@ -1,0 +1,352 @@
+"""The Ollama native adapter: ``/api/chat`` (NDJSON stream), ``/api/ps`` and ``/api/tags``.
+
+Use it instead of Ollama's OpenAI-compatible ``/v1`` (provider ``ollama-openai``) to control
+``keep_alive`` (how long Ollama keeps the model in memory after a request) and to see which
+models are loaded (warm) and which are only on disk (cold).
+
+Options: ``keep_alive`` (``"10m"``, seconds, or ``-1`` for ever; sent with every request),
+``num_ctx`` (the context Ollama loads the model with), ``ollama_options`` (merged into the
+request's ``options``), ``headers``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from tierlm import hostinfo
+from tierlm.backends.base import Backend, BackendHealth, dumps
+from tierlm.backends.http_common import (
+    Deadlines,
+    ErrorContext,
+    UpstreamError,
+    build_client,
+    drain,
+    error_for,
+    error_from_response,
+    error_from_transport,
+    loads_chunk,
+    ndjson_lines,
+    normalise_base_url,
+    raise_for_status,
+    read_with_deadlines,
+)
+from tierlm.errors import BackendTimeout, ProtocolError
+from tierlm.types import (
+    Boundary,
+    ChatRequest,
+    ChatResponse,
+    FinishReason,
+    Message,
+    StreamEvent,
+    ToolCall,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from tierlm.config.settings import BackendConfig
+
+DEFAULT_URL = "http://127.0.0.1:11434"
+GIB = 1024**3
+
+
+def full_name(model: str) -> str:
+    """Ollama's canonical name: ``llama3.2`` is ``llama3.2:latest``."""
+    return model if ":" in model.rsplit("/", 1)[-1] else model + ":latest"
+
+
+def _message(m: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": m.text}
+    if isinstance(m.content, list):
+        images = []
+        for part in m.content:
+            url = (part.get("image_url") or {}).get("url", "")
+            if part.get("type") == "image_url" and ";base64," in url:
+                images.append(url.split(";base64,", 1)[1])
+        if images:
+            out["images"] = images
+    if m.tool_calls:
+        calls = []
+        for c in m.tool_calls:
+            try:
+                args = json.loads(c.function.get("arguments") or "{}")
+            except ValueError:
+                args = {}
+            calls.append({"function": {"name": c.function.get("name", ""), "arguments": args}})
+        out["tool_calls"] = calls
+    if m.role == "tool" and m.name:
+        out["tool_name"] = m.name
+    return out
+
+
+def _tool_calls(raw: Any) -> list[ToolCall]:
+    calls = []
+    for c in raw or []:
+        fn = c.get("function") or {}
+        args = fn.get("arguments")
+        calls.append(
+            ToolCall(
+                id="call_" + uuid.uuid4().hex[:24],
+                function={
+                    "name": fn.get("name", ""),
+                    "arguments": args
+                    if isinstance(args, str)
+                    else json.dumps(args or {}, ensure_ascii=False),
+                },
+            )
+        )
+    return calls
+
+
+def _usage(d: dict[str, Any]) -> Usage:
+    return Usage(
+        prompt_tokens=int(d.get("prompt_eval_count") or 0),
+        completion_tokens=int(d.get("eval_count") or 0),
+    )
+
+
+def _finish(d: dict[str, Any], had_tools: bool) -> FinishReason:
+    if had_tools:
+        return "tool_calls"
+    return "length" if d.get("done_reason") == "length" else "stop"
+
+
+class OllamaBackend(Backend):
+    """A model served by Ollama, spoken to in its native API."""
+
+    def __init__(self, config: BackendConfig) -> None:
+        super().__init__(config)
+        self.base_url = normalise_base_url(config.url or DEFAULT_URL).removesuffix("/api")
+        self._client: httpx.AsyncClient | None = None
+        self._in_flight = 0
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            headers = {"content-type": "application/json"}
+            headers.update(
+                {str(k): str(v) for k, v in (self.config.options.get("headers") or {}).items()}
+            )
+            self._client = build_client(self.config, headers=headers)
+        return self._client
+
+    def body(self, req: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        opts: dict[str, Any] = {}
+        for ours, theirs in (
+            ("temperature", "temperature"),
+            ("top_p", "top_p"),
+            ("top_k", "top_k"),
+            ("seed", "seed"),
+            ("max_tokens", "num_predict"),
+            ("stop", "stop"),
+        ):
+            value = getattr(req, ours)
+            if value is not None:
+                opts[theirs] = value
+        if self.config.options.get("num_ctx"):
+            opts["num_ctx"] = int(self.config.options["num_ctx"])
+        opts.update(self.config.options.get("ollama_options") or {})
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [_message(m) for m in req.messages],
+            "stream": stream,
+        }
+        if opts:
+            body["options"] = opts
+        if "keep_alive" in self.config.options:
+            body["keep_alive"] = self.config.options["keep_alive"]
+        if req.tools and req.tool_choice != "none":
+            body["tools"] = req.tools
+        fmt = req.extra.get("response_format")
+        if isinstance(fmt, dict) and fmt.get("type") == "json_object":
+            body["format"] = fmt.get("schema") or "json"
+        elif isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+            body["format"] = (fmt.get("json_schema") or {}).get("schema") or "json"
+        return body
+
+    # ------------------------------------------------------------------ complete
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        ctx = ErrorContext(self.name, request.request_id)
+        client = self._http()
+        t = self.config.timeouts
+        timeout = httpx.Timeout(
+            connect=t.connect, read=t.total, write=max(t.connect, 10.0), pool=max(t.connect, 1.0)
+        )
+        start = time.perf_counter()
+        self._in_flight += 1
+        try:
+            async with asyncio.timeout(t.total):
+                resp = await client.post(
+                    self.base_url + "/api/chat",
+                    timeout=timeout,
+                    content=dumps(self.body(request, stream=False)),
+                )
+        except TimeoutError:
+            raise BackendTimeout("total timeout", **ctx.kw()) from None
+        except httpx.HTTPError as e:
+            raise error_from_transport(e, ctx) from e
+        finally:
+            self._in_flight -= 1
+        if resp.status_code >= 400:
+            raise error_from_response(resp.status_code, resp.headers, resp.content[:65536], ctx)
+        data = loads_chunk(resp.text, ctx)
+        if not isinstance(data, dict) or "error" in data or "message" not in data:
+            raise _embedded_error(data, ctx)
+        msg = data.get("message") or {}
+        calls = _tool_calls(msg.get("tool_calls"))
+        text = str(msg.get("content") or "")
+        return ChatResponse(
+            model=str(data.get("model") or self.model),
+            message=Message(
+                role="assistant",
+                content=text if text or not calls else None,
+                tool_calls=calls or None,
+            ),
+            finish_reason=_finish(data, bool(calls)),
+            usage=_usage(data),
+            backend=self.name,
+            latency_ms=(time.perf_counter() - start) * 1000.0,
+        )
+
+    # ------------------------------------------------------------------ stream
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        ctx = ErrorContext(self.name, request.request_id)
+        client = self._http()
+        deadlines = Deadlines(self.config)
+        http_req = client.build_request(
+            "POST", self.base_url + "/api/chat", content=dumps(self.body(request, stream=True))
+        )
+        self._in_flight += 1
+        try:
+            try:
+                async with asyncio.timeout_at(deadlines.next_deadline()):
+                    resp = await client.send(http_req, stream=True)
+            except TimeoutError:
+                raise BackendTimeout(
+                    f"{deadlines.expired()} timeout before the answer began", **ctx.kw()
+                ) from None
+            try:
+                await raise_for_status(resp, ctx)
+                lines = read_with_deadlines(resp.aiter_lines(), deadlines, ctx)
+                async for ev in self._events(ndjson_lines(lines, ctx), deadlines, ctx):
+                    yield ev
+            finally:
+                await resp.aclose()
+        except httpx.HTTPError as e:
+            raise error_from_transport(e, ctx) from e
+        finally:
+            self._in_flight -= 1
+
+    async def _events(
+        self, chunks: AsyncIterator[Any], deadlines: Deadlines, ctx: ErrorContext
+    ) -> AsyncIterator[StreamEvent]:
+        n_calls = 0
+        async for d in chunks:
+            if not isinstance(d, dict) or "error" in d:
+                raise _embedded_error(d, ctx)
+            model = str(d.get("model") or self.model)
+            msg = d.get("message") or {}
+            text = str(msg.get("content") or "")
+            deltas = None
+            if msg.get("tool_calls"):
+                calls = _tool_calls(msg["tool_calls"])
+                deltas = [
+                    {
+                        "index": n_calls + i,
+                        "id": c.id,
+                        "type": "function",
+                        "function": dict(c.function),
+                    }
+                    for i, c in enumerate(calls)
+                ]
+                n_calls += len(calls)
+            if text or deltas:
+                deadlines.got_content()
+                yield StreamEvent(text=text, tool_calls=deltas, model=model)
+            if d.get("done"):
+                await drain(chunks)
+                yield StreamEvent(
+                    finish_reason=_finish(d, n_calls > 0), usage=_usage(d), model=model
+                )
+                return
+        raise ProtocolError("stream ended before done", **ctx.kw())
+
+    # ------------------------------------------------------------------ health
+
+    async def health(self) -> BackendHealth:
+        """``/api/tags`` (models on disk) and ``/api/ps`` (models in memory)."""
+        client = self._http()
+        t = self.config.timeouts
+        timeout = httpx.Timeout(
+            connect=t.connect, read=max(t.connect, 5.0), write=5.0, pool=t.connect
+        )
+        start = time.perf_counter()
+        try:
+            tags, ps = await asyncio.gather(
+                client.get(self.base_url + "/api/tags", timeout=timeout),
+                client.get(self.base_url + "/api/ps", timeout=timeout),
+            )
+        except httpx.HTTPError as e:
+            err = error_from_transport(e, ErrorContext(self.name))
+            return BackendHealth(ok=False, detail=f"unreachable: {err.message}")
+        latency = (time.perf_counter() - start) * 1000.0
+        if tags.status_code >= 400:
+            return BackendHealth(
+                ok=False, detail=f"/api/tags answered {tags.status_code}", latency_ms=latency
+            )
+        try:
+            available = {
+                str(m.get("model") or m.get("name")): m for m in tags.json().get("models") or []
+            }
+            loaded = [
+                str(m.get("model") or m.get("name"))
+                for m in (ps.json().get("models") or [] if ps.status_code < 400 else [])
+            ]
+        except (ValueError, AttributeError):
+            return BackendHealth(
+                ok=False, detail="malformed /api/tags or /api/ps answer", latency_ms=latency
+            )
+        name = full_name(self.model)
+        h = BackendHealth(
+            ok=True,
+            models=sorted(available),
+            loaded_models=loaded,
+            loaded=name in loaded,
+            latency_ms=latency,
+            in_flight=self._in_flight,
+        )
+        if name not in available:
+            h.ok = False
+            h.detail = f"model {name} is not pulled (ollama pull {self.model})"
+        else:
+            h.detail = "loaded" if h.loaded else "cold (on disk, not in memory)"
+            size = available[name].get("size")
+            if isinstance(size, int | float):
+                h.memory_needed_gb = round(size / GIB, 2)
+        if self.boundary is Boundary.HOST:
+            h.memory_free_gb = round(hostinfo.memory_available_bytes() / GIB, 2)
+        return h
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+def _embedded_error(data: Any, ctx: ErrorContext) -> Exception:
+    text = str(data.get("error", "")) if isinstance(data, dict) else ""
+    if not text:
+        return ProtocolError("answer is not an Ollama chat object", **ctx.kw())
+    up = UpstreamError(message=text[:300])
+    low = text.lower()
+    status = 503 if "busy" in low else (404 if "not found" in low else 500)
+    if any(m in low for m in ("context", "too long")):
+        status = 400
+    return error_for(status, up, f"upstream error: {up.message}", ctx)

@@ -1,0 +1,454 @@
+"""The OpenAI-compatible HTTP adapter: one wire format, many homes.
+
+vLLM, SGLang, llama.cpp's llama-server, LM Studio, Ollama's ``/v1``, OpenAI, DeepSeek,
+Mistral, Groq, Together, OpenRouter and Gemini's OpenAI endpoint are all this one adapter with
+different settings: a provider row (:mod:`tierlm.config.providers`) gives the base URL, the key
+variable, the boundary and the quirks; ``BackendConfig`` may override each.
+
+Quirks (provider row, or ``options.quirks`` in config):
+
+- ``no_stream_usage_option``: do not send ``stream_options`` (the server rejects it).
+- ``max_completion_tokens``: send ``max_completion_tokens`` instead of ``max_tokens``.
+- ``top_k``: send ``top_k`` to an external provider (always sent to self-hosted servers).
+- ``developer_role``: keep the ``developer`` role (else it is sent as ``system``).
+
+Other options: ``headers`` (extra request headers), ``extra_body`` (merged into every body),
+``metrics`` (false: do not read a self-hosted server's Prometheus ``/metrics`` in ``health``),
+``constrain_tools`` (``json_object`` or ``json_schema``: constrain prompt-tool replies).
+
+Backends without native tool calling (``tools: false``, e.g. ``llama-server``) get prompt-based
+tool calls from :mod:`tierlm.backends.tools`, so callers always see OpenAI ``tool_calls``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from tierlm.backends import tools as prompt_tools
+from tierlm.backends.base import Backend, BackendHealth, dumps, tool_calls_to_deltas
+from tierlm.backends.http_common import (
+    Deadlines,
+    ErrorContext,
+    UpstreamError,
+    build_client,
+    drain,
+    error_for,
+    error_from_response,
+    error_from_transport,
+    loads_chunk,
+    normalise_base_url,
+    parse_error_body,
+    raise_for_status,
+    read_with_deadlines,
+    resolve_api_key,
+    sse_events,
+)
+from tierlm.config.providers import PROVIDERS, Provider
+from tierlm.errors import BackendAuthError, BackendTimeout, ConfigError, ProtocolError
+from tierlm.types import (
+    Boundary,
+    ChatRequest,
+    ChatResponse,
+    FinishReason,
+    Message,
+    StreamEvent,
+    ToolCall,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from tierlm.config.settings import BackendConfig
+
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+    "eos": "stop",
+    "end_turn": "stop",
+    "error": "error",
+}
+# Prometheus gauges of self-hosted servers: (running, waiting).
+_METRICS = (
+    ("vllm:num_requests_running", "vllm:num_requests_waiting"),
+    ("llamacpp:requests_processing", "llamacpp:requests_deferred"),
+    ("sglang:num_running_reqs", "sglang:num_queue_reqs"),
+)
+
+
+def finish_reason(value: Any) -> FinishReason:
+    return _FINISH.get(str(value), "stop") if value else "stop"
+
+
+def usage_from(data: Any) -> Usage | None:
+    if not isinstance(data, dict):
+        return None
+    return Usage(
+        prompt_tokens=int(data.get("prompt_tokens") or 0),
+        completion_tokens=int(data.get("completion_tokens") or 0),
+    )
+
+
+class OpenAIBackend(Backend):
+    """``/chat/completions`` over HTTP, stream and non-stream, with native or prompt tools."""
+
+    def __init__(self, config: BackendConfig) -> None:
+        super().__init__(config)
+        self.provider: Provider | None = PROVIDERS.get(config.provider or "")
+        if config.provider and self.provider is None:
+            raise ConfigError(
+                f"unknown provider {config.provider!r} (known: {', '.join(sorted(PROVIDERS))})",
+                key=f"backends.{self.name}",
+            )
+        url = config.url or (self.provider.url if self.provider else None)
+        if not url:
+            raise ConfigError(
+                "an OpenAI-compatible backend needs `url` (its base URL, "
+                "e.g. http://gpu-server:8000/v1)",
+                key=f"backends.{self.name}.url",
+            )
+        self.base_url = normalise_base_url(url, default_path="/v1")
+        quirks = set(self.provider.quirks if self.provider else ())
+        quirks.update(config.options.get("quirks") or ())
+        self.quirks = frozenset(quirks)
+        native = (
+            config.tools
+            if config.tools is not None
+            else (self.provider.tools if self.provider else True)
+        )
+        self.native_tools: bool = native
+        self._client: httpx.AsyncClient | None = None
+        self._in_flight = 0
+
+    # ------------------------------------------------------------------ client and body
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            key = resolve_api_key(self.config, self.provider.key_env if self.provider else None)
+            if key is None and self.boundary is Boundary.EXTERNAL:
+                var = self.config.api_key_env or (self.provider.key_env if self.provider else None)
+                raise BackendAuthError(
+                    f"no API key configured (set {var or 'api_key_env'})", backend=self.name
+                )
+            headers = {"content-type": "application/json", "accept": "application/json"}
+            headers.update(
+                {str(k): str(v) for k, v in (self.config.options.get("headers") or {}).items()}
+            )
+            if key:
+                headers["authorization"] = f"Bearer {key}"
+            self._client = build_client(self.config, headers=headers)
+        return self._client
+
+    def _message(self, m: Message) -> dict[str, Any]:
+        d = m.model_dump(exclude_none=True)
+        if m.role == "developer" and "developer_role" not in self.quirks:
+            d["role"] = "system"
+        return d
+
+    def body(self, req: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        """The JSON body for one request (public for tests and the bench)."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [self._message(m) for m in req.messages],
+        }
+        if stream:
+            body["stream"] = True
+            if "no_stream_usage_option" not in self.quirks:
+                body["stream_options"] = {"include_usage": True}
+        if req.max_tokens is not None:
+            mct = "max_completion_tokens" in self.quirks
+            body["max_completion_tokens" if mct else "max_tokens"] = req.max_tokens
+        for field in ("temperature", "top_p", "stop", "seed"):
+            value = getattr(req, field)
+            if value is not None:
+                body[field] = value
+        if req.top_k is not None and (
+            self.boundary is not Boundary.EXTERNAL or "top_k" in self.quirks
+        ):
+            body["top_k"] = req.top_k
+        if req.tools:
+            body["tools"] = req.tools
+            if req.tool_choice is not None:
+                body["tool_choice"] = req.tool_choice
+        body.update(self.config.options.get("extra_body") or {})
+        body.update(req.extra)
+        return body
+
+    def _uses_prompt_tools(self, req: ChatRequest) -> bool:
+        return bool(req.tools) and not self.native_tools and req.tool_choice != "none"
+
+    def _prompt_request(self, req: ChatRequest) -> ChatRequest:
+        """Tools in the prompt; with ``options.constrain_tools`` (``json_object`` for
+        llama.cpp servers, ``json_schema`` for vLLM/SGLang) the reply is also constrained to
+        the tool-call JSON schema, which makes small models reliable."""
+        return prompt_tools.constrained_request(req, self.config.options.get("constrain_tools"))
+
+    # ------------------------------------------------------------------ complete
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        if self._uses_prompt_tools(request):
+            plain = self._prompt_request(request)
+            return prompt_tools.finish_response(await self._complete(plain), request)
+        return await self._complete(request)
+
+    async def _complete(self, req: ChatRequest) -> ChatResponse:
+        ctx = ErrorContext(self.name, req.request_id)
+        client = self._http()
+        t = self.config.timeouts
+        timeout = httpx.Timeout(
+            connect=t.connect, read=t.total, write=max(t.connect, 10.0), pool=max(t.connect, 1.0)
+        )
+        start = time.perf_counter()
+        self._in_flight += 1
+        try:
+            async with asyncio.timeout(t.total):
+                resp = await client.post(
+                    self.base_url + "/chat/completions",
+                    content=dumps(self.body(req, stream=False)),
+                    timeout=timeout,
+                )
+        except TimeoutError:
+            raise BackendTimeout("total timeout", **ctx.kw()) from None
+        except httpx.HTTPError as e:
+            raise error_from_transport(e, ctx) from e
+        finally:
+            self._in_flight -= 1
+        if resp.status_code >= 400:
+            raise error_from_response(resp.status_code, resp.headers, resp.content[:65536], ctx)
+        data = loads_chunk(resp.text, ctx)
+        out = self._parse_completion(data, ctx)
+        out.latency_ms = (time.perf_counter() - start) * 1000.0
+        return out
+
+    def _parse_completion(self, data: Any, ctx: ErrorContext) -> ChatResponse:
+        if not isinstance(data, dict):
+            raise ProtocolError("answer is not a JSON object", **ctx.kw())
+        if "error" in data and not data.get("choices"):
+            raise _embedded_error(data, ctx)
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise ProtocolError("answer has no choices", **ctx.kw())
+        choice = choices[0]
+        msg = choice.get("message") or {}
+        try:
+            calls = [ToolCall.model_validate(c) for c in msg.get("tool_calls") or []] or None
+            message = Message(role="assistant", content=msg.get("content"), tool_calls=calls)
+        except ValueError as e:
+            raise ProtocolError(
+                f"malformed message in answer ({type(e).__name__})", **ctx.kw()
+            ) from None
+        extra: dict[str, Any] = {"id": str(data["id"])} if data.get("id") else {}
+        return ChatResponse(
+            **extra,
+            model=str(data.get("model") or self.model),
+            message=message,
+            finish_reason=finish_reason(choice.get("finish_reason")),
+            usage=usage_from(data.get("usage")) or Usage(),
+            backend=self.name,
+        )
+
+    # ------------------------------------------------------------------ stream
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        if self._uses_prompt_tools(request):
+            plain = self._prompt_request(request)
+            return prompt_tools.finish_stream(self._stream(plain), request)
+        return self._stream(request)
+
+    async def _stream(self, req: ChatRequest) -> AsyncIterator[StreamEvent]:
+        ctx = ErrorContext(self.name, req.request_id)
+        client = self._http()
+        deadlines = Deadlines(self.config)
+        http_req = client.build_request(
+            "POST", self.base_url + "/chat/completions", content=dumps(self.body(req, stream=True))
+        )
+        self._in_flight += 1
+        try:
+            try:
+                async with asyncio.timeout_at(deadlines.next_deadline()):
+                    resp = await client.send(http_req, stream=True)
+            except TimeoutError:
+                raise BackendTimeout(
+                    f"{deadlines.expired()} timeout before the answer began", **ctx.kw()
+                ) from None
+            try:
+                await raise_for_status(resp, ctx)
+                if resp.headers.get("content-type", "").startswith("application/json"):
+                    # a server that ignored ``stream`` (or answered with an error object)
+                    try:
+                        async with asyncio.timeout_at(deadlines.next_deadline()):
+                            raw = await resp.aread()
+                    except TimeoutError:
+                        raise BackendTimeout(f"{deadlines.expired()} timeout", **ctx.kw()) from None
+                    for ev in self._whole_as_events(loads_chunk(raw.decode(), ctx), ctx):
+                        yield ev
+                    return
+                lines = read_with_deadlines(resp.aiter_lines(), deadlines, ctx)
+                async for ev in self._events(sse_events(lines), deadlines, ctx):
+                    yield ev
+            finally:
+                await resp.aclose()
+        except httpx.HTTPError as e:
+            raise error_from_transport(e, ctx) from e
+        finally:
+            self._in_flight -= 1
+
+    async def _events(
+        self, events: AsyncIterator[tuple[str, str]], deadlines: Deadlines, ctx: ErrorContext
+    ) -> AsyncIterator[StreamEvent]:
+        finish: FinishReason | None = None
+        usage: Usage | None = None
+        model: str | None = None
+        done = False
+        async for _event, data in events:
+            if data == "[DONE]":
+                done = True
+                await drain(events)
+                break
+            chunk = loads_chunk(data, ctx)
+            if not isinstance(chunk, dict):
+                raise ProtocolError("stream chunk is not a JSON object", **ctx.kw())
+            if "error" in chunk and not chunk.get("choices"):
+                raise _embedded_error(chunk, ctx)
+            model = chunk.get("model") or model
+            if chunk.get("usage"):
+                usage = usage_from(chunk["usage"])
+            for choice in chunk.get("choices") or ():
+                if choice.get("index", 0) != 0:
+                    continue
+                delta = choice.get("delta") or {}
+                text = delta.get("content") or ""
+                calls = delta.get("tool_calls")
+                if text or calls or delta.get("reasoning_content"):
+                    deadlines.got_content()
+                if text or calls:
+                    if calls:
+                        calls = _indexed(calls)
+                    yield StreamEvent(text=text, tool_calls=calls, model=model)
+                if choice.get("finish_reason"):
+                    finish = finish_reason(choice["finish_reason"])
+        if not done and finish is None:
+            raise ProtocolError("stream ended before the answer finished", **ctx.kw())
+        yield StreamEvent(finish_reason=finish or "stop", usage=usage, model=model or self.model)
+
+    def _whole_as_events(self, data: Any, ctx: ErrorContext) -> list[StreamEvent]:
+        resp = self._parse_completion(data, ctx)
+        calls = resp.message.tool_calls
+        events = []
+        if resp.text or calls:
+            events.append(
+                StreamEvent(
+                    text=resp.text,
+                    model=resp.model,
+                    tool_calls=tool_calls_to_deltas(calls) if calls else None,
+                )
+            )
+        events.append(
+            StreamEvent(finish_reason=resp.finish_reason, usage=resp.usage, model=resp.model)
+        )
+        return events
+
+    # ------------------------------------------------------------------ health
+
+    async def health(self) -> BackendHealth:
+        """``GET /models`` (reachability, served models); ``/metrics`` for queue depth."""
+        t = self.config.timeouts
+        timeout = httpx.Timeout(
+            connect=t.connect, read=max(t.connect, 5.0), write=5.0, pool=t.connect
+        )
+        try:
+            client = self._http()
+        except BackendAuthError as e:
+            return BackendHealth(ok=False, detail=e.message)
+        start = time.perf_counter()
+        try:
+            resp = await client.get(self.base_url + "/models", timeout=timeout)
+        except httpx.HTTPError as e:
+            err = error_from_transport(e, ErrorContext(self.name))
+            return BackendHealth(ok=False, detail=f"unreachable: {err.message}")
+        latency = (time.perf_counter() - start) * 1000.0
+        if resp.status_code >= 400:
+            err = error_from_response(
+                resp.status_code, resp.headers, resp.content[:4096], ErrorContext(self.name)
+            )
+            return BackendHealth(ok=False, detail=err.message, latency_ms=latency)
+        try:
+            data = resp.json()
+            models = [str(m.get("id")) for m in data.get("data", []) if isinstance(m, dict)]
+        except (ValueError, AttributeError):
+            return BackendHealth(ok=False, detail="malformed /models answer", latency_ms=latency)
+        h = BackendHealth(
+            ok=True, detail="ok", models=models, latency_ms=latency, in_flight=self._in_flight
+        )
+        if self.boundary is not Boundary.EXTERNAL:
+            # a self-hosted server lists what it serves, which it holds in memory
+            h.loaded = self.model in models or (len(models) == 1 and self.model == "default")
+            h.loaded_models = models
+            if self.config.options.get("metrics", True):
+                await self._read_metrics(client, timeout, h)
+        return h
+
+    async def _read_metrics(
+        self, client: httpx.AsyncClient, limits: httpx.Timeout, h: BackendHealth
+    ) -> None:
+        root = str(httpx.URL(self.base_url).copy_with(path="/metrics"))
+        try:
+            resp = await client.get(root, timeout=limits)
+        except httpx.HTTPError:
+            return
+        if resp.status_code != 200:
+            return
+        running, waiting = parse_queue_metrics(resp.text)
+        if running is not None:
+            h.in_flight = running
+        if waiting is not None:
+            h.queued = waiting
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+def parse_queue_metrics(text: str) -> tuple[int | None, int | None]:
+    """(running, waiting) from a Prometheus text page of vLLM, llama-server or SGLang."""
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        name, _, rest = line.partition(" ")
+        base = name.split("{", 1)[0]
+        try:
+            values[base] = values.get(base, 0.0) + float(rest.split()[0])
+        except (ValueError, IndexError):
+            continue
+    for run, wait in _METRICS:
+        if run in values or wait in values:
+            r, w = values.get(run), values.get(wait)
+            return (int(r) if r is not None else None, int(w) if w is not None else None)
+    return None, None
+
+
+def _indexed(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Some servers omit ``index`` on tool-call deltas: number them by position."""
+    if all("index" in c for c in calls):
+        return calls
+    return [{**c, "index": c.get("index", i)} for i, c in enumerate(calls)]
+
+
+def _embedded_error(data: dict[str, Any], ctx: ErrorContext) -> Exception:
+    """An error object inside a 200 answer or a stream chunk."""
+    up: UpstreamError = parse_error_body(data)
+    err = data.get("error")
+    code = err.get("code") if isinstance(err, dict) else None
+    status = code if isinstance(code, int) and 400 <= code < 600 else 500
+    if status == 500 and "context" in up.haystack:
+        status = 400
+    msg = "upstream error in stream" + (f": {up.message}" if up.message else "")
+    return error_for(status, up, msg, ctx)

@@ -1,0 +1,204 @@
+"""``tierlm doctor``: every configured backend with its state, and what each tier would use.
+
+For each backend: kind, boundary, where it lives (URL without credentials, or the model for
+in-process kinds), its price and where the price comes from, and its health right now:
+``loaded`` (warm), ``cold`` (reachable or on disk, not in memory), ``ok``, ``unreachable``
+or ``error``, with the models it offers, in-flight and queued requests where known, and RAM
+needed against RAM free for local models. Then, for each tier, the backend it would use
+(the first healthy one, a warm one first when ``routing.prefer_warm``). Exit status 1 when
+some tier has no usable backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from tierlm.cli.common import CONFIG_HELP, PRESET_HELP, load
+
+if TYPE_CHECKING:
+    from tierlm.config.settings import BackendConfig, Settings
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(doctor)
+
+
+def doctor(
+    config: Path | None = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+    preset: str | None = typer.Option(None, "--preset", "-p", help=PRESET_HELP),
+    json_out: bool = typer.Option(False, "--json", help="One JSON object."),
+    timeout: float = typer.Option(5.0, "--timeout", min=0.1, help="Seconds per health check."),
+) -> None:
+    """Check every configured backend and show what each tier would use."""
+    settings = load(config, preset)
+    report = asyncio.run(gather_report(settings, check_seconds=timeout))
+    if json_out:
+        typer.echo(json.dumps(report, ensure_ascii=False))
+    else:
+        typer.echo(format_report(report))
+    if any(t["uses"] is None for t in report["tiers"]):
+        raise typer.Exit(1)
+
+
+async def gather_report(settings: Settings, *, check_seconds: float = 5.0) -> dict[str, Any]:
+    """The doctor's findings as plain data (also used by the admin API and tests)."""
+    from tierlm import hostinfo
+
+    host, backends = await asyncio.gather(
+        asyncio.to_thread(hostinfo.snapshot),
+        asyncio.gather(*(check_backend(b, settings, check_seconds) for b in settings.backends)),
+    )
+    by_name = {b["name"]: b for b in backends}
+    tiers = []
+    for tier in settings.tiers:
+        members = [by_name[n] for n in tier.backends]
+        usable = [m for m in members if m["usable"]]
+        warm = [m for m in usable if m["state"] == "loaded"]
+        pick = (warm or usable) if settings.routing.prefer_warm else usable
+        tiers.append(
+            {
+                "name": tier.name,
+                "backends": tier.backends,
+                "strength": settings.tier_strength(tier),
+                "uses": pick[0]["name"] if pick else None,
+            }
+        )
+    return {
+        "deployment": settings.deployment,
+        "air_gapped": settings.air_gapped,
+        "host": host.to_dict(),
+        "backends": backends,
+        "tiers": tiers,
+    }
+
+
+def _where(cfg: BackendConfig, backend: Any) -> str:
+    url = getattr(backend, "base_url", None) or cfg.url
+    if not url:
+        return cfg.model
+    import httpx
+
+    return str(httpx.URL(url).copy_with(username=None, password=None, query=None))
+
+
+async def check_backend(
+    cfg: BackendConfig, settings: Settings, check_seconds: float
+) -> dict[str, Any]:
+    """One backend: build it (no network), ask its health in ``check_seconds``, close it."""
+    from tierlm.backends import create_backend
+    from tierlm.errors import TierlmError
+    from tierlm.pricing import price_source
+
+    price, source = price_source(cfg)
+    out: dict[str, Any] = {
+        "name": cfg.name,
+        "kind": cfg.kind,
+        "provider": cfg.provider,
+        "model": cfg.model,
+        "boundary": cfg.where.label,
+        "where": cfg.url or cfg.model,
+        "price": {
+            "input": price.input,
+            "output": price.output,
+            "per_hour": price.per_hour,
+            "source": source,
+        },
+        "state": "error",
+        "usable": False,
+        "detail": "",
+        "health": None,
+    }
+    try:
+        backend = create_backend(cfg, settings)
+    except TierlmError as e:
+        out["detail"] = e.message
+        return out
+    out["where"] = _where(cfg, backend)
+    try:
+        async with asyncio.timeout(check_seconds):
+            health = await backend.health()
+    except TimeoutError:
+        out.update(state="unreachable", detail=f"health check took over {check_seconds:g} s")
+        return out
+    except TierlmError as e:
+        out["detail"] = e.message
+        return out
+    finally:
+        await backend.aclose()
+    h = health.to_dict()
+    out["health"] = h
+    out["detail"] = health.detail
+    if health.ok is False:
+        out["state"] = "unreachable" if health.detail.startswith("unreachable") else "error"
+    else:
+        out["usable"] = True
+        out["state"] = "ok" if health.loaded is None else ("loaded" if health.loaded else "cold")
+    return out
+
+
+def _fmt_health(b: dict[str, Any]) -> str:
+    h = b["health"] or {}
+    parts = []
+    if h.get("memory_needed_gb") is not None and h.get("memory_free_gb") is not None:
+        parts.append(
+            f"RAM {h['memory_needed_gb']:.2f} GB needed / {h['memory_free_gb']:.2f} GB free"
+        )
+    if h.get("in_flight") is not None:
+        parts.append(f"in flight {h['in_flight']}")
+    if h.get("queued") is not None:
+        parts.append(f"queued {h['queued']}")
+    if h.get("models") and b["kind"] in ("openai", "ollama", "anthropic"):
+        shown = ", ".join(h["models"][:4]) + (" ..." if len(h["models"]) > 4 else "")
+        parts.append(f"models: {shown}")
+    if h.get("latency_ms") is not None:
+        parts.append(f"{h['latency_ms']:.0f} ms")
+    if b["detail"] and b["detail"] not in ("ok", "loaded"):
+        parts.insert(0, b["detail"])
+    return "; ".join(parts)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    host = report["host"]
+    gpus = host.get("gpus") or []
+    gpu = (
+        ", ".join(
+            f"{g['name']} {g['memory_free_bytes'] / 1024**3:.1f}/"
+            f"{g['memory_total_bytes'] / 1024**3:.1f} GB free"
+            for g in gpus
+        )
+        or "no GPU"
+    )
+    lines = [
+        f"deployment {report['deployment']}" + (" (air-gapped)" if report["air_gapped"] else ""),
+        f"host: {host['memory_available_gb']:.1f} GB RAM free of "
+        f"{host['memory_total_gb']:.1f} GB, {host['cpu_count']} CPUs, {gpu}",
+        "",
+        "backends:",
+    ]
+    rows = [("NAME", "KIND", "BOUNDARY", "STATE", "PRICE $/1M in/out", "WHERE")]
+    for b in report["backends"]:
+        p = b["price"]
+        price = f"{p['input']:g}/{p['output']:g} ({p['source']})"
+        rows.append((b["name"], b["kind"], b["boundary"], b["state"], price, b["where"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for i, r in enumerate(rows):
+        lines.append(
+            "  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]
+        )
+        if i > 0:
+            detail = _fmt_health(report["backends"][i - 1])
+            if detail:
+                lines.append(f"    {detail}")
+    lines += ["", "tiers:"]
+    for t in report["tiers"]:
+        uses = t["uses"] or "NOTHING (no usable backend)"
+        lines.append(
+            f"  {t['name']} (strength {t['strength']:g}): "
+            f"{' > '.join(t['backends'])}  ->  uses {uses}"
+        )
+    return "\n".join(lines)

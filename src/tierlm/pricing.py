@@ -1,0 +1,103 @@
+"""What a backend costs: per-token prices, the cost of an answer, and budget estimates.
+
+Where a price comes from, in order:
+
+1. the backend's ``price:`` in the config (``input``/``output`` USD per 1M tokens, and
+   ``per_hour`` for local hardware or energy);
+2. for external backends, the bundled, dated table ``data/prices.json`` (looked up by
+   provider and model; ``gpt-4o-mini-2024-07-18`` and ``claude-3-5-haiku-latest`` find their
+   base model, ``openai/gpt-4o-mini`` on OpenRouter finds OpenAI's row);
+3. an external model the table does not know is priced conservatively
+   (:data:`UNKNOWN_EXTERNAL`) so that budgets stay safe; set ``price:`` to fix it;
+4. anything that does not leave the site costs zero unless configured.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from tierlm.config.settings import Price
+from tierlm.types import Boundary
+
+if TYPE_CHECKING:
+    from tierlm.config.settings import BackendConfig
+    from tierlm.types import ChatRequest, Usage
+
+PRICES_FILE = Path(__file__).parent / "data" / "prices.json"
+UNKNOWN_EXTERNAL = Price(input=5.0, output=15.0)
+DEFAULT_OUTPUT_CAP = 4096  # output tokens assumed when a request sets no max_tokens
+PriceSource = Literal["config", "table", "unknown", "local"]
+
+
+@lru_cache(maxsize=1)
+def price_table() -> dict[str, Any]:
+    """The bundled table (read once)."""
+    with PRICES_FILE.open(encoding="utf-8") as f:
+        data: dict[str, Any] = json.load(f)
+    return data
+
+
+def lookup(provider: str | None, model: str) -> Price | None:
+    """The table's price of ``model`` (at ``provider`` when given), or None."""
+    providers: dict[str, Any] = price_table()["providers"]
+    names = [provider] if provider in providers else []
+    vendor, _, rest = model.partition("/")
+    if rest and vendor in providers and vendor not in names:
+        names.append(vendor)  # OpenRouter style: "openai/gpt-4o-mini"
+    names += [p for p in providers if p not in names]
+    for name in names:
+        models: dict[str, Any] = providers[name]["models"]
+        for candidate in (model, rest) if rest else (model,):
+            row = models.get(candidate) or _by_prefix(models, candidate)
+            if row is not None:
+                return Price(input=float(row["input"]), output=float(row["output"]))
+    return None
+
+
+def _by_prefix(models: dict[str, Any], model: str) -> Any:
+    """The longest table name that ``model`` extends with a version or date suffix."""
+    best = None
+    for name in models:
+        suffix = model[len(name) : len(name) + 1]
+        extends = model.startswith(name) and suffix in ("-", "@", ":", ".")
+        if extends and (best is None or len(name) > len(best)):
+            best = name
+    return models[best] if best is not None else None
+
+
+def price_source(config: BackendConfig) -> tuple[Price, PriceSource]:
+    """The price of ``config`` and where it came from."""
+    if config.price is not None:
+        return config.price, "config"
+    if config.where is not Boundary.EXTERNAL:
+        return Price(), "local"
+    provider = config.provider or (config.kind if config.kind == "anthropic" else None)
+    found = lookup(provider, config.model)
+    if found is not None:
+        return found, "table"
+    return UNKNOWN_EXTERNAL, "unknown"
+
+
+def price_for(config: BackendConfig) -> Price:
+    """Config override > bundled table > zero for non-external (conservative if unknown)."""
+    return price_source(config)[0]
+
+
+def cost_usd(config: BackendConfig, usage: Usage, *, seconds: float = 0.0) -> float:
+    """What an answer cost: tokens at the backend's price, plus ``per_hour`` for its time."""
+    p = price_for(config)
+    tokens = usage.prompt_tokens * p.input + usage.completion_tokens * p.output
+    return tokens / 1e6 + p.per_hour * max(seconds, 0.0) / 3600.0
+
+
+def estimate_usd(config: BackendConfig, request: ChatRequest, prompt_tokens_estimate: int) -> float:
+    """An upper bound of what ``request`` may cost (for budget reservations): the prompt plus
+    ``max_tokens`` (or :data:`DEFAULT_OUTPUT_CAP`, within the context window) of output."""
+    p = price_for(config)
+    out = request.max_tokens if request.max_tokens is not None else DEFAULT_OUTPUT_CAP
+    if request.max_tokens is None and config.context_window is not None:
+        out = max(0, min(out, config.context_window - prompt_tokens_estimate))
+    return (max(prompt_tokens_estimate, 0) * p.input + out * p.output) / 1e6

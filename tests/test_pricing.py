@@ -1,0 +1,119 @@
+"""Prices: config override > bundled table > zero for local; costs and budget estimates."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from typing import Any
+
+import pytest
+
+from tierlm.config.settings import BackendConfig, Price
+from tierlm.pricing import (
+    DEFAULT_OUTPUT_CAP,
+    PRICES_FILE,
+    UNKNOWN_EXTERNAL,
+    cost_usd,
+    estimate_usd,
+    lookup,
+    price_for,
+    price_source,
+    price_table,
+)
+from tierlm.types import ChatRequest, Usage
+
+
+def _cfg(**kw: Any) -> BackendConfig:
+    base: dict[str, Any] = {
+        "name": "b",
+        "kind": "openai",
+        "model": "gpt-4o-mini",
+        "provider": "openai",
+    }
+    base.update(kw)
+    return BackendConfig(**base)
+
+
+def test_table_is_dated_and_sourced() -> None:
+    data = json.loads(PRICES_FILE.read_text())
+    date.fromisoformat(data["as_of"])
+    assert data["currency"] == "USD" and data["unit"] == "per 1M tokens"
+    for name in ("openai", "anthropic", "gemini", "deepseek", "mistral", "groq", "together"):
+        prov = data["providers"][name]
+        date.fromisoformat(prov["as_of"])
+        assert prov["source"].startswith("https://")
+        assert prov["models"]
+        for row in prov["models"].values():
+            assert 0 < row["input"] <= row["output"] or row["input"] == row["output"]
+    assert price_table() is price_table()  # read once
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "row"),
+    [
+        ("openai", "gpt-4o-mini", ("openai", "gpt-4o-mini")),
+        ("openai", "gpt-4o-mini-2024-07-18", ("openai", "gpt-4o-mini")),
+        ("openai", "gpt-4o-2024-08-06", ("openai", "gpt-4o")),
+        ("anthropic", "claude-3-5-haiku-latest", ("anthropic", "claude-3-5-haiku")),
+        ("anthropic", "claude-sonnet-4-5-20250929", ("anthropic", "claude-sonnet-4-5")),
+        ("openrouter", "openai/gpt-4o-mini", ("openai", "gpt-4o-mini")),
+        ("groq", "openai/gpt-oss-20b", ("groq", "openai/gpt-oss-20b")),
+        ("mistral", "mistral-small-latest", ("mistral", "mistral-small")),
+        ("gemini", "gemini-2.5-flash-lite", ("gemini", "gemini-2.5-flash-lite")),
+    ],
+)
+def test_lookup_finds_the_right_row(provider: str, model: str, row: tuple[str, str]) -> None:
+    expected = price_table()["providers"][row[0]]["models"][row[1]]
+    got = lookup(provider, model)
+    assert got is not None
+    assert (got.input, got.output) == (expected["input"], expected["output"])
+
+
+def test_unknown_model_is_none_and_priced_conservatively_when_external() -> None:
+    assert lookup("openai", "gpt4o-mini") is None
+    assert lookup(None, "totally-new-model") is None
+    price, source = price_source(_cfg(model="totally-new-model"))
+    assert source == "unknown" and price == UNKNOWN_EXTERNAL
+
+
+def test_config_override_beats_table_and_local_is_zero() -> None:
+    over = _cfg(price=Price(input=1.0, output=2.0))
+    assert price_source(over) == (Price(input=1.0, output=2.0), "config")
+    local = BackendConfig(name="l", kind="llama_cpp", model="smollm2")
+    assert price_source(local) == (Price(), "local")
+    site = BackendConfig(
+        name="s", kind="openai", provider="vllm", url="http://h/v1", model="gpt-4o"
+    )  # same name as a cloud model, but on our own server
+    assert price_for(site) == Price()
+    anth = BackendConfig(
+        name="a", kind="anthropic", model="claude-3-5-haiku-latest", boundary="external"
+    )
+    assert price_source(anth)[1] == "table"
+
+
+def test_cost_usd() -> None:
+    cfg = _cfg()
+    row = price_table()["providers"]["openai"]["models"]["gpt-4o-mini"]
+    usage = Usage(prompt_tokens=1000, completion_tokens=500)
+    expected = (1000 * row["input"] + 500 * row["output"]) / 1e6
+    assert cost_usd(cfg, usage) == pytest.approx(expected)
+    energy = BackendConfig(name="l", kind="llama_cpp", model="m", price=Price(per_hour=0.36))
+    assert cost_usd(energy, usage, seconds=10) == pytest.approx(0.001)
+    assert cost_usd(BackendConfig(name="l", kind="llama_cpp", model="m"), usage) == 0.0
+
+
+def test_estimate_is_an_upper_bound() -> None:
+    cfg = _cfg(model="gpt-4o")
+    p = price_for(cfg)
+    req = ChatRequest.from_prompt("hi", max_tokens=100)
+    assert estimate_usd(cfg, req, 50) == pytest.approx((50 * p.input + 100 * p.output) / 1e6)
+    open_ended = ChatRequest.from_prompt("hi")
+    assert estimate_usd(cfg, open_ended, 50) == pytest.approx(
+        (50 * p.input + DEFAULT_OUTPUT_CAP * p.output) / 1e6
+    )
+    small = _cfg(model="gpt-4o", context_window=1000)
+    assert estimate_usd(small, open_ended, 400) == pytest.approx(
+        (400 * p.input + 600 * p.output) / 1e6
+    )
+    actual = cost_usd(cfg, Usage(prompt_tokens=50, completion_tokens=100))
+    assert estimate_usd(cfg, req, 50) >= actual
