@@ -68,6 +68,9 @@ KEYWORDS: dict[str, frozenset[str]] = {
     ),
 }
 
+#: Opening courtesy words: :func:`lead_command` looks past them.
+COURTESY = _words("hi hello hey there thanks thank you please ok okay good morning")
+
 # word -> indices of the keyword groups it belongs to (one dict lookup per word)
 _KW_INDEX: dict[str, tuple[int, ...]] = {}
 for _i, _vocab in enumerate(KEYWORDS.values()):
@@ -83,6 +86,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "upper_frac",
     "punct_frac",
     "mean_word_len",
+    "sd_word_len",
     "type_token",
     "log_questions",
     "log_code",
@@ -135,13 +139,27 @@ def lead_word(text: str) -> str:
     return m.group(0).lower() if m else ""
 
 
+def lead_command(text: str) -> bool:
+    """Whether ``text`` is a command or pure courtesy ("Turn on ...", "Please set ...", "Hi").
+
+    Courtesy words at the start are skipped: the first other word must be a command verb,
+    and a message of courtesy words only ("Hello", "Thanks!") counts too. A greeting that
+    opens a real question ("Hi, can you explain ...") does not.
+    """
+    for m in _WORD.finditer(text[:200]):
+        word = m.group(0).lower()
+        if word not in COURTESY:
+            return word in KEYWORDS["command"]
+    return True
+
+
 def lexical_features(
     text: str, total_chars: int | None = None, n_messages: int = 1, last: str | None = None
 ) -> list[float]:
     """The feature vector (in :data:`FEATURE_NAMES` order) of a window of text.
 
     ``last`` is the latest message (default: ``text``); ``lead_command`` is 1 when it opens
-    with a command verb or a greeting ("Turn on ...", "Set ...", "Hello").
+    with a command verb or is pure courtesy (:func:`lead_command`).
     """
     w = window(text)
     n_chars = max(len(w), 1)
@@ -153,6 +171,9 @@ def lexical_features(
     spaces = sum(map(str.isspace, w))
     punct = n_chars - letters - digits - spaces
     numbers = len(words) - len(lower)
+    lens = [len(x) for x in lower]
+    n_lower = max(len(lower), 1)
+    mean_len = sum(lens) / n_lower
     feats = [
         math.log1p(total_chars if total_chars is not None else len(text)),
         math.log1p(len(words)),
@@ -161,7 +182,8 @@ def lexical_features(
         digits / n_chars,
         upper / max(letters, 1),
         punct / n_chars,
-        sum(len(x) for x in lower) / max(len(lower), 1),
+        mean_len,
+        math.sqrt(max(sum(n * n for n in lens) / n_lower - mean_len * mean_len, 0.0)),
         len(set(lower)) / max(len(lower), 1),
         math.log1p(w.count("?")),
         math.log1p(sum(w.count(mark) for mark in _CODE_MARKS)),
@@ -174,5 +196,5 @@ def lexical_features(
         for g in _KW_INDEX.get(x, ()):
             hits[g] += 1
     feats.extend(math.log1p(h) for h in hits)
-    feats.append(1.0 if lead_word(text if last is None else last) in KEYWORDS["command"] else 0.0)
+    feats.append(1.0 if lead_command(text if last is None else last) else 0.0)
     return feats
