@@ -40,8 +40,13 @@ def _raw(llm: object, kw: dict[str, object]) -> tuple[float, float, int]:
 async def _tierlm(router: object, kw: dict[str, object]) -> tuple[float, float, int]:
     from tierlm.types import ChatRequest
 
-    req = ChatRequest.from_prompt(PROMPT, stream=True, max_tokens=kw["max_tokens"],
-                                  temperature=0.0, extra={"logit_bias": kw["logit_bias"]})
+    req = ChatRequest.from_prompt(
+        PROMPT,
+        stream=True,
+        max_tokens=kw["max_tokens"],
+        temperature=0.0,
+        extra={"logit_bias": kw["logit_bias"]},
+    )
     t0 = time.perf_counter()
     first = None
     n = 0
@@ -79,14 +84,26 @@ def main() -> None:
 
     llm = Llama(str(MODEL), n_ctx=2048, n_threads=args.threads, verbose=False)
     eos = llm.token_eos()
-    kw: dict[str, object] = {"messages": [{"role": "user", "content": PROMPT}],
-                             "max_tokens": args.tokens, "temperature": 0.0,
-                             "logit_bias": {eos: -1000.0}}
-    settings = load_settings(overrides={
-        "backends": [{"name": "smollm2", "kind": "llama_cpp", "model": str(MODEL),
-                      "n_ctx": 2048, "threads": args.threads}],
-        "ledger": {"url": "off"},
-    })
+    kw: dict[str, object] = {
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": args.tokens,
+        "temperature": 0.0,
+        "logit_bias": {eos: -1000.0},
+    }
+    settings = load_settings(
+        overrides={
+            "backends": [
+                {
+                    "name": "smollm2",
+                    "kind": "llama_cpp",
+                    "model": str(MODEL),
+                    "n_ctx": 2048,
+                    "threads": args.threads,
+                }
+            ],
+            "ledger": {"url": "off"},
+        }
+    )
     router = Router(settings)
     raw, ours = [], []
     _raw(llm, kw)  # warm both paths
@@ -98,8 +115,10 @@ def main() -> None:
     med = statistics.median
     r_tps, t_tps = med(r[1] for r in raw), med(r[1] for r in ours)
     r_ttft, t_ttft = med(r[0] for r in raw), med(r[0] for r in ours)
-    print(f"SmolLM2-135M Q4_1, {args.tokens} tokens, {args.threads} threads, "
-          f"median of {args.runs} runs\n")
+    print(
+        f"SmolLM2-135M Q4_1, {args.tokens} tokens, {args.threads} threads, "
+        f"median of {args.runs} runs\n"
+    )
     print("| path | tokens/s | time to first token (ms) |")
     print("|---|---:|---:|")
     print(f"| raw llama_cpp.Llama | {r_tps:.1f} | {r_ttft * 1000:.1f} |")

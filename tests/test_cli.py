@@ -13,11 +13,21 @@ import pytest
 TIERLM = str(Path(sys.executable).with_name("tierlm"))
 
 
-def run(*args: str, env: dict[str, str] | None = None, stdin: str | None = None,
-        ) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([TIERLM, *args], capture_output=True, text=True, env=full_env,
-                          input=stdin, timeout=180, check=False)
+    return subprocess.run(
+        [TIERLM, *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        input=stdin,
+        timeout=180,
+        check=False,
+    )
 
 
 def test_version() -> None:

@@ -1,0 +1,219 @@
+"""The gateway's ASGI app: routes, the lifespan that builds the Router once, and errors.
+
+Every bad input answers with OpenAI-shaped error JSON (Ollama-shaped on ``/api/*``) and the
+right status: invalid JSON 400, a bad field 400 (naming it), an unknown model 404, a body over
+``server.max_body_bytes`` 413, a missing or unknown key 401, a key not allowed 403, a wrong
+method 405, an unknown route 404.
+
+Routes: ``/v1/chat/completions``, ``/v1/models``, the Ollama API (``/api/chat``,
+``/api/generate``, ``/api/tags``, ``/api/show``, ``/api/version``), ``/health`` (open),
+``/metrics`` and ``/admin/*`` (an admin key when keys are configured), and, when the Router
+has a ledger, ``POST /v1/feedback`` and ``GET /admin/report``.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tierlm import __version__
+from tierlm.errors import TierlmError
+from tierlm.server import ollama, openai
+from tierlm.server.gateway import Gateway, error_response, json_response
+
+if TYPE_CHECKING:
+    from tierlm.config.settings import Settings
+    from tierlm.router import Router
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+_HTTP_CODES = {
+    404: ("not_found_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+}
+
+
+def create_app(source: Router | Settings, *, freeze_gc: bool = False) -> Starlette:
+    """The gateway app over a ready Router (the caller closes it) or over settings (the app
+    builds the Router at start-up and closes it at shutdown).
+
+    ``freeze_gc`` (``serve()`` sets it; it is process-wide): once started, move everything
+    loaded so far out of the garbage collector's sight, so collections stay short.
+    """
+    routes = [
+        Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
+        Route("/v1/models", openai.list_models, methods=["GET"]),
+        Route("/api/chat", ollama.chat, methods=["POST"]),
+        Route("/api/generate", ollama.generate, methods=["POST"]),
+        Route("/api/tags", ollama.tags, methods=["GET"]),
+        Route("/api/show", ollama.show, methods=["POST"]),
+        Route("/api/version", ollama.version, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/admin/health", admin_health, methods=["GET"]),
+        Route("/v1/feedback", feedback, methods=["POST"]),
+        Route("/admin/report", report, methods=["GET"]),
+    ]
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        from tierlm.config.settings import Settings
+        from tierlm.router import Router
+
+        owns = isinstance(source, Settings)
+        router = Router(source) if isinstance(source, Settings) else source
+        gw = Gateway(router)
+        app.state.gateway = gw
+        # Load the signal models before the first request, not during it.
+        await anyio.to_thread.run_sync(lambda: router.signals)
+        gw.health.healthy()  # start the first health check
+        accounting = getattr(router, "accounting", None)
+        if accounting is not None and router.settings.ledger.url != "off":
+            # open (and migrate) the ledger now rather than in the first request
+            gw.ledger = await anyio.to_thread.run_sync(lambda: accounting.ledger)
+        _ledger_endpoints(app, gw)
+        if freeze_gc:
+            gc.collect()
+            gc.freeze()
+        try:
+            yield
+        finally:
+            await gw.aclose()
+            if owns:
+                await router.aclose()
+
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            HTTPException: _http_error,
+            TierlmError: _tierlm_error,
+            Exception: _internal_error,
+        },
+    )
+
+
+def _ledger_endpoints(app: Starlette, gw: Gateway) -> None:
+    app.state.feedback = app.state.report = None
+    if gw.ledger is None:
+        return
+    from tierlm.ledger.http import feedback_endpoint, report_endpoint
+
+    app.state.feedback = feedback_endpoint(gw.ledger)
+    app.state.report = report_endpoint(gw.ledger)
+
+
+# -- errors ---------------------------------------------------------------------------------
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    type_, code = _HTTP_CODES.get(exc.status_code, ("invalid_request_error", "http_error"))
+    message = (
+        f"no route {request.method} {request.url.path}"
+        if exc.status_code in (404, 405)
+        else str(exc.detail)
+    )
+    if request.url.path.startswith("/api/"):
+        return json_response({"error": message}, exc.status_code, dict(exc.headers or {}))
+    return json_response(
+        {"error": {"message": message, "type": type_, "code": code, "param": None}},
+        exc.status_code,
+        dict(exc.headers or {}),
+    )
+
+
+async def _tierlm_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, TierlmError)
+    return error_response(exc)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    return json_response(
+        {
+            "error": {
+                "message": "internal error in the gateway",
+                "type": "api_error",
+                "code": "internal_error",
+                "param": None,
+            }
+        },
+        500,
+    )
+
+
+# -- operations -----------------------------------------------------------------------------
+async def health(request: Request) -> Response:
+    """``status`` (ok, degraded, down) and each backend's health, cached briefly."""
+    gw: Gateway = request.app.state.gateway
+    checks = await gw.health.current()
+    oks = [h.ok is not False for h in checks.values()]
+    status = "ok" if all(oks) else ("degraded" if any(oks) else "down")
+    backends: dict[str, Any] = {
+        n: {
+            "ok": h.ok,
+            "detail": h.detail,
+            "loaded": h.loaded,
+            "boundary": gw.boundary[n],
+            "latency_ms": h.latency_ms,
+        }
+        for n, h in checks.items()
+    }
+    body = {
+        "status": status,
+        "version": __version__,
+        "deployment": gw.settings.deployment,
+        "tiers": gw.tiers,
+        "backends": backends,
+        "in_flight": gw.metrics.in_flight,
+    }
+    return json_response(body, 503 if status == "down" else 200)
+
+
+async def admin_health(request: Request) -> Response:
+    """Every detail of every backend's health (admin)."""
+    gw: Gateway = request.app.state.gateway
+    gw.keys.require_admin(request.headers)
+    await gw.health.current()
+    return json_response({"backends": gw.health.to_dict()})
+
+
+async def metrics(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    gw.keys.require_admin(request.headers)
+    return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+async def feedback(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    gw.keys.identify(request.headers)
+    return await _ledger_route(request, "feedback")
+
+
+async def report(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    gw.keys.require_admin(request.headers)
+    return await _ledger_route(request, "report")
+
+
+async def _ledger_route(request: Request, name: str) -> Response:
+    endpoint: Endpoint | None = getattr(request.app.state, name, None)
+    if endpoint is None:
+        return json_response(
+            {
+                "error": {
+                    "message": "the ledger is off in this deployment",
+                    "type": "not_found_error",
+                    "code": "ledger_off",
+                    "param": None,
+                }
+            },
+            404,
+        )
+    return await endpoint(request)

@@ -1,0 +1,352 @@
+"""What every endpoint of the gateway shares: the router, keys, metrics and health, plus the
+plumbing of the HTTP edge (reading a bounded JSON body, errors as JSON, routing headers).
+
+No routing logic lives here: the Router plans, executes and records each request; this
+module checks what a key may pin, hands the Router the last known health, and says
+afterwards who answered and why.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from tierlm.errors import (
+    InvalidRequest,
+    ModelNotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    ProtocolError,
+    TierlmError,
+)
+from tierlm.policy import Conditions
+from tierlm.server.auth import KeyRing
+from tierlm.server.health import HealthCache
+from tierlm.server.metrics import Metrics
+from tierlm.types import Boundary
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from tierlm.config.settings import ApiKeyConfig
+    from tierlm.execute.executor import RoutedStream
+    from tierlm.router import Router
+    from tierlm.types import ChatRequest, ChatResponse, Plan, StreamEvent
+
+# x-tierlm-<name> request headers that become routing hints (header name -> hint field).
+HINT_HEADERS = {
+    "x-tierlm-privacy": "privacy",
+    "x-tierlm-quality": "quality",
+    "x-tierlm-urgency": "urgency",
+    "x-tierlm-optimize": "optimize",
+    "x-tierlm-tier-floor": "tier_floor",
+    "x-tierlm-tier-ceiling": "tier_ceiling",
+    "x-tierlm-cost-sensitivity": "cost_sensitivity",
+}
+log = logging.getLogger("tierlm.server")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# ChatRequest field -> the name the client used for it (for error messages).
+_PARAM_NAMES = {"hints": "tierlm", "include_usage": "stream_options.include_usage"}
+
+
+class FieldError(InvalidRequest):
+    """A bad request field; ``param`` names it in the OpenAI error body."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def json_response(
+    obj: Any,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    return Response(dumps(obj), status_code=status, headers=headers, media_type="application/json")
+
+
+def error_response(e: TierlmError, headers: dict[str, str] | None = None) -> Response:
+    """An OpenAI-shaped error body with the error's status."""
+    body = e.to_openai()
+    param = getattr(e, "param", None)
+    if param:
+        body["error"]["param"] = param
+    hdrs = dict(headers or {})
+    retry_after = getattr(e, "retry_after", None)
+    if isinstance(retry_after, int | float):
+        hdrs["retry-after"] = str(max(int(retry_after + 0.999), 0))
+    return json_response(body, e.status, hdrs)
+
+
+def validation_error(e: ValidationError) -> FieldError:
+    """The first problem of a pydantic error, naming the field as the client named it."""
+    err = e.errors(include_url=False)[0]
+    loc = list(err.get("loc") or ())
+    if loc and isinstance(loc[0], str):
+        loc[0] = _PARAM_NAMES.get(loc[0], loc[0])
+    param = ""
+    for part in loc:
+        param += f"[{part}]" if isinstance(part, int) else (f".{part}" if param else str(part))
+    msg = str(err.get("msg", "invalid value"))
+    return FieldError(f"{param}: {msg}" if param else msg, param or None)
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The request body as JSON; 413 past ``limit`` bytes (checked while reading), 400 if bad."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+    if not body:
+        raise InvalidRequest("request body is empty: send a JSON object")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise InvalidRequest(f"request body is not valid JSON: {e}") from None
+
+
+def client_request_id(request: Request) -> dict[str, str]:
+    """``{"request_id": ...}`` from a sane ``x-request-id`` header, else nothing."""
+    rid = request.headers.get("x-request-id")
+    return {"request_id": rid} if rid and _REQUEST_ID.match(rid) else {}
+
+
+def header_hints(request: Request) -> dict[str, Any]:
+    """Routing hints from ``x-tierlm-*`` request headers."""
+    headers = request.headers
+    return {field: headers[h] for h, field in HINT_HEADERS.items() if h in headers}
+
+
+class Gateway:
+    """The state one gateway process shares across requests."""
+
+    def __init__(self, router: Router) -> None:
+        s = router.settings
+        self.router = router
+        self.settings = s
+        self.keys = KeyRing(s.server.api_keys)
+        self.metrics = Metrics()
+        self.health = HealthCache(router.backends)
+        self.max_body = s.server.max_body_bytes
+        self.tiers = [t.name for t in s.tiers]
+        self.backend_configs = {b.name: b for b in s.backends}
+        self.boundary = {b.name: b.where.label for b in s.backends}
+        self._by_model: dict[str, str] = {}
+        for b in s.backends:
+            self._by_model.setdefault(b.model, b.name)
+        self.started = int(time.time())
+        self.ledger: Any = None  # the Router's ledger, when recording (set at start-up)
+
+    # -- models -----------------------------------------------------------------------------
+    def resolve_model(self, name: Any) -> str:
+        """``auto``, a tier or a backend name (a backend's model id pins that backend)."""
+        if name is None or name in ("", "auto"):
+            return "auto"
+        if not isinstance(name, str):
+            raise FieldError("model must be a string", "model")
+        if name in self.tiers or name in self.backend_configs:
+            return name
+        if name in self._by_model:
+            return self._by_model[name]
+        if name.endswith(":latest"):
+            return self.resolve_model(name.removesuffix(":latest"))
+        raise ModelNotFound(
+            f"model {name!r} does not exist: use 'auto', a tier ({', '.join(self.tiers)}) or a "
+            f"backend ({', '.join(self.backend_configs)})"
+        )
+
+    def check_allowed(self, model: str, key: ApiKeyConfig | None) -> None:
+        """403 when ``key`` may not use the tier or backend that ``model`` pins."""
+        if not self.allowed(model, key):
+            raise PermissionDenied(f"API key '{key.name if key else ''}' may not use {model!r}")
+
+    def allowed(self, model: str, key: ApiKeyConfig | None) -> bool:
+        """Whether ``key`` may use the tier or backend ``model`` (by tiers and boundary)."""
+        return key is None or model == "auto" or bool(self.usable(model, key))
+
+    def usable(self, model: str, key: ApiKeyConfig | None) -> list[str]:
+        """The backends a request for ``model`` may reach with ``key`` (before the policy)."""
+        if model == "auto":
+            pairs = [(t.name, b) for t in self.settings.tiers for b in t.backends]
+        elif model in self.tiers:
+            pairs = [(model, b) for t in self.settings.tiers if t.name == model for b in t.backends]
+        else:
+            pairs = [(t.name, model) for t in self.settings.tiers if model in t.backends]
+        if key is None:
+            return [b for _, b in pairs]
+        ceiling = Boundary.parse(key.max_privacy_boundary)
+        return [
+            b
+            for tier, b in pairs
+            if (key.tiers is None or tier in key.tiers) and self.backend_configs[b].where <= ceiling
+        ]
+
+    # -- answering --------------------------------------------------------------------------
+    def conditions(self, req: ChatRequest, key: ApiKeyConfig | None) -> Conditions:
+        """Conditions under the last known health.
+
+        Health only reorders and skips: when it would leave nothing this request may reach
+        (a stale or slow check, the only backend busy), it is left out, and the executor's
+        own failure handling decides.
+        """
+        healthy = self.health.healthy()
+        if healthy is not None and not any(
+            healthy.get(b, True) for b in self.usable(req.model, key)
+        ):
+            healthy = None
+        return Conditions(healthy=healthy, warm=self.health.warm(), api_key=key)
+
+    async def complete(
+        self, req: ChatRequest, key: ApiKeyConfig | None
+    ) -> tuple[ChatResponse, Plan]:
+        """Answer the whole request (planned, executed and recorded by the Router)."""
+        cond = self.conditions(req, key)
+        achat_planned = getattr(self.router, "achat_planned", None)
+        if achat_planned is not None:
+            resp, plan = await achat_planned(req, cond)
+            return resp, plan
+        plan = self.router.plan(req, cond)  # an older Router: plan again for the report
+        return await self.router.achat(req, cond), plan
+
+    async def open_stream(
+        self,
+        req: ChatRequest,
+        key: ApiKeyConfig | None,
+    ) -> tuple[RoutedStream, StreamEvent]:
+        """Start a stream and wait until it has committed (its first event arrived).
+
+        Errors before that raise here, so the client gets a normal error response.
+        """
+        rs = self.router.astream(req, self.conditions(req, key))
+        try:
+            first = await anext(aiter(rs))
+        except StopAsyncIteration:
+            await rs.aclose()
+            raise ProtocolError(
+                "the stream ended before its first piece", request_id=req.request_id
+            ) from None
+        except BaseException:
+            await rs.aclose()
+            raise
+        return rs, first
+
+    # -- what the answer says about itself ---------------------------------------------------
+    def routing_headers(
+        self, req: ChatRequest, plan: Plan, tier: str, backend: str, model: str
+    ) -> dict[str, str]:
+        return {
+            "x-tierlm-request-id": req.request_id,
+            "x-tierlm-tier": tier,
+            "x-tierlm-backend": backend,
+            "x-tierlm-model": _header_safe(model),
+            "x-tierlm-boundary": self.boundary.get(backend, ""),
+            "x-tierlm-privacy": plan.privacy.value,
+            "x-tierlm-complexity": f"{plan.complexity:.4f}",
+        }
+
+    def tierlm_object(
+        self,
+        req: ChatRequest,
+        plan: Plan,
+        tier: str,
+        backend: str,
+    ) -> dict[str, Any]:
+        return {
+            "request_id": req.request_id,
+            "tier": tier,
+            "backend": backend,
+            "boundary": self.boundary.get(backend, ""),
+            "privacy": plan.privacy.value,
+            "complexity": round(plan.complexity, 4),
+            "sensitive": plan.sensitive,
+            "reasons": list(plan.reasons),
+            "attempts": attempts(plan, backend),
+        }
+
+    def account(
+        self, route: str, plan: Plan | None, tier: str, backend: str, status: int, started: float
+    ) -> None:
+        """Count one finished request (and a fallback when the first choice did not answer)."""
+        self.metrics.observe(route, tier, backend, status, time.perf_counter() - started)
+        if (
+            plan is not None
+            and backend
+            and plan.candidates
+            and plan.candidates[0].backend != backend
+        ):
+            self.metrics.fallback(tier, backend)
+
+    async def aclose(self) -> None:
+        await self.health.aclose()
+
+
+def attempts(plan: Plan, backend: str) -> int:
+    """How many candidates were tried before ``backend`` answered (1 = the first choice)."""
+    for i, c in enumerate(plan.candidates):
+        if c.backend == backend:
+            return i + 1
+    return len(plan.candidates)
+
+
+def _header_safe(value: str) -> str:
+    return value.encode("latin-1", "replace").decode("latin-1").replace("\n", " ")
+
+
+class StreamEnd:
+    """Closes a routed stream and counts it, exactly once, however the response ended."""
+
+    def __init__(self, gw: Gateway, route: str, rs: RoutedStream, started: float) -> None:
+        self.gw, self.route, self.rs, self.started = gw, route, rs, started
+        self.status = 200
+        self.done = False
+
+    async def __call__(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        with anyio.CancelScope(shield=True):
+            await self.rs.aclose()
+        self.gw.metrics.in_flight -= 1
+        rs = self.rs
+        self.gw.account(
+            self.route, rs.plan, rs.tier or "", rs.backend or "", self.status, self.started
+        )
+
+
+class GuardedStream(StreamingResponse):
+    """A streaming response whose :class:`StreamEnd` runs even if the body never started
+    (the client went away before the first byte)."""
+
+    def __init__(self, content: AsyncIterator[bytes], end: StreamEnd, **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self._end = end
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._end()
+
+
+def internal_error(e: Exception, req: ChatRequest) -> TierlmError:
+    """An unexpected failure in the middle of a stream, logged with its cause, as an error
+    the client can be told about in-band."""
+    log.error("request %s failed mid-stream", req.request_id, exc_info=e)
+    return TierlmError("internal error in the gateway", request_id=req.request_id)

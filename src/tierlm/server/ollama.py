@@ -1,0 +1,365 @@
+"""The Ollama API: ``/api/chat``, ``/api/generate``, ``/api/tags``, ``/api/show``,
+``/api/version``, so edge devices that use Ollama clients work unchanged.
+
+As Ollama does, answers stream as NDJSON unless the body says ``"stream": false``; the last
+line has ``done: true``, ``done_reason`` and the token counts and durations (nanoseconds).
+Options map onto the request (``num_predict`` -> max tokens, ``temperature``, ``top_p``,
+``top_k``, ``stop``, ``seed``); ``format`` (``"json"`` or a JSON schema) becomes OpenAI's
+``response_format``. Errors are Ollama-shaped, ``{"error": "..."}``, with the right status; a
+failure after the stream committed ends it with an ``{"error": ...}`` line, never ``done``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tierlm import __version__
+from tierlm.backends.base import merge_tool_call_delta
+from tierlm.errors import ProtocolError, TierlmError
+from tierlm.server.gateway import (
+    FieldError,
+    Gateway,
+    GuardedStream,
+    StreamEnd,
+    client_request_id,
+    dumps,
+    header_hints,
+    internal_error,
+    json_response,
+    read_json,
+    validation_error,
+)
+from tierlm.types import ChatRequest, Usage
+
+if TYPE_CHECKING:
+    from tierlm.execute.executor import RoutedStream
+    from tierlm.types import ChatResponse, Plan, StreamEvent
+
+_NDJSON = "application/x-ndjson"
+_OPTIONS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "seed": "seed",
+    "stop": "stop",
+    "num_predict": "max_tokens",
+}
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def ollama_error(e: TierlmError, headers: dict[str, str] | None = None) -> Response:
+    return json_response({"error": e.message}, e.status, headers)
+
+
+def _tool_calls_in(calls: Any) -> list[dict[str, Any]] | None:
+    """Ollama tool calls (arguments as an object) as OpenAI ones (arguments as a string)."""
+    if not isinstance(calls, list) or not calls:
+        return None
+    out = []
+    for c in calls:
+        fn = c.get("function", {}) if isinstance(c, dict) else {}
+        args = fn.get("arguments", {})
+        out.append(
+            {
+                "id": c.get("id") or "call_" + uuid.uuid4().hex[:12],
+                "type": "function",
+                "function": {
+                    "name": fn.get("name", ""),
+                    "arguments": args if isinstance(args, str) else json.dumps(args),
+                },
+            }
+        )
+    return out
+
+
+def _tool_calls_out(calls: list[Any]) -> list[dict[str, Any]]:
+    out = []
+    for c in calls:
+        fn = c.function if hasattr(c, "function") else c.get("function") or {}
+        raw = fn.get("arguments") or "{}"
+        try:
+            args = json.loads(raw) if isinstance(raw, str) else raw
+        except ValueError:
+            args = {"_raw": raw}
+        out.append(
+            {
+                "function": {
+                    "name": fn.get("name", ""),
+                    "arguments": args if isinstance(args, dict) else {"_": args},
+                }
+            }
+        )
+    return out
+
+
+def _messages_in(messages: Any) -> Any:
+    if not isinstance(messages, list):
+        return messages  # pydantic names the problem
+    out = []
+    for m in messages:
+        if isinstance(m, dict):
+            m = {k: v for k, v in m.items() if k not in ("images", "thinking", "tool_name")}
+            if "tool_calls" in m:
+                m["tool_calls"] = _tool_calls_in(m["tool_calls"])
+        out.append(m)
+    return out
+
+
+def parse(body: Any, request: Request, gw: Gateway, *, generate: bool) -> ChatRequest:
+    """An Ollama ``/api/chat`` or ``/api/generate`` body as a :class:`ChatRequest`."""
+    if not isinstance(body, dict):
+        raise FieldError("request body must be a JSON object")
+    if generate:
+        if not isinstance(body.get("prompt"), str):
+            raise FieldError("prompt: field required (a string)", "prompt")
+        messages: Any = [{"role": "user", "content": body["prompt"]}]
+        if isinstance(body.get("system"), str) and body["system"]:
+            messages.insert(0, {"role": "system", "content": body["system"]})
+    else:
+        if "messages" not in body:
+            raise FieldError("messages: field required", "messages")
+        messages = _messages_in(body["messages"])
+    opts = body.get("options") or {}
+    if not isinstance(opts, dict):
+        raise FieldError("options: must be an object", "options")
+    data: dict[str, Any] = {
+        "messages": messages,
+        "model": gw.resolve_model(body.get("model")),
+        "stream": body.get("stream", True),
+        "hints": header_hints(request),
+        "include_usage": True,
+    }
+    for k, field in _OPTIONS.items():
+        v = opts.get(k)
+        if v is not None and not (k == "num_predict" and isinstance(v, int) and v < 0):
+            data[field] = [v] if k == "stop" and isinstance(v, str) else v
+    if body.get("tools"):
+        data["tools"] = body["tools"]
+    fmt = body.get("format")
+    if fmt == "json":
+        data["extra"] = {"response_format": {"type": "json_object"}}
+    elif isinstance(fmt, dict):
+        data["extra"] = {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "format", "schema": fmt},
+            }
+        }
+    data.update(client_request_id(request))
+    try:
+        return ChatRequest.model_validate(data)
+    except ValidationError as e:
+        raise validation_error(e) from None
+
+
+async def chat(request: Request) -> Response:
+    return await _answer(request, generate=False)
+
+
+async def generate(request: Request) -> Response:
+    return await _answer(request, generate=True)
+
+
+async def _answer(request: Request, *, generate: bool) -> Response:
+    gw: Gateway = request.app.state.gateway
+    route = "/api/generate" if generate else "/api/chat"
+    started = time.perf_counter()
+    gw.metrics.in_flight += 1
+    req: ChatRequest | None = None
+    try:
+        key = gw.keys.identify(request.headers)
+        req = parse(await read_json(request, gw.max_body), request, gw, generate=generate)
+        if key is not None:
+            req.api_key_id = key.name
+            gw.check_allowed(req.model, key)
+        if req.stream:
+            rs, first = await gw.open_stream(req, key)
+        else:
+            resp, plan = await gw.complete(req, key)
+    except TierlmError as e:
+        gw.metrics.in_flight -= 1
+        gw.account(route, None, e.tier or "", e.backend or "", e.status, started)
+        return ollama_error(e, {"x-tierlm-request-id": req.request_id} if req else None)
+    except BaseException:
+        gw.metrics.in_flight -= 1
+        raise
+    if not req.stream:
+        gw.metrics.in_flight -= 1
+        gw.account(route, plan, resp.tier, resp.backend, 200, started)
+        headers = gw.routing_headers(req, plan, resp.tier, resp.backend, resp.model)
+        return json_response(_whole(gw, req, plan, resp, started, generate), 200, headers)
+    headers = gw.routing_headers(
+        req, rs.plan, rs.tier or "", rs.backend or "", first.model or rs.model or ""
+    )
+    end = StreamEnd(gw, "/api/generate" if generate else "/api/chat", rs, started)
+    return GuardedStream(
+        _ndjson(req, rs, first, end, generate), end, headers=headers, media_type=_NDJSON
+    )
+
+
+def _final(model: str, usage: Usage, finish: str, started: float) -> dict[str, Any]:
+    total = int((time.perf_counter() - started) * 1e9)
+    return {
+        "model": model,
+        "created_at": _now(),
+        "done": True,
+        "done_reason": "stop" if finish == "tool_calls" else finish,
+        "total_duration": total,
+        "load_duration": 0,
+        "prompt_eval_count": usage.prompt_tokens,
+        "prompt_eval_duration": 0,
+        "eval_count": usage.completion_tokens,
+        "eval_duration": total,
+    }
+
+
+def _whole(
+    gw: Gateway, req: ChatRequest, plan: Plan, resp: ChatResponse, started: float, generate: bool
+) -> dict[str, Any]:
+    out = _final(resp.model, resp.usage, resp.finish_reason, started)
+    if generate:
+        out["response"] = resp.text
+    else:
+        msg: dict[str, Any] = {"role": "assistant", "content": resp.text}
+        if resp.message.tool_calls:
+            msg["tool_calls"] = _tool_calls_out(resp.message.tool_calls)
+        out["message"] = msg
+    out["tierlm"] = gw.tierlm_object(req, plan, resp.tier, resp.backend)
+    return out
+
+
+async def _ndjson(
+    req: ChatRequest, rs: RoutedStream, first: StreamEvent, end: StreamEnd, generate: bool
+) -> AsyncIterator[bytes]:
+    """The committed stream as Ollama NDJSON; an error after commit ends it with an
+    ``{"error": ...}`` line, never a ``done`` one."""
+    model = first.model or rs.model or ""
+    usage: Usage | None = None
+    finish: str | None = None
+    calls: dict[int, dict[str, Any]] = {}
+    try:
+        async for ev in _chain(first, rs):
+            model = ev.model or model
+            usage = ev.usage or usage
+            finish = ev.finish_reason or finish
+            for d in ev.tool_calls or ():  # Ollama sends whole calls: gather the deltas
+                merge_tool_call_delta(calls, d)
+            if ev.text:
+                yield _piece(model, ev.text, generate)
+        if calls and not generate:
+            message = {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": _tool_calls_out([calls[i] for i in sorted(calls)]),
+            }
+            yield (
+                dumps({"model": model, "created_at": _now(), "done": False, "message": message})
+                + b"\n"
+            )
+        if finish is None:
+            raise ProtocolError(
+                "the stream ended before the answer finished",
+                backend=rs.backend,
+                tier=rs.tier,
+                request_id=req.request_id,
+            )
+        last = _final(model, usage or Usage(), finish, end.started)
+        if generate:
+            last["response"] = ""
+        else:
+            last["message"] = {"role": "assistant", "content": ""}
+        yield dumps(last) + b"\n"
+    except Exception as e:  # any failure (logged with its cause) ends it with an in-band error
+        err = e if isinstance(e, TierlmError) else internal_error(e, req)
+        end.status = err.status
+        end.gw.metrics.stream_errors += 1
+        yield dumps({"error": err.message}) + b"\n"
+    finally:
+        await end()
+
+
+def _piece(model: str, text: str, generate: bool) -> bytes:
+    line: dict[str, Any] = {"model": model, "created_at": _now(), "done": False}
+    if generate:
+        line["response"] = text
+    else:
+        line["message"] = {"role": "assistant", "content": text}
+    return dumps(line) + b"\n"
+
+
+async def _chain(first: StreamEvent, rs: RoutedStream) -> AsyncIterator[StreamEvent]:
+    yield first
+    async for ev in rs:
+        yield ev
+
+
+def _model_entry(gw: Gateway, name: str, kind: str) -> dict[str, Any]:
+    b = gw.backend_configs.get(name)
+    return {
+        "name": name,
+        "model": name,
+        "modified_at": datetime.fromtimestamp(gw.started, UTC).isoformat(),
+        "size": 0,
+        "digest": hashlib.sha256(name.encode()).hexdigest(),
+        "details": {
+            "parent_model": "",
+            "format": "gguf" if b and b.kind == "llama_cpp" else "",
+            "family": kind,
+            "families": [kind],
+            "parameter_size": "",
+            "quantization_level": "",
+        },
+    }
+
+
+async def tags(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    try:
+        gw.keys.identify(request.headers)
+    except TierlmError as e:
+        return ollama_error(e)
+    models = [_model_entry(gw, "auto", "auto")]
+    models += [_model_entry(gw, t, "tier") for t in gw.tiers]
+    models += [_model_entry(gw, b, "backend") for b in gw.backend_configs if b not in gw.tiers]
+    return json_response({"models": models})
+
+
+async def show(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    try:
+        gw.keys.identify(request.headers)
+        body = await read_json(request, gw.max_body)
+        name = body.get("model") or body.get("name") if isinstance(body, dict) else None
+        resolved = gw.resolve_model(name)
+    except TierlmError as e:
+        return ollama_error(e)
+    entry = _model_entry(gw, resolved, "auto" if resolved == "auto" else "tierlm")
+    tools = any(b.tools is not False for b in gw.settings.backends)
+    return json_response(
+        {
+            "modelfile": "",
+            "parameters": "",
+            "template": "",
+            "details": entry["details"],
+            "model_info": {},
+            "capabilities": ["completion", *(["tools"] if tools else [])],
+            "modified_at": entry["modified_at"],
+        }
+    )
+
+
+async def version(request: Request) -> Response:
+    return json_response({"version": __version__})
