@@ -4,15 +4,11 @@ and build settings whose tiers point at the fake OpenAI-wire upstream and the ti
 from __future__ import annotations
 
 import hashlib
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import uvicorn
-
-from fakes import free_port
+from fakes import serve
 from tierlm.config.settings import Settings
 from tierlm.server import create_app
 
@@ -27,29 +23,8 @@ def sha(key: str) -> str:
 @contextmanager
 def serve_gateway(settings: Settings) -> Iterator[str]:
     """``tierlm serve`` in a thread: the real app and lifespan on 127.0.0.1; yield its URL."""
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        lifespan="on",
-        ws="none",
-        timeout_graceful_shutdown=2,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"gateway-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("gateway did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve(create_app(settings), lifespan="on", start_within=60, grace=2) as url:
+        yield url
 
 
 def upstream_backend(name: str, upstream: str, scenario: str, **kw: Any) -> dict[str, Any]:

@@ -23,7 +23,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: Any) -> Iterator[str]:
+def serve(
+    app: Any, *, lifespan: str = "off", start_within: float = 10.0, grace: int = 1
+) -> Iterator[str]:
     """Serve ``app`` on 127.0.0.1 in a thread; yield ``http://127.0.0.1:PORT``."""
     port = free_port()
     config = uvicorn.Config(
@@ -31,23 +33,23 @@ def serve(app: Any) -> Iterator[str]:
         host="127.0.0.1",
         port=port,
         log_level="warning",
-        lifespan="off",
+        lifespan=lifespan,
         ws="none",
-        timeout_graceful_shutdown=1,
+        timeout_graceful_shutdown=grace,
     )
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"fake-server-{port}", daemon=True)
+    thread = threading.Thread(target=server.run, name=f"server-{port}", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + start_within
     while not server.started:
         if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("fake server did not start")
+            raise RuntimeError("server did not start")
         time.sleep(0.01)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
-        thread.join(timeout=5)
+        thread.join(timeout=grace + 8)
 
 
 @contextmanager
