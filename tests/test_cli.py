@@ -93,3 +93,28 @@ def test_models_list_shows_where_the_default_resolves(models_dir: Path) -> None:
     r = run("models", "list")
     assert r.returncode == 0, r.stderr
     assert "smollm2-135m-instruct" in r.stdout and "stories260K" in r.stdout
+
+
+def test_ctrl_c_stops_an_answer_and_the_repl_goes_on(models_dir: Path) -> None:
+    import signal
+    import time
+
+    p = subprocess.Popen(
+        [TIERLM, "chat", "--max-tokens", "400"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert p.stdin is not None and p.stdout is not None
+    p.stdin.write("Write a long story about a pump.\n")
+    p.stdin.flush()
+    p.stdout.read(1)  # the answer has started streaming
+    time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    p.stdin.write("/exit\n")
+    p.stdin.flush()
+    _out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "stopped" in err and "Traceback" not in err

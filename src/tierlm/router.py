@@ -259,7 +259,12 @@ class Router:
                 target=self._loop.run_forever, daemon=True, name="tierlm-router"
             )
             self._thread.start()
-        return asyncio.run_coroutine_threadsafe(_wrap(aw), self._loop).result()
+        future = asyncio.run_coroutine_threadsafe(_wrap(aw), self._loop)
+        try:
+            return future.result()
+        except BaseException:  # Ctrl-C in the caller's thread: stop the work in the loop too
+            future.cancel()
+            raise
 
 
 def _as_request(prompt: str | ChatRequest | list[dict[str, Any]], **kwargs: Any) -> ChatRequest:
