@@ -13,7 +13,15 @@ p50(gateway) - p50(direct) and p99(gateway) - p99(direct); under saturation (64,
 is mostly queueing in the gateway. RSS is VmRSS from /proc: idle (started, no request yet,
 no model loaded) and after the load (and the peak, VmHWM). Both gateways check one API key.
 
+Open loop (below saturation, so added latency is not closed-loop queueing): a load-generator
+process (aiohttp + uvloop) sends requests at a fixed rate (``--open-rates``, default 300 and
+600 req/s) with at most ``--open-cap`` (64) in flight, and times each from the moment it was
+*due* to its last byte, so a slow gateway cannot hide its stalls by delaying the next send
+(no coordinated omission). Same targets; LiteLLM only with ``--litellm-open-rates`` (it
+saturates near 50 req/s here, far below those rates).
+
     .venv/bin/python bench/bench_gateway.py [--duration 5] [--litellm PATH | --litellm '']
+        [--open-rates 300 600] [--open-duration 5]
 
 Needs ``wrk`` (Debian: ``apt-get install wrk``). LiteLLM runs from its own virtualenv, so its
 dependencies stay out of ours (``python -m venv /tmp/litellm-venv &&
@@ -355,6 +363,93 @@ def check_answer(url: str, body: dict[str, Any]) -> str:
     return str(r.json()["choices"][0]["message"]["content"])
 
 
+# -- open loop: requests at a fixed rate, latency from the scheduled send time ----------------
+def run_open_loop(url: str, rate: float, duration: float, stream: bool, cap: int) -> None:
+    """The open-loop load generator (its own process; prints one ``RESULT`` JSON line).
+
+    Request ``i`` is due at ``t0 + i / rate`` whatever happened before (no coordinated
+    omission): it starts then, or as soon as one of the ``cap`` connections is free, and its
+    latency runs from the time it was due to its last byte. One second of the same load first,
+    not counted, opens the connections."""
+    import aiohttp
+
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    body = {**BODY, "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    data = json.dumps(body).encode()
+    headers = {"authorization": f"Bearer {BENCH_KEY}", "content-type": "application/json"}
+
+    async def main() -> dict[str, Any]:
+        clock = time.perf_counter  # uvloop's loop.time() ticks in whole milliseconds
+        slots = asyncio.Semaphore(cap)
+        connector = aiohttp.TCPConnector(limit=cap)
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+            async def one(due: float, out: list[tuple[float, float]], bad: list[int]) -> None:
+                async with slots:
+                    sent = clock()
+                    try:
+                        async with session.post(url, data=data, headers=headers) as r:
+                            raw = await r.read()
+                        if r.status != 200 or (stream and b"[DONE]" not in raw):
+                            bad.append(r.status)
+                    except (aiohttp.ClientError, TimeoutError):
+                        bad.append(0)
+                out.append((clock() - due, sent - due))
+
+            async def phase(seconds: float) -> tuple[list[tuple[float, float]], list[int], float]:
+                out: list[tuple[float, float]] = []
+                bad: list[int] = []
+                tasks = []
+                t0 = clock() + 0.01
+                for i in range(int(rate * seconds)):
+                    due = t0 + i / rate
+                    if due > clock():
+                        await asyncio.sleep(due - clock())
+                    tasks.append(asyncio.create_task(one(due, out, bad)))
+                await asyncio.gather(*tasks)
+                return out, bad, clock() - t0
+
+            await phase(1.0)  # warm-up: connections open, caches warm
+            res, bad, took = await phase(duration)
+        lat = sorted(r[0] for r in res)
+        lag = sorted(r[1] for r in res)
+
+        def q(xs: list[float], p: float) -> float:
+            return xs[min(len(xs) - 1, int(p * len(xs)))] * 1000 if xs else float("nan")
+
+        return {
+            "rate": rate,
+            "requests": len(lat),
+            "achieved": len(lat) / took,
+            "p50_ms": q(lat, 0.50),
+            "p90_ms": q(lat, 0.90),
+            "p99_ms": q(lat, 0.99),
+            "max_ms": q(lat, 1.0),
+            # how late requests left the generator (its timer tick, or no free connection)
+            "send_lag_p50_ms": q(lag, 0.50),
+            "send_lag_p99_ms": q(lag, 0.99),
+            "errors": len(bad),
+        }
+
+    print("RESULT " + json.dumps(asyncio.run(main())), flush=True)
+
+
+def open_loop(url: str, rate: float, duration: float, stream: bool, cap: int) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--open-loop-run", url, str(rate), str(duration)]
+    cmd += ["--cap", str(cap)] + (["--stream-run"] if stream else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    return dict(json.loads(line[len("RESULT ") :]))
+
+
 # -- targets -------------------------------------------------------------------------------------
 def tierlm_config(upstream: str, port: int, tmp: Path, ledger: bool) -> Path:
     import yaml
@@ -406,7 +501,12 @@ def litellm_config(upstream: str, tmp: Path) -> Path:
 
 
 def measure(
-    name: str, url: str, pid: int | None, args: argparse.Namespace, tmp: Path
+    name: str,
+    url: str,
+    pid: int | None,
+    args: argparse.Namespace,
+    tmp: Path,
+    open_rates: list[float] | None = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"name": name, "runs": {}}
     if pid is not None:
@@ -427,6 +527,17 @@ def measure(
                 f"  errors {r['errors'] + r['non2xx']}",
                 flush=True,
             )
+    for stream in (False, True) if open_rates else ():
+        mode = "stream" if stream else "json"
+        for rate in open_rates:
+            r = open_loop(url, rate, args.open_duration, stream, args.open_cap)
+            out.setdefault("open", {})[f"{mode}/{rate:g}"] = r
+            print(
+                f"  {name:14} {mode:6} open {rate:5g}/s  {r['achieved']:6.0f} req/s  "
+                f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}  "
+                f"(send lag p50 {r['send_lag_p50_ms']:.2f} p99 {r['send_lag_p99_ms']:.2f} ms)",
+                flush=True,
+            )
     if pid is not None:
         out["loaded"] = rss_mb(pid)
     return out
@@ -441,7 +552,8 @@ def run_tierlm(
     env = {"TIERLM_LOG_LEVEL": "warning", "XDG_DATA_HOME": str(tmp / "xdg")}
     with process(cmd, env, tmp / f"{name}.log") as proc:
         wait_http(f"http://127.0.0.1:{port}/health", proc)
-        return measure(name, f"http://127.0.0.1:{port}/v1/chat/completions", proc.pid, args, tmp)
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        return measure(name, url, proc.pid, args, tmp, args.open_rates)
 
 
 def run_echo(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -449,9 +561,8 @@ def run_echo(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--echo-only", str(port)]
     with process(cmd, None, tmp / "echo.log") as proc:
         wait_http(f"http://127.0.0.1:{port}/health", proc)
-        return measure(
-            "tierlm-inproc", f"http://127.0.0.1:{port}/v1/chat/completions", proc.pid, args, tmp
-        )
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        return measure("tierlm-inproc", url, proc.pid, args, tmp, args.open_rates)
 
 
 def run_litellm(upstream: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any] | None:
@@ -480,9 +591,8 @@ def run_litellm(upstream: str, args: argparse.Namespace, tmp: Path) -> dict[str,
     }
     with process(cmd, env, tmp / "litellm.log") as proc:
         wait_http(f"http://127.0.0.1:{port}/health/liveliness", proc, timeout=180)
-        return measure(
-            "litellm", f"http://127.0.0.1:{port}/v1/chat/completions", proc.pid, args, tmp
-        )
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        return measure("litellm", url, proc.pid, args, tmp, args.litellm_open_rates)
 
 
 # -- report ---------------------------------------------------------------------------------
@@ -519,6 +629,7 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
                 f"{a_l / a_t:.1f}x" if a_t > 0 and lt["requests"] else "n/a",
             ]
         lines.append("| " + " | ".join(row) + " |")
+    lines += open_table(results)
     lines += [
         "",
         "| process | idle RSS MB | RSS after load MB | peak RSS MB |",
@@ -533,6 +644,33 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def open_table(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Open loop: latency from the scheduled send time at a fixed offered rate; the added
+    latency of a gateway is again the difference of percentiles against the upstream."""
+    direct = results["direct"].get("open") or {}
+    if not direct:
+        return []
+    names = [n for n in results if n != "direct" and results[n].get("open")]
+    head = "| mode / offered rate | direct p50 ms | direct p99 ms | "
+    head += " | ".join(f"{n} req/s | {n} +p50 ms | {n} +p99 ms" for n in names) + " |"
+    lines = ["", head, "|" + "---|" * (head.count("|") - 1)]
+    for k, d in direct.items():
+        row = [k + "/s", f"{d['p50_ms']:.2f}", f"{d['p99_ms']:.2f}"]
+        for n in names:
+            r = results[n]["open"].get(k)
+            if r is None:
+                row += ["", "", ""]
+                continue
+            err = f" ({r['errors']} err)" if r["errors"] else ""
+            row += [
+                f"{r['achieved']:.0f}{err}",
+                f"{r['p50_ms'] - d['p50_ms']:.2f}",
+                f"{r['p99_ms'] - d['p99_ms']:.2f}",
+            ]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per run")
@@ -543,7 +681,26 @@ def main() -> None:
     ap.add_argument(
         "--only", nargs="+", default=["tierlm", "tierlm+ledger", "tierlm-inproc", "litellm"]
     )
+    ap.add_argument(
+        "--open-rates",
+        type=float,
+        nargs="*",
+        default=[300.0, 600.0],
+        help="open-loop rates, requests/s (none: skip the open-loop runs)",
+    )
+    ap.add_argument(
+        "--litellm-open-rates",
+        type=float,
+        nargs="*",
+        default=[],
+        help="open-loop rates for LiteLLM (default none: it saturates near 50 req/s here)",
+    )
+    ap.add_argument("--open-duration", type=float, default=5.0, help="seconds per open run")
+    ap.add_argument("--open-cap", type=int, default=64, help="most requests in flight (open)")
     ap.add_argument("--json", type=Path, help="write all results here")
+    ap.add_argument("--open-loop-run", nargs=3, metavar="X", help=argparse.SUPPRESS)
+    ap.add_argument("--cap", type=int, default=64, help=argparse.SUPPRESS)
+    ap.add_argument("--stream-run", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--upstream-only", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--echo-only", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -552,6 +709,10 @@ def main() -> None:
         return
     if args.echo_only:
         run_echo_gateway(args.echo_only)
+        return
+    if args.open_loop_run:
+        url, rate, seconds = args.open_loop_run
+        run_open_loop(url, float(rate), float(seconds), args.stream_run, args.cap)
         return
     if shutil.which("wrk") is None:
         sys.exit("needs wrk: apt-get install wrk")
@@ -564,7 +725,9 @@ def main() -> None:
             wait_http(upstream + "/v1/models", up)
             print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
             results: dict[str, dict[str, Any]] = {
-                "direct": measure("direct", upstream + "/v1/chat/completions", None, args, tmp)
+                "direct": measure(
+                    "direct", upstream + "/v1/chat/completions", None, args, tmp, args.open_rates
+                )
             }
             if "tierlm" in args.only:
                 results["tierlm"] = run_tierlm("tierlm", upstream, False, args, tmp)

@@ -10,11 +10,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -562,3 +564,93 @@ async def test_sse_parsing_and_retry_after_units() -> None:
     ) == pytest.approx(10.0)
     assert parse_retry_after({"retry-after": "soon"}) is None
     assert parse_retry_after({"retry-after-ms": "nan", "retry-after": "3"}) == 3.0
+
+
+def test_session_follows_the_running_loop(fake_url: str) -> None:
+    """One session per loop: a second ``asyncio.run`` (a new loop), the sync Router's loop
+    thread, then a new loop again all work; sessions of closed or other loops are closed
+    without leaking sockets (a leak warns, and warnings fail the test)."""
+    backend = _fake(fake_url, "ok")
+    assert asyncio.run(backend.complete(_req())).text == "Hello"
+    assert asyncio.run(collect(backend.stream(_req()), model="x")).text == "Hello"
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        done = asyncio.run_coroutine_threadsafe(backend.complete(_req()), loop).result(10)
+        assert done.text == "Hello"
+        assert asyncio.run(backend.complete(_req())).text == "Hello"
+        asyncio.run(backend.aclose())
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+    gc.collect()
+
+
+async def test_connection_is_reused_after_streams() -> None:
+    """A finished stream's tail (here sent 50 ms after ``[DONE]``) is read, so its connection
+    goes back to the pool instead of being closed."""
+    clients: list[tuple[str, int]] = []
+    chunk = {"model": "m", "choices": [{"index": 0, "delta": {"content": "Hi"}}]}
+    end = {"model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        clients.append(tuple(scope["client"]))
+        while (await receive()).get("more_body"):
+            pass
+        head = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": head})
+        for data in (json.dumps(chunk), json.dumps(end), "[DONE]"):
+            body = f"data: {data}\n\n".encode()
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        await asyncio.sleep(0.05)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    with serve(app) as url:
+        backend = _fake(url + "/v1", "ok")
+        try:
+            for _ in range(3):
+                assert (await collect(backend.stream(_req()), model="x")).text == "Hi"
+        finally:
+            await backend.aclose()
+    assert len(clients) == 3 and len(set(clients)) == 1, clients
+
+
+async def test_env_proxies_only_for_external_backends(
+    fake_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``HTTP_PROXY`` applies to external backends only (and ``NO_PROXY`` is honoured); a
+    LAN or host backend never goes through an environment proxy."""
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: a request through it fails
+    for var in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(var, dead)
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+
+    def external() -> OpenAIBackend:
+        cfg = BackendConfig(
+            name="fake",
+            kind="openai",
+            url=fake_url,
+            model="ok",
+            boundary="external",
+            api_key=SECRET_KEY,
+        )
+        return OpenAIBackend(cfg)
+
+    site, ext = _fake(fake_url, "ok"), external()
+    try:
+        assert (await site.complete(_req())).text == "Hello"
+        with pytest.raises(BackendUnavailable):
+            await ext.complete(_req())
+    finally:
+        await site.aclose()
+        await ext.aclose()
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    ext = external()
+    try:
+        assert (await ext.complete(_req())).text == "Hello"
+    finally:
+        await ext.aclose()

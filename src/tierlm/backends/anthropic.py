@@ -19,29 +19,32 @@ Options: ``version`` (``anthropic-version`` header, default 2023-06-01), ``beta`
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-import httpx
+import aiohttp
 
 from tierlm.backends.base import Backend, BackendHealth, dumps
 from tierlm.backends.http_common import (
+    TRANSPORT_ERRORS,
     Deadlines,
     ErrorContext,
+    SessionHolder,
     UpstreamError,
-    build_client,
+    client_timeout,
     drain,
     error_for,
     error_from_response,
     error_from_transport,
+    fetch,
     loads_chunk,
+    open_stream,
     raise_for_status,
     read_with_deadlines,
     resolve_api_key,
-    sse_events,
+    sse_stream,
 )
 from tierlm.config.providers import PROVIDERS
 from tierlm.errors import BackendAuthError, BackendTimeout, ProtocolError
@@ -181,27 +184,31 @@ class AnthropicBackend(Backend):
         super().__init__(config)
         url = (config.url or DEFAULT_URL).rstrip("/")
         self.base_url = url.removesuffix("/v1")
-        self._client: httpx.AsyncClient | None = None
+        self._session = SessionHolder(config)
+        t = config.timeouts
+        self._complete_limits = client_timeout(config, total=t.total)
+        self._health_limits = client_timeout(config, read=max(t.connect, 5.0))
         self._in_flight = 0
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            p = PROVIDERS.get(self.config.provider or "anthropic")
-            key = resolve_api_key(self.config, p.key_env if p else "ANTHROPIC_API_KEY")
-            if key is None:
-                var = self.config.api_key_env or (p.key_env if p else "ANTHROPIC_API_KEY")
-                raise BackendAuthError(f"no API key configured (set {var})", backend=self.name)
-            opts = self.config.options
-            headers = {
-                "x-api-key": key,
-                "anthropic-version": str(opts.get("version", API_VERSION)),
-                "content-type": "application/json",
-            }
-            if opts.get("beta"):
-                headers["anthropic-beta"] = str(opts["beta"])
-            headers.update({str(k): str(v) for k, v in (opts.get("headers") or {}).items()})
-            self._client = build_client(self.config, headers=headers)
-        return self._client
+    async def _http(self) -> aiohttp.ClientSession:
+        return self._session.current() or await self._session.open(self._headers())
+
+    def _headers(self) -> dict[str, str]:
+        p = PROVIDERS.get(self.config.provider or "anthropic")
+        key = resolve_api_key(self.config, p.key_env if p else "ANTHROPIC_API_KEY")
+        if key is None:
+            var = self.config.api_key_env or (p.key_env if p else "ANTHROPIC_API_KEY")
+            raise BackendAuthError(f"no API key configured (set {var})", backend=self.name)
+        opts = self.config.options
+        headers = {
+            "x-api-key": key,
+            "anthropic-version": str(opts.get("version", API_VERSION)),
+            "content-type": "application/json",
+        }
+        if opts.get("beta"):
+            headers["anthropic-beta"] = str(opts["beta"])
+        headers.update({str(k): str(v) for k, v in (opts.get("headers") or {}).items()})
+        return headers
 
     def body(self, req: ChatRequest, *, stream: bool) -> dict[str, Any]:
         system, messages = to_anthropic(req.messages)
@@ -234,29 +241,27 @@ class AnthropicBackend(Backend):
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         ctx = ErrorContext(self.name, request.request_id)
-        client = self._http()
-        t = self.config.timeouts
-        timeout = httpx.Timeout(
-            connect=t.connect, read=t.total, write=max(t.connect, 10.0), pool=max(t.connect, 1.0)
-        )
+        client = await self._http()
+        body = dumps(self.body(request, stream=False)).encode()
         start = time.perf_counter()
         self._in_flight += 1
         try:
-            async with asyncio.timeout(t.total):
-                resp = await client.post(
-                    self.base_url + "/v1/messages",
-                    timeout=timeout,
-                    content=dumps(self.body(request, stream=False)),
-                )
-        except TimeoutError:
-            raise BackendTimeout("total timeout", **ctx.kw()) from None
-        except httpx.HTTPError as e:
+            status, headers, raw = await fetch(
+                client,
+                "POST",
+                self.base_url + "/v1/messages",
+                data=body,
+                limits=self._complete_limits,
+            )
+        except TRANSPORT_ERRORS as e:
+            if type(e) is TimeoutError:  # aiohttp's total (its other timeouts are subclasses)
+                raise BackendTimeout("total timeout", **ctx.kw()) from None
             raise error_from_transport(e, ctx) from e
         finally:
             self._in_flight -= 1
-        if resp.status_code >= 400:
-            raise error_from_response(resp.status_code, resp.headers, resp.content[:65536], ctx)
-        out = self.parse_message(loads_chunk(resp.text, ctx), ctx)
+        if status >= 400:
+            raise error_from_response(status, headers, raw[:65536], ctx)
+        out = self.parse_message(loads_chunk(raw, ctx), ctx)
         out.latency_ms = (time.perf_counter() - start) * 1000.0
         return out
 
@@ -298,29 +303,21 @@ class AnthropicBackend(Backend):
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         ctx = ErrorContext(self.name, request.request_id)
-        client = self._http()
+        client = await self._http()
         deadlines = Deadlines(self.config)
-        http_req = client.build_request(
-            "POST", self.base_url + "/v1/messages", content=dumps(self.body(request, stream=True))
-        )
+        body = dumps(self.body(request, stream=True)).encode()
         self._in_flight += 1
         try:
-            try:
-                async with asyncio.timeout_at(deadlines.next_deadline()):
-                    resp = await client.send(http_req, stream=True)
-            except TimeoutError:
-                raise BackendTimeout(
-                    f"{deadlines.expired()} timeout before the answer began", **ctx.kw()
-                ) from None
+            resp = await open_stream(client, self.base_url + "/v1/messages", body, deadlines, ctx)
             try:
                 await raise_for_status(resp, ctx)
-                lines = read_with_deadlines(resp.aiter_lines(), deadlines, ctx)
-                async for ev in self._events(sse_events(lines), deadlines, ctx):
+                chunks = read_with_deadlines(resp.content.iter_any(), deadlines, ctx)
+                async for ev in self._events(sse_stream(chunks), deadlines, ctx):
                     yield ev
+            except TRANSPORT_ERRORS as e:
+                raise error_from_transport(e, ctx) from e
             finally:
-                await resp.aclose()
-        except httpx.HTTPError as e:
-            raise error_from_transport(e, ctx) from e
+                resp.release()
         finally:
             self._in_flight -= 1
 
@@ -362,30 +359,24 @@ class AnthropicBackend(Backend):
 
     async def health(self) -> BackendHealth:
         """``GET /v1/models``: reachable, key accepted, and whether the model is offered."""
-        t = self.config.timeouts
         try:
-            client = self._http()
+            client = await self._http()
         except BackendAuthError as e:
             return BackendHealth(ok=False, detail=e.message)
         start = time.perf_counter()
         try:
-            resp = await client.get(
-                self.base_url + "/v1/models",
-                timeout=httpx.Timeout(
-                    connect=t.connect, read=max(t.connect, 5.0), write=5.0, pool=t.connect
-                ),
+            status, headers, raw = await fetch(
+                client, "GET", self.base_url + "/v1/models", limits=self._health_limits
             )
-        except httpx.HTTPError as e:
+        except TRANSPORT_ERRORS as e:
             err = error_from_transport(e, ErrorContext(self.name))
             return BackendHealth(ok=False, detail=f"unreachable: {err.message}")
         latency = (time.perf_counter() - start) * 1000.0
-        if resp.status_code >= 400:
-            err = error_from_response(
-                resp.status_code, resp.headers, resp.content[:4096], ErrorContext(self.name)
-            )
+        if status >= 400:
+            err = error_from_response(status, headers, raw[:4096], ErrorContext(self.name))
             return BackendHealth(ok=False, detail=err.message, latency_ms=latency)
         try:
-            models = [str(m["id"]) for m in resp.json().get("data", [])]
+            models = [str(m["id"]) for m in json.loads(raw).get("data", [])]
         except (ValueError, KeyError, TypeError, AttributeError):
             return BackendHealth(ok=False, detail="malformed /v1/models answer", latency_ms=latency)
         return BackendHealth(
@@ -393,9 +384,7 @@ class AnthropicBackend(Backend):
         )
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self._session.aclose()
 
 
 def _block_event(ev: dict[str, Any], tool_index: dict[int, int], model: str) -> StreamEvent | None:

@@ -1,12 +1,17 @@
 """What every HTTP adapter shares: the client, timeouts, error mapping, SSE and NDJSON.
 
-- :func:`build_client` makes the one ``httpx.AsyncClient`` of a backend, with split timeouts
-  (connect from config; the read timeout is a socket-level backstop, the real first-token,
-  stall and total limits are enforced per chunk by :class:`Deadlines`).
+- :class:`SessionHolder` keeps the one ``aiohttp.ClientSession`` of a backend: made lazily on
+  the running loop (and made again when the loop changes: the sync Router API runs its own
+  loop thread), with split timeouts (connect from config; the socket read timeout is only a
+  backstop, the real first-token, stall and total limits are enforced per chunk by
+  :class:`Deadlines`) and pooled keep-alive connections. aiohttp, not httpx: measured on
+  this hot path (``bench/bench_gateway.py``), a gateway request costs about a third of the
+  time with it.
 - :func:`error_from_response` maps an HTTP error answer (status, headers, body) of any of the
   three protocols (OpenAI, Anthropic, Ollama) onto the :mod:`tierlm.errors` backend tree;
-  :func:`error_from_transport` maps httpx transport failures.
-- :func:`sse_events` / :func:`ndjson_lines` parse a streamed body incrementally.
+  :func:`error_from_transport` maps aiohttp/socket transport failures.
+- :func:`sse_stream` / :func:`ndjson_stream` parse a streamed body incrementally, chunk by
+  chunk as it arrives (:class:`LineSplitter`, :class:`SSEParser`).
 
 Nothing here retries (the executor does) and nothing puts a key or request content into an
 exception message: upstream messages are cut to a short length and only their ``message``
@@ -23,9 +28,10 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 
 from tierlm.errors import (
     BackendAuthError,
@@ -44,6 +50,7 @@ from tierlm.errors import (
 if TYPE_CHECKING:
     from tierlm.config.settings import BackendConfig
 
+T = TypeVar("T")
 _MAX_UPSTREAM_MESSAGE = 300
 
 # Substrings (lower case) by which servers say "the prompt is too long for this model".
@@ -70,28 +77,112 @@ _POLICY_MARKERS = (
 )
 
 
-def build_client(
-    config: BackendConfig, *, headers: Mapping[str, str] | None = None, base_url: str = ""
-) -> httpx.AsyncClient:
-    """One client per backend: split timeouts, pooled connections, no env proxies for LAN."""
+def client_timeout(
+    config: BackendConfig, *, read: float | None = None, total: float | None = None
+) -> aiohttp.ClientTimeout:
+    """Split timeouts: ``connect`` (new connections and waiting for a pooled one) from config;
+    ``read`` between socket reads (default: the first-token or stall limit, a backstop for
+    streams, whose real limits :class:`Deadlines` enforces per chunk); ``total`` only for
+    whole (non-streamed) answers, where it is the one timer of the request (aiohttp raises a
+    plain ``TimeoutError`` when it fires)."""
     t = config.timeouts
-    timeout = httpx.Timeout(
-        connect=t.connect,
-        read=max(t.first_token, t.stall, 1.0),
-        write=max(t.connect, 10.0),
-        pool=max(t.connect, 1.0),
+    if total is not None:
+        sock_read = read
+    else:
+        sock_read = read if read is not None else max(t.first_token, t.stall, 1.0)
+    return aiohttp.ClientTimeout(
+        total=total,
+        connect=max(t.connect, 1.0),
+        sock_connect=t.connect,
+        sock_read=sock_read,
     )
-    limits = httpx.Limits(
-        max_connections=int(config.options.get("max_connections", 100)),
-        max_keepalive_connections=20,
+
+
+def build_session(
+    config: BackendConfig, *, headers: Mapping[str, str] | None = None
+) -> aiohttp.ClientSession:
+    """One session per backend (call on the loop that will use it): split timeouts, pooled
+    keep-alive connections, no cookies; environment proxies (``HTTPS_PROXY``, ``NO_PROXY``,
+    .netrc) only for external backends, never for the LAN or this host."""
+    connector = aiohttp.TCPConnector(
+        limit=int(config.options.get("max_connections", 100)),
+        limit_per_host=0,
+        ttl_dns_cache=300,
     )
-    return httpx.AsyncClient(
-        base_url=base_url,
+    return aiohttp.ClientSession(
+        connector=connector,
         headers=dict(headers or {}),
-        timeout=timeout,
-        limits=limits,
+        timeout=client_timeout(config),
         trust_env=config.where.label == "external",
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
+
+
+class SessionHolder:
+    """The one :class:`aiohttp.ClientSession` of a backend, bound to the loop it was made on.
+
+    ``current()`` is the hot path (one loop identity check); ``open()`` makes the session, on
+    first use or when the running loop is not the one the old session belongs to (that one is
+    closed on its own loop if it still runs, else released without touching the dead loop).
+    """
+
+    __slots__ = ("_config", "_loop", "_session")
+
+    def __init__(self, config: BackendConfig) -> None:
+        self._config = config
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def current(self) -> aiohttp.ClientSession | None:
+        s = self._session
+        if s is not None and self._loop is asyncio.get_running_loop() and not s.closed:
+            return s
+        return None
+
+    async def open(self, headers: Mapping[str, str]) -> aiohttp.ClientSession:
+        await self.aclose()
+        self._session = build_session(self._config, headers=headers)
+        self._loop = asyncio.get_running_loop()
+        return self._session
+
+    async def aclose(self) -> None:
+        s, loop = self._session, self._loop
+        self._session = self._loop = None
+        if s is None or s.closed or loop is None:
+            return
+        if loop is asyncio.get_running_loop():
+            await s.close()
+        elif loop.is_closed():
+            _close_sockets(s)
+            await s.close()  # on a closed loop this only marks it closed
+        elif loop.is_running():
+            # another thread's loop (the sync Router API): close it there
+            asyncio.run_coroutine_threadsafe(s.close(), loop)
+        else:
+            _detach(s)
+
+
+def _close_sockets(session: aiohttp.ClientSession) -> None:
+    """The pooled connections of a session whose loop is closed (``asyncio.run`` returned):
+    nothing can run on that loop any more, so close their sockets directly, else they leak
+    (and warn) when collected. Best effort: only asyncio's selector transports expose one."""
+    for conns in list(getattr(session.connector, "_conns", {}).values()):
+        for proto, _ in conns:
+            transport = proto.transport
+            sock = getattr(transport, "_sock", None)
+            if sock is not None:
+                sock.close()
+                transport._sock = None
+
+
+def _detach(session: aiohttp.ClientSession) -> None:
+    """A session whose loop is open but not running (and not ours): close its connections
+    without waiting on that loop (``_close`` is the synchronous part of ``close``)."""
+    connector = session.connector
+    close_now = getattr(connector, "_close", None)
+    if close_now is not None:
+        close_now()
+    session.detach()
 
 
 def resolve_api_key(config: BackendConfig, provider_key_env: str | None) -> str | None:
@@ -169,9 +260,10 @@ class _Watchdog:
 
 
 async def read_with_deadlines(
-    it: AsyncIterator[str], deadlines: Deadlines, err_ctx: ErrorContext
-) -> AsyncIterator[str]:
-    """Re-yield ``it``, raising :class:`BackendTimeout` when a chunk is later than allowed."""
+    it: AsyncIterator[T], deadlines: Deadlines, err_ctx: ErrorContext
+) -> AsyncIterator[T]:
+    """Re-yield ``it`` (body chunks), raising :class:`BackendTimeout` when one is later than
+    allowed."""
     watch = _Watchdog(deadlines)
     loop_time = watch.loop.time
     try:
@@ -335,66 +427,185 @@ def error_for(
     return ServerError(msg, **kw)
 
 
-def error_from_transport(exc: httpx.HTTPError, ctx: ErrorContext) -> BackendError:
-    """Map an httpx failure (connect, reset, timeout, bad framing) onto the tree."""
+# Failures of the connection or the HTTP framing, as the adapters catch them (``TimeoutError``
+# is an ``OSError``: aiohttp's own timeouts are both, ``asyncio.timeout`` ones only the latter).
+TRANSPORT_ERRORS = (aiohttp.ClientError, OSError)
+
+
+def error_from_transport(exc: BaseException, ctx: ErrorContext) -> BackendError:
+    """Map an aiohttp or socket failure (connect, reset, timeout, bad framing) onto the tree."""
     kind = type(exc).__name__
-    if isinstance(exc, httpx.TimeoutException):
-        phase = {
-            "ConnectTimeout": "connect",
-            "ReadTimeout": "read",
-            "WriteTimeout": "write",
-            "PoolTimeout": "connection pool",
-        }.get(kind, "")
+    if isinstance(exc, TimeoutError):
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            phase = "connect"
+        elif isinstance(exc, aiohttp.SocketTimeoutError):
+            phase = "read"
+        else:
+            phase = ""
         return BackendTimeout(f"{phase} timeout".strip(), **ctx.kw())
-    if isinstance(exc, httpx.ConnectError | httpx.ReadError | httpx.WriteError | httpx.CloseError):
+    if isinstance(exc, aiohttp.ClientConnectorError):
         return BackendUnavailable(f"connection failed ({kind})", **ctx.kw())
-    if isinstance(exc, httpx.RemoteProtocolError):
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
         return BackendUnavailable(f"connection closed unexpectedly ({kind})", **ctx.kw())
-    if isinstance(exc, httpx.DecodingError | httpx.ProtocolError):
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        if "decode" in str(exc).lower():  # bad gzip/deflate/brotli
+            return ProtocolError(f"malformed HTTP answer ({kind})", **ctx.kw())
+        return BackendUnavailable(f"connection closed unexpectedly ({kind})", **ctx.kw())
+    if isinstance(exc, aiohttp.ClientResponseError):
         return ProtocolError(f"malformed HTTP answer ({kind})", **ctx.kw())
+    if isinstance(exc, aiohttp.ClientConnectionError | OSError):
+        return BackendUnavailable(f"connection failed ({kind})", **ctx.kw())
     return BackendUnavailable(f"transport error ({kind})", **ctx.kw())
 
 
-async def raise_for_status(response: httpx.Response, ctx: ErrorContext) -> None:
+async def fetch(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    data: bytes | None = None,
+    limits: aiohttp.ClientTimeout | None = None,
+) -> tuple[int, Mapping[str, str], bytes]:
+    """One whole request: (status, headers, body). Transport failures propagate as aiohttp
+    or socket errors (map them with :func:`error_from_transport`)."""
+    async with session.request(method, url, data=data, timeout=limits) as resp:
+        return resp.status, resp.headers, await resp.read()
+
+
+async def open_stream(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    deadlines: Deadlines,
+    ctx: ErrorContext,
+) -> aiohttp.ClientResponse:
+    """POST ``body`` and return the response once its headers arrived (the body unread),
+    within the first-token limit; the caller releases it."""
+    try:
+        async with asyncio.timeout_at(deadlines.due()):
+            return await session.post(url, data=body)
+    except TRANSPORT_ERRORS as e:
+        if type(e) is TimeoutError:  # ours (asyncio.timeout), not aiohttp's
+            raise BackendTimeout(
+                f"{deadlines.expired()} timeout before the answer began", **ctx.kw()
+            ) from None
+        raise error_from_transport(e, ctx) from e
+
+
+async def raise_for_status(response: aiohttp.ClientResponse, ctx: ErrorContext) -> None:
     """For a streamed response: read the (small) error body and raise the mapped error."""
-    if response.status_code < 400:
+    if response.status < 400:
         return
     try:
-        body = await response.aread()
-    except httpx.HTTPError:
+        body = await response.read()
+    except TRANSPORT_ERRORS:
         body = b""
-    raise error_from_response(response.status_code, response.headers, body[:65536], ctx)
+    raise error_from_response(response.status, response.headers, body[:65536], ctx)
 
 
 # ---------------------------------------------------------------------------- stream parsing
 
 
-async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
-    """Server-sent events from a line iterator: ``(event, data)``, data lines joined by
-    newlines; comments and ``id``/``retry`` fields are skipped. A trailing event without its
-    blank line is still delivered."""
-    event = ""
-    data: list[str] = []
-    async for line in lines:
+class LineSplitter:
+    """Bytes as they arrive -> complete text lines (``\n`` or ``\r\n`` ends one), decoded as
+    UTF-8 once per chunk (splitting at ``\n`` never cuts a UTF-8 character)."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> list[str]:
+        if self._buf:
+            chunk = self._buf + chunk
+        nl = chunk.rfind(b"\n")
+        if nl < 0:
+            self._buf = chunk
+            return []
+        self._buf = chunk[nl + 1 :]
+        text = chunk[:nl].decode("utf-8", "replace")
+        lines = text.split("\n")
+        if "\r" in text:
+            lines = [x[:-1] if x[-1:] == "\r" else x for x in lines]
+        return lines
+
+    def tail(self) -> list[str]:
+        """The last line, when the body did not end with a newline."""
+        buf, self._buf = self._buf, b""
+        return [buf.decode("utf-8", "replace").removesuffix("\r")] if buf else []
+
+
+class SSEParser:
+    """The server-sent-events line state machine: ``feed`` a line, get ``(event, data)`` when
+    an event is complete (data lines joined by newlines); comments and ``id``/``retry`` are
+    skipped; ``end()`` delivers a trailing event that lacks its blank line."""
+
+    __slots__ = ("data", "event")
+
+    def __init__(self) -> None:
+        self.event = ""
+        self.data: list[str] = []
+
+    def feed(self, line: str) -> tuple[str, str] | None:
         if line[:6] == "data: ":  # the common case first
-            data.append(line[6:])
-            continue
+            self.data.append(line[6:])
+            return None
         if not line:
+            data, event = self.data, self.event
+            self.event, self.data = "", []
             if data:
-                yield event or "message", "\n".join(data) if len(data) > 1 else data[0]
-            event, data = "", []
-            continue
+                return event or "message", "\n".join(data) if len(data) > 1 else data[0]
+            return None
         if line[0] == ":":
-            continue
+            return None
         field, _, value = line.partition(":")
         if value[:1] == " ":
             value = value[1:]
         if field == "data":
-            data.append(value)
+            self.data.append(value)
         elif field == "event":
-            event = value
-    if data:
-        yield event or "message", "\n".join(data)
+            self.event = value
+        return None
+
+    def end(self) -> tuple[str, str] | None:
+        return (self.event or "message", "\n".join(self.data)) if self.data else None
+
+
+async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
+    """Server-sent events from a line iterator (see :class:`SSEParser`)."""
+    parser = SSEParser()
+    async for line in lines:
+        if (ev := parser.feed(line)) is not None:
+            yield ev
+    if (ev := parser.end()) is not None:
+        yield ev
+
+
+async def sse_stream(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, str]]:
+    """Server-sent events straight from body chunks (one generator, not one per layer)."""
+    parser, split = SSEParser(), LineSplitter()
+    feed = parser.feed
+    async for chunk in chunks:
+        for line in split.feed(chunk):
+            if (ev := feed(line)) is not None:
+                yield ev
+    for line in split.tail():
+        if (ev := feed(line)) is not None:
+            yield ev
+    if (ev := parser.end()) is not None:
+        yield ev
+
+
+async def ndjson_stream(chunks: AsyncIterator[bytes], ctx: ErrorContext) -> AsyncIterator[Any]:
+    """One JSON value per non-empty line, straight from body chunks."""
+    split = LineSplitter()
+    async for chunk in chunks:
+        for line in split.feed(chunk):
+            if line.strip():
+                yield loads_chunk(line, ctx)
+    for line in split.tail():
+        if line.strip():
+            yield loads_chunk(line, ctx)
 
 
 async def drain(it: AsyncIterator[Any], seconds: float = 0.25) -> None:
@@ -404,11 +615,11 @@ async def drain(it: AsyncIterator[Any], seconds: float = 0.25) -> None:
         async with asyncio.timeout(seconds):
             async for _ in it:
                 pass
-    except (TimeoutError, httpx.HTTPError, BackendError):
+    except (*TRANSPORT_ERRORS, BackendError):
         pass
 
 
-def loads_chunk(data: str, ctx: ErrorContext) -> Any:
+def loads_chunk(data: str | bytes, ctx: ErrorContext) -> Any:
     """``json.loads`` that raises :class:`ProtocolError` (without the content) on bad JSON."""
     try:
         return json.loads(data)
@@ -416,16 +627,9 @@ def loads_chunk(data: str, ctx: ErrorContext) -> Any:
         raise ProtocolError(f"malformed JSON chunk ({len(data)} bytes)", **ctx.kw()) from None
 
 
-async def ndjson_lines(lines: AsyncIterator[str], ctx: ErrorContext) -> AsyncIterator[Any]:
-    """One JSON value per non-empty line."""
-    async for line in lines:
-        if line.strip():
-            yield loads_chunk(line, ctx)
-
-
 def normalise_base_url(url: str, *, default_path: str = "") -> str:
     """Strip the trailing slash; add ``default_path`` when the URL has no path at all."""
     url = url.rstrip("/")
-    if default_path and httpx.URL(url).path in ("", "/"):
+    if default_path and urlsplit(url).path in ("", "/"):
         url += default_path
     return url

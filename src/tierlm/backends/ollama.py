@@ -18,22 +18,26 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-import httpx
+import aiohttp
 
 from tierlm import hostinfo
 from tierlm.backends.base import Backend, BackendHealth, dumps
 from tierlm.backends.http_common import (
+    TRANSPORT_ERRORS,
     Deadlines,
     ErrorContext,
+    SessionHolder,
     UpstreamError,
-    build_client,
+    client_timeout,
     drain,
     error_for,
     error_from_response,
     error_from_transport,
+    fetch,
     loads_chunk,
-    ndjson_lines,
+    ndjson_stream,
     normalise_base_url,
+    open_stream,
     raise_for_status,
     read_with_deadlines,
 )
@@ -123,17 +127,21 @@ class OllamaBackend(Backend):
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
         self.base_url = normalise_base_url(config.url or DEFAULT_URL).removesuffix("/api")
-        self._client: httpx.AsyncClient | None = None
+        self._session = SessionHolder(config)
+        t = config.timeouts
+        self._complete_limits = client_timeout(config, total=t.total)
+        self._health_limits = client_timeout(config, read=max(t.connect, 5.0))
         self._in_flight = 0
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
+    async def _http(self) -> aiohttp.ClientSession:
+        s = self._session.current()
+        if s is None:
             headers = {"content-type": "application/json"}
             headers.update(
                 {str(k): str(v) for k, v in (self.config.options.get("headers") or {}).items()}
             )
-            self._client = build_client(self.config, headers=headers)
-        return self._client
+            s = await self._session.open(headers)
+        return s
 
     def body(self, req: ChatRequest, *, stream: bool) -> dict[str, Any]:
         opts: dict[str, Any] = {}
@@ -173,29 +181,27 @@ class OllamaBackend(Backend):
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         ctx = ErrorContext(self.name, request.request_id)
-        client = self._http()
-        t = self.config.timeouts
-        timeout = httpx.Timeout(
-            connect=t.connect, read=t.total, write=max(t.connect, 10.0), pool=max(t.connect, 1.0)
-        )
+        client = await self._http()
+        body = dumps(self.body(request, stream=False)).encode()
         start = time.perf_counter()
         self._in_flight += 1
         try:
-            async with asyncio.timeout(t.total):
-                resp = await client.post(
-                    self.base_url + "/api/chat",
-                    timeout=timeout,
-                    content=dumps(self.body(request, stream=False)),
-                )
-        except TimeoutError:
-            raise BackendTimeout("total timeout", **ctx.kw()) from None
-        except httpx.HTTPError as e:
+            status, headers, raw = await fetch(
+                client,
+                "POST",
+                self.base_url + "/api/chat",
+                data=body,
+                limits=self._complete_limits,
+            )
+        except TRANSPORT_ERRORS as e:
+            if type(e) is TimeoutError:  # aiohttp's total (its other timeouts are subclasses)
+                raise BackendTimeout("total timeout", **ctx.kw()) from None
             raise error_from_transport(e, ctx) from e
         finally:
             self._in_flight -= 1
-        if resp.status_code >= 400:
-            raise error_from_response(resp.status_code, resp.headers, resp.content[:65536], ctx)
-        data = loads_chunk(resp.text, ctx)
+        if status >= 400:
+            raise error_from_response(status, headers, raw[:65536], ctx)
+        data = loads_chunk(raw, ctx)
         if not isinstance(data, dict) or "error" in data or "message" not in data:
             raise _embedded_error(data, ctx)
         msg = data.get("message") or {}
@@ -218,29 +224,21 @@ class OllamaBackend(Backend):
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         ctx = ErrorContext(self.name, request.request_id)
-        client = self._http()
+        client = await self._http()
         deadlines = Deadlines(self.config)
-        http_req = client.build_request(
-            "POST", self.base_url + "/api/chat", content=dumps(self.body(request, stream=True))
-        )
+        body = dumps(self.body(request, stream=True)).encode()
         self._in_flight += 1
         try:
-            try:
-                async with asyncio.timeout_at(deadlines.next_deadline()):
-                    resp = await client.send(http_req, stream=True)
-            except TimeoutError:
-                raise BackendTimeout(
-                    f"{deadlines.expired()} timeout before the answer began", **ctx.kw()
-                ) from None
+            resp = await open_stream(client, self.base_url + "/api/chat", body, deadlines, ctx)
             try:
                 await raise_for_status(resp, ctx)
-                lines = read_with_deadlines(resp.aiter_lines(), deadlines, ctx)
-                async for ev in self._events(ndjson_lines(lines, ctx), deadlines, ctx):
+                chunks = read_with_deadlines(resp.content.iter_any(), deadlines, ctx)
+                async for ev in self._events(ndjson_stream(chunks, ctx), deadlines, ctx):
                     yield ev
+            except TRANSPORT_ERRORS as e:
+                raise error_from_transport(e, ctx) from e
             finally:
-                await resp.aclose()
-        except httpx.HTTPError as e:
-            raise error_from_transport(e, ctx) from e
+                resp.release()
         finally:
             self._in_flight -= 1
 
@@ -282,32 +280,29 @@ class OllamaBackend(Backend):
 
     async def health(self) -> BackendHealth:
         """``/api/tags`` (models on disk) and ``/api/ps`` (models in memory)."""
-        client = self._http()
-        t = self.config.timeouts
-        timeout = httpx.Timeout(
-            connect=t.connect, read=max(t.connect, 5.0), write=5.0, pool=t.connect
-        )
+        client = await self._http()
         start = time.perf_counter()
         try:
-            tags, ps = await asyncio.gather(
-                client.get(self.base_url + "/api/tags", timeout=timeout),
-                client.get(self.base_url + "/api/ps", timeout=timeout),
+            (tags_status, _, tags), (ps_status, _, ps) = await asyncio.gather(
+                fetch(client, "GET", self.base_url + "/api/tags", limits=self._health_limits),
+                fetch(client, "GET", self.base_url + "/api/ps", limits=self._health_limits),
             )
-        except httpx.HTTPError as e:
+        except TRANSPORT_ERRORS as e:
             err = error_from_transport(e, ErrorContext(self.name))
             return BackendHealth(ok=False, detail=f"unreachable: {err.message}")
         latency = (time.perf_counter() - start) * 1000.0
-        if tags.status_code >= 400:
+        if tags_status >= 400:
             return BackendHealth(
-                ok=False, detail=f"/api/tags answered {tags.status_code}", latency_ms=latency
+                ok=False, detail=f"/api/tags answered {tags_status}", latency_ms=latency
             )
         try:
             available = {
-                str(m.get("model") or m.get("name")): m for m in tags.json().get("models") or []
+                str(m.get("model") or m.get("name")): m
+                for m in json.loads(tags).get("models") or []
             }
             loaded = [
                 str(m.get("model") or m.get("name"))
-                for m in (ps.json().get("models") or [] if ps.status_code < 400 else [])
+                for m in (json.loads(ps).get("models") or [] if ps_status < 400 else [])
             ]
         except (ValueError, AttributeError):
             return BackendHealth(
@@ -335,9 +330,7 @@ class OllamaBackend(Backend):
         return h
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self._session.aclose()
 
 
 def _embedded_error(data: Any, ctx: ErrorContext) -> Exception:

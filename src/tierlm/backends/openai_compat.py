@@ -23,30 +23,36 @@ tool calls from :mod:`tierlm.backends.tools`, so callers always see OpenAI ``too
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
-import httpx
+import aiohttp
 
 from tierlm.backends import tools as prompt_tools
 from tierlm.backends.base import Backend, BackendHealth, dumps, tool_calls_to_deltas
 from tierlm.backends.http_common import (
+    TRANSPORT_ERRORS,
     Deadlines,
     ErrorContext,
+    SessionHolder,
     UpstreamError,
-    build_client,
+    client_timeout,
     drain,
     error_for,
     error_from_response,
     error_from_transport,
+    fetch,
     loads_chunk,
     normalise_base_url,
+    open_stream,
     parse_error_body,
     raise_for_status,
     read_with_deadlines,
     resolve_api_key,
-    sse_events,
+    sse_stream,
 )
 from tierlm.config.providers import PROVIDERS, Provider
 from tierlm.errors import BackendAuthError, BackendTimeout, ConfigError, ProtocolError
@@ -123,27 +129,32 @@ class OpenAIBackend(Backend):
             else (self.provider.tools if self.provider else True)
         )
         self.native_tools: bool = native
-        self._client: httpx.AsyncClient | None = None
+        self._session = SessionHolder(config)
+        self._chat_url = self.base_url + "/chat/completions"
+        t = config.timeouts
+        self._complete_limits = client_timeout(config, total=t.total)
+        self._health_limits = client_timeout(config, read=max(t.connect, 5.0))
         self._in_flight = 0
 
     # ------------------------------------------------------------------ client and body
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            key = resolve_api_key(self.config, self.provider.key_env if self.provider else None)
-            if key is None and self.boundary is Boundary.EXTERNAL:
-                var = self.config.api_key_env or (self.provider.key_env if self.provider else None)
-                raise BackendAuthError(
-                    f"no API key configured (set {var or 'api_key_env'})", backend=self.name
-                )
-            headers = {"content-type": "application/json", "accept": "application/json"}
-            headers.update(
-                {str(k): str(v) for k, v in (self.config.options.get("headers") or {}).items()}
+    async def _http(self) -> aiohttp.ClientSession:
+        return self._session.current() or await self._session.open(self._headers())
+
+    def _headers(self) -> dict[str, str]:
+        key = resolve_api_key(self.config, self.provider.key_env if self.provider else None)
+        if key is None and self.boundary is Boundary.EXTERNAL:
+            var = self.config.api_key_env or (self.provider.key_env if self.provider else None)
+            raise BackendAuthError(
+                f"no API key configured (set {var or 'api_key_env'})", backend=self.name
             )
-            if key:
-                headers["authorization"] = f"Bearer {key}"
-            self._client = build_client(self.config, headers=headers)
-        return self._client
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        headers.update(
+            {str(k): str(v) for k, v in (self.config.options.get("headers") or {}).items()}
+        )
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        return headers
 
     def _message(self, m: Message) -> dict[str, Any]:
         d = m.model_dump(exclude_none=True)
@@ -199,29 +210,23 @@ class OpenAIBackend(Backend):
 
     async def _complete(self, req: ChatRequest) -> ChatResponse:
         ctx = ErrorContext(self.name, req.request_id)
-        client = self._http()
-        t = self.config.timeouts
-        timeout = httpx.Timeout(
-            connect=t.connect, read=t.total, write=max(t.connect, 10.0), pool=max(t.connect, 1.0)
-        )
+        client = await self._http()
+        body = dumps(self.body(req, stream=False)).encode()
         start = time.perf_counter()
         self._in_flight += 1
         try:
-            async with asyncio.timeout(t.total):
-                resp = await client.post(
-                    self.base_url + "/chat/completions",
-                    content=dumps(self.body(req, stream=False)),
-                    timeout=timeout,
-                )
-        except TimeoutError:
-            raise BackendTimeout("total timeout", **ctx.kw()) from None
-        except httpx.HTTPError as e:
+            status, headers, raw = await fetch(
+                client, "POST", self._chat_url, data=body, limits=self._complete_limits
+            )
+        except TRANSPORT_ERRORS as e:
+            if type(e) is TimeoutError:  # aiohttp's total (its other timeouts are subclasses)
+                raise BackendTimeout("total timeout", **ctx.kw()) from None
             raise error_from_transport(e, ctx) from e
         finally:
             self._in_flight -= 1
-        if resp.status_code >= 400:
-            raise error_from_response(resp.status_code, resp.headers, resp.content[:65536], ctx)
-        data = loads_chunk(resp.text, ctx)
+        if status >= 400:
+            raise error_from_response(status, headers, raw[:65536], ctx)
+        data = loads_chunk(raw, ctx)
         out = self._parse_completion(data, ctx)
         out.latency_ms = (time.perf_counter() - start) * 1000.0
         return out
@@ -263,39 +268,26 @@ class OpenAIBackend(Backend):
 
     async def _stream(self, req: ChatRequest) -> AsyncIterator[StreamEvent]:
         ctx = ErrorContext(self.name, req.request_id)
-        client = self._http()
+        client = await self._http()
         deadlines = Deadlines(self.config)
-        http_req = client.build_request(
-            "POST", self.base_url + "/chat/completions", content=dumps(self.body(req, stream=True))
-        )
+        body = dumps(self.body(req, stream=True)).encode()
         self._in_flight += 1
         try:
-            try:
-                async with asyncio.timeout_at(deadlines.next_deadline()):
-                    resp = await client.send(http_req, stream=True)
-            except TimeoutError:
-                raise BackendTimeout(
-                    f"{deadlines.expired()} timeout before the answer began", **ctx.kw()
-                ) from None
+            resp = await open_stream(client, self._chat_url, body, deadlines, ctx)
             try:
                 await raise_for_status(resp, ctx)
                 if resp.headers.get("content-type", "").startswith("application/json"):
                     # a server that ignored ``stream`` (or answered with an error object)
-                    try:
-                        async with asyncio.timeout_at(deadlines.next_deadline()):
-                            raw = await resp.aread()
-                    except TimeoutError:
-                        raise BackendTimeout(f"{deadlines.expired()} timeout", **ctx.kw()) from None
-                    for ev in self._whole_as_events(loads_chunk(raw.decode(), ctx), ctx):
+                    for ev in self._whole_as_events(await _read(resp, deadlines, ctx), ctx):
                         yield ev
                     return
-                lines = read_with_deadlines(resp.aiter_lines(), deadlines, ctx)
-                async for ev in self._events(sse_events(lines), deadlines, ctx):
+                chunks = read_with_deadlines(resp.content.iter_any(), deadlines, ctx)
+                async for ev in self._events(sse_stream(chunks), deadlines, ctx):
                     yield ev
+            except TRANSPORT_ERRORS as e:
+                raise error_from_transport(e, ctx) from e
             finally:
-                await resp.aclose()
-        except httpx.HTTPError as e:
-            raise error_from_transport(e, ctx) from e
+                resp.release()
         finally:
             self._in_flight -= 1
 
@@ -358,28 +350,24 @@ class OpenAIBackend(Backend):
 
     async def health(self) -> BackendHealth:
         """``GET /models`` (reachability, served models); ``/metrics`` for queue depth."""
-        t = self.config.timeouts
-        timeout = httpx.Timeout(
-            connect=t.connect, read=max(t.connect, 5.0), write=5.0, pool=t.connect
-        )
         try:
-            client = self._http()
+            client = await self._http()
         except BackendAuthError as e:
             return BackendHealth(ok=False, detail=e.message)
         start = time.perf_counter()
         try:
-            resp = await client.get(self.base_url + "/models", timeout=timeout)
-        except httpx.HTTPError as e:
+            status, headers, raw = await fetch(
+                client, "GET", self.base_url + "/models", limits=self._health_limits
+            )
+        except TRANSPORT_ERRORS as e:
             err = error_from_transport(e, ErrorContext(self.name))
             return BackendHealth(ok=False, detail=f"unreachable: {err.message}")
         latency = (time.perf_counter() - start) * 1000.0
-        if resp.status_code >= 400:
-            err = error_from_response(
-                resp.status_code, resp.headers, resp.content[:4096], ErrorContext(self.name)
-            )
+        if status >= 400:
+            err = error_from_response(status, headers, raw[:4096], ErrorContext(self.name))
             return BackendHealth(ok=False, detail=err.message, latency_ms=latency)
         try:
-            data = resp.json()
+            data = json.loads(raw)
             models = [str(m.get("id")) for m in data.get("data", []) if isinstance(m, dict)]
         except (ValueError, AttributeError):
             return BackendHealth(ok=False, detail="malformed /models answer", latency_ms=latency)
@@ -391,29 +379,37 @@ class OpenAIBackend(Backend):
             h.loaded = self.model in models or (len(models) == 1 and self.model == "default")
             h.loaded_models = models
             if self.config.options.get("metrics", True):
-                await self._read_metrics(client, timeout, h)
+                await self._read_metrics(client, h)
         return h
 
-    async def _read_metrics(
-        self, client: httpx.AsyncClient, limits: httpx.Timeout, h: BackendHealth
-    ) -> None:
-        root = str(httpx.URL(self.base_url).copy_with(path="/metrics"))
+    async def _read_metrics(self, client: aiohttp.ClientSession, h: BackendHealth) -> None:
+        root = urlunsplit(urlsplit(self.base_url)._replace(path="/metrics", query=""))
         try:
-            resp = await client.get(root, timeout=limits)
-        except httpx.HTTPError:
+            status, _, raw = await fetch(client, "GET", root, limits=self._health_limits)
+        except TRANSPORT_ERRORS:
             return
-        if resp.status_code != 200:
+        if status != 200:
             return
-        running, waiting = parse_queue_metrics(resp.text)
+        running, waiting = parse_queue_metrics(raw.decode("utf-8", "replace"))
         if running is not None:
             h.in_flight = running
         if waiting is not None:
             h.queued = waiting
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self._session.aclose()
+
+
+async def _read(resp: aiohttp.ClientResponse, deadlines: Deadlines, ctx: ErrorContext) -> Any:
+    """The whole (JSON) body of a response that should have been a stream."""
+    try:
+        async with asyncio.timeout_at(deadlines.due()):
+            raw = await resp.read()
+    except TimeoutError as e:
+        if isinstance(e, aiohttp.ClientError):
+            raise
+        raise BackendTimeout(f"{deadlines.expired()} timeout", **ctx.kw()) from None
+    return loads_chunk(raw, ctx)
 
 
 def parse_queue_metrics(text: str) -> tuple[int | None, int | None]:
