@@ -13,6 +13,7 @@ from tierlm.cli.common import CONFIG_HELP, PRESET_HELP, load
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from tierlm.execute.executor import RoutedStream
     from tierlm.router import Router
     from tierlm.types import ChatRequest, Message
 
@@ -104,9 +105,9 @@ def _turn(
     ttft: float | None = None
     parts: list[str] = []
     usage = None
-    rs = router.astream(req)
+    rs: RoutedStream | None = None
 
-    async def consume() -> None:
+    async def consume(rs: RoutedStream) -> None:
         nonlocal ttft, usage
         async for ev in rs:
             if ev.text:
@@ -120,18 +121,19 @@ def _turn(
 
     interrupted = False
     try:
-        router._run(consume())
+        rs = router.astream(req)
+        router._run(consume(rs))
     except KeyboardInterrupt:
         interrupted = True
-        router._run(rs.aclose())
+        if rs is not None:
+            router._run(rs.aclose())
     out.print()
     took = time.perf_counter() - t0
     toks = f"{usage.prompt_tokens}→{usage.completion_tokens} tokens" if usage else "tokens ?"
     first = f" · first token {ttft:.2f} s" if ttft is not None else ""
     stop = " · stopped" if interrupted else ""
-    err.print(
-        f"[dim]{rs.tier} · {rs.backend} ({rs.model}) · {toks} · {took:.2f} s{first}{stop}[/dim]"
-    )
+    where = f"{rs.tier} · {rs.backend} ({rs.model})" if rs is not None else "not started"
+    err.print(f"[dim]{where} · {toks} · {took:.2f} s{first}{stop}[/dim]")
     return "".join(parts)
 
 
