@@ -106,11 +106,13 @@ def main() -> None:
     )
     router = Router(settings)
     raw, ours = [], []
+    loop = asyncio.new_event_loop()  # one loop for every tierlm run, as in a server
     _raw(llm, kw)  # warm both paths
-    asyncio.run(_tierlm(router, kw))
+    loop.run_until_complete(_tierlm(router, kw))
     for _ in range(args.runs):
         raw.append(_raw(llm, kw))
-        ours.append(asyncio.run(_tierlm(router, kw)))
+        ours.append(loop.run_until_complete(_tierlm(router, kw)))
+    loop.close()
     assert all(r[2] == args.tokens for r in raw + ours), "every run must make N tokens"
     med = statistics.median
     r_tps, t_tps = med(r[1] for r in raw), med(r[1] for r in ours)

@@ -76,8 +76,9 @@ class Policy:
                 reasons.append(f"api key '{cond.api_key.name}' stays within {ceiling.label}")
         tiers = self._eligible_tiers(request, cond, reasons)
         pinned_external = self._pinned_paid(request, cond)
-        ordered = self._order(tiers, request, signals, reasons)
-        candidates = self._candidates(ordered, ceiling, request, signals, cond, reasons)
+        usable = self._usable(tiers, ceiling, signals, cond, reasons)
+        ordered = self._order([t for t in tiers if usable[t.name]], request, signals, reasons)
+        candidates = [c for t in ordered for c in usable[t.name]]
         if not candidates:
             if cond.local_only and pinned_external:
                 raise BudgetExceeded(
@@ -195,34 +196,35 @@ class Policy:
                 f"({s + 0.5 - q:.2f} at quality {q:.2f})"
             )
         else:
-            reasons.append(f"complexity {c:.2f} above every tier's reach: strongest tier")
+            reasons.append(f"complexity {c:.2f} above every eligible tier's reach: the strongest one")
         i = tiers.index(chosen)
         if i > 0:
             reasons.append(f"escalated past {', '.join(t.name for t in tiers[:i])}")
         return [chosen, *tiers[i + 1 :], *reversed(tiers[:i])]
 
-    def _candidates(
+    def _usable(
         self,
-        ordered: list[TierConfig],
+        tiers: list[TierConfig],
         ceiling: Boundary,
-        request: ChatRequest,
         signals: Signals,
         cond: Conditions,
         reasons: list[str],
-    ) -> list[Candidate]:
-        out: list[Candidate] = []
+    ) -> dict[str, list[Candidate]]:
+        """Each tier's backends that pass the constraints (warm first); say why others don't."""
+        out: dict[str, list[Candidate]] = {}
         dropped: dict[str, list[str]] = {}
-        for tier in ordered:
+        for tier in tiers:
             names = list(tier.backends)
             if cond.warm is not None and self.settings.routing.prefer_warm:
                 names.sort(key=lambda n: not cond.warm.get(n, False))  # type: ignore[union-attr]
+            out[tier.name] = []
             for name in names:
                 b = self._backends[name]
                 why = self._excluded(b, ceiling, signals, cond)
                 if why:
                     dropped.setdefault(why, []).append(name)
-                    continue
-                out.append(Candidate(backend=name, tier=tier.name, boundary=b.where))
+                else:
+                    out[tier.name].append(Candidate(backend=name, tier=tier.name, boundary=b.where))
         for why, names in dropped.items():
             reasons.append(f"excluded {', '.join(names)}: {why}")
         return out
