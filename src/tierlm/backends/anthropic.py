@@ -20,34 +20,25 @@ Options: ``version`` (``anthropic-version`` header, default 2023-06-01), ``beta`
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from tierlm.backends.base import Backend, BackendHealth, dumps
+from tierlm.backends.base import BackendHealth
+from tierlm.backends.http_backend import Answer, HttpBackend
 from tierlm.backends.http_common import (
-    TRANSPORT_ERRORS,
     Deadlines,
     ErrorContext,
-    SessionHolder,
     UpstreamError,
-    client_timeout,
     drain,
     error_for,
-    error_from_response,
-    error_from_transport,
-    fetch,
     loads_chunk,
-    open_stream,
-    raise_for_status,
-    read_with_deadlines,
     resolve_api_key,
     sse_stream,
 )
 from tierlm.config.providers import PROVIDERS
-from tierlm.errors import BackendAuthError, BackendTimeout, ProtocolError
+from tierlm.errors import BackendAuthError, ProtocolError
 from tierlm.types import (
     ChatRequest,
     ChatResponse,
@@ -177,21 +168,14 @@ def to_anthropic_choice(choice: str | dict[str, Any]) -> dict[str, Any]:
     return {"type": {"required": "any", "none": "none"}.get(choice, "auto")}
 
 
-class AnthropicBackend(Backend):
+class AnthropicBackend(HttpBackend):
     """Claude models over the Messages API."""
 
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
         url = (config.url or DEFAULT_URL).rstrip("/")
         self.base_url = url.removesuffix("/v1")
-        self._session = SessionHolder(config)
-        t = config.timeouts
-        self._complete_limits = client_timeout(config, total=t.total)
-        self._health_limits = client_timeout(config, read=max(t.connect, 5.0))
-        self._in_flight = 0
-
-    async def _http(self) -> aiohttp.ClientSession:
-        return self._session.current() or await self._session.open(self._headers())
+        self._chat_url = self.base_url + "/v1/messages"
 
     def _headers(self) -> dict[str, str]:
         p = PROVIDERS.get(self.config.provider or "anthropic")
@@ -237,35 +221,9 @@ class AnthropicBackend(Backend):
         body.update(self.config.options.get("extra_body") or {})
         return body
 
-    # ------------------------------------------------------------------ complete
+    # ------------------------------------------------------------------ answers
 
-    async def complete(self, request: ChatRequest) -> ChatResponse:
-        ctx = ErrorContext(self.name, request.request_id)
-        client = await self._http()
-        body = dumps(self.body(request, stream=False)).encode()
-        start = time.perf_counter()
-        self._in_flight += 1
-        try:
-            status, headers, raw = await fetch(
-                client,
-                "POST",
-                self.base_url + "/v1/messages",
-                data=body,
-                limits=self._complete_limits,
-            )
-        except TRANSPORT_ERRORS as e:
-            if type(e) is TimeoutError:  # aiohttp's total (its other timeouts are subclasses)
-                raise BackendTimeout("total timeout", **ctx.kw()) from None
-            raise error_from_transport(e, ctx) from e
-        finally:
-            self._in_flight -= 1
-        if status >= 400:
-            raise error_from_response(status, headers, raw[:65536], ctx)
-        out = self.parse_message(loads_chunk(raw, ctx), ctx)
-        out.latency_ms = (time.perf_counter() - start) * 1000.0
-        return out
-
-    def parse_message(self, data: Any, ctx: ErrorContext) -> ChatResponse:
+    def parse_answer(self, data: Any, ctx: ErrorContext) -> ChatResponse:
         if not isinstance(data, dict) or not isinstance(data.get("content"), list):
             if isinstance(data, dict) and data.get("type") == "error":
                 raise _stream_error(data, ctx)
@@ -301,25 +259,10 @@ class AnthropicBackend(Backend):
 
     # ------------------------------------------------------------------ stream
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        ctx = ErrorContext(self.name, request.request_id)
-        client = await self._http()
-        deadlines = Deadlines(self.config)
-        body = dumps(self.body(request, stream=True)).encode()
-        self._in_flight += 1
-        try:
-            resp = await open_stream(client, self.base_url + "/v1/messages", body, deadlines, ctx)
-            try:
-                await raise_for_status(resp, ctx)
-                chunks = read_with_deadlines(resp.content.iter_any(), deadlines, ctx)
-                async for ev in self._events(sse_stream(chunks), deadlines, ctx):
-                    yield ev
-            except TRANSPORT_ERRORS as e:
-                raise error_from_transport(e, ctx) from e
-            finally:
-                resp.release()
-        finally:
-            self._in_flight -= 1
+    def _read_events(
+        self, resp: aiohttp.ClientResponse, deadlines: Deadlines, ctx: ErrorContext
+    ) -> AsyncIterator[StreamEvent]:
+        return self._events(sse_stream(self._chunks(resp, deadlines, ctx)), deadlines, ctx)
 
     async def _events(
         self, events: AsyncIterator[tuple[str, str]], deadlines: Deadlines, ctx: ErrorContext
@@ -357,24 +300,14 @@ class AnthropicBackend(Backend):
 
     # ------------------------------------------------------------------ health
 
-    async def health(self) -> BackendHealth:
+    def _health_urls(self) -> Sequence[str]:
         """``GET /v1/models``: reachable, key accepted, and whether the model is offered."""
-        try:
-            client = await self._http()
-        except BackendAuthError as e:
-            return BackendHealth(ok=False, detail=e.message)
-        start = time.perf_counter()
-        try:
-            status, headers, raw = await fetch(
-                client, "GET", self.base_url + "/v1/models", limits=self._health_limits
-            )
-        except TRANSPORT_ERRORS as e:
-            err = error_from_transport(e, ErrorContext(self.name))
-            return BackendHealth(ok=False, detail=f"unreachable: {err.message}")
-        latency = (time.perf_counter() - start) * 1000.0
-        if status >= 400:
-            err = error_from_response(status, headers, raw[:4096], ErrorContext(self.name))
-            return BackendHealth(ok=False, detail=err.message, latency_ms=latency)
+        return (self.base_url + "/v1/models",)
+
+    async def _health_from(
+        self, client: aiohttp.ClientSession, answers: list[Answer], latency: float
+    ) -> BackendHealth:
+        raw = answers[0][2]
         try:
             models = [str(m["id"]) for m in json.loads(raw).get("data", [])]
         except (ValueError, KeyError, TypeError, AttributeError):
@@ -382,9 +315,6 @@ class AnthropicBackend(Backend):
         return BackendHealth(
             ok=True, detail="ok", models=models, latency_ms=latency, in_flight=self._in_flight
         )
-
-    async def aclose(self) -> None:
-        await self._session.aclose()
 
 
 def _block_event(ev: dict[str, Any], tool_index: dict[int, int], model: str) -> StreamEvent | None:

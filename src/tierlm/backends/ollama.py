@@ -11,37 +11,26 @@ request's ``options``), ``headers``.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from tierlm import hostinfo
-from tierlm.backends.base import Backend, BackendHealth, dumps
+from tierlm.backends.base import BackendHealth
+from tierlm.backends.http_backend import Answer, HttpBackend
 from tierlm.backends.http_common import (
-    TRANSPORT_ERRORS,
     Deadlines,
     ErrorContext,
-    SessionHolder,
     UpstreamError,
-    client_timeout,
     drain,
     error_for,
-    error_from_response,
-    error_from_transport,
-    fetch,
-    loads_chunk,
     ndjson_stream,
     normalise_base_url,
-    open_stream,
-    raise_for_status,
-    read_with_deadlines,
 )
-from tierlm.errors import BackendTimeout, ProtocolError
+from tierlm.errors import ProtocolError
 from tierlm.types import (
     Boundary,
     ChatRequest,
@@ -121,27 +110,20 @@ def _finish(d: dict[str, Any], had_tools: bool) -> FinishReason:
     return "length" if d.get("done_reason") == "length" else "stop"
 
 
-class OllamaBackend(Backend):
+class OllamaBackend(HttpBackend):
     """A model served by Ollama, spoken to in its native API."""
 
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
         self.base_url = normalise_base_url(config.url or DEFAULT_URL).removesuffix("/api")
-        self._session = SessionHolder(config)
-        t = config.timeouts
-        self._complete_limits = client_timeout(config, total=t.total)
-        self._health_limits = client_timeout(config, read=max(t.connect, 5.0))
-        self._in_flight = 0
+        self._chat_url = self.base_url + "/api/chat"
 
-    async def _http(self) -> aiohttp.ClientSession:
-        s = self._session.current()
-        if s is None:
-            headers = {"content-type": "application/json"}
-            headers.update(
-                {str(k): str(v) for k, v in (self.config.options.get("headers") or {}).items()}
-            )
-            s = await self._session.open(headers)
-        return s
+    def _headers(self) -> dict[str, str]:
+        headers = {"content-type": "application/json"}
+        headers.update(
+            {str(k): str(v) for k, v in (self.config.options.get("headers") or {}).items()}
+        )
+        return headers
 
     def body(self, req: ChatRequest, *, stream: bool) -> dict[str, Any]:
         opts: dict[str, Any] = {}
@@ -177,31 +159,9 @@ class OllamaBackend(Backend):
             body["format"] = (fmt.get("json_schema") or {}).get("schema") or "json"
         return body
 
-    # ------------------------------------------------------------------ complete
+    # ------------------------------------------------------------------ answers
 
-    async def complete(self, request: ChatRequest) -> ChatResponse:
-        ctx = ErrorContext(self.name, request.request_id)
-        client = await self._http()
-        body = dumps(self.body(request, stream=False)).encode()
-        start = time.perf_counter()
-        self._in_flight += 1
-        try:
-            status, headers, raw = await fetch(
-                client,
-                "POST",
-                self.base_url + "/api/chat",
-                data=body,
-                limits=self._complete_limits,
-            )
-        except TRANSPORT_ERRORS as e:
-            if type(e) is TimeoutError:  # aiohttp's total (its other timeouts are subclasses)
-                raise BackendTimeout("total timeout", **ctx.kw()) from None
-            raise error_from_transport(e, ctx) from e
-        finally:
-            self._in_flight -= 1
-        if status >= 400:
-            raise error_from_response(status, headers, raw[:65536], ctx)
-        data = loads_chunk(raw, ctx)
+    def parse_answer(self, data: Any, ctx: ErrorContext) -> ChatResponse:
         if not isinstance(data, dict) or "error" in data or "message" not in data:
             raise _embedded_error(data, ctx)
         msg = data.get("message") or {}
@@ -217,30 +177,15 @@ class OllamaBackend(Backend):
             finish_reason=_finish(data, bool(calls)),
             usage=_usage(data),
             backend=self.name,
-            latency_ms=(time.perf_counter() - start) * 1000.0,
         )
 
     # ------------------------------------------------------------------ stream
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        ctx = ErrorContext(self.name, request.request_id)
-        client = await self._http()
-        deadlines = Deadlines(self.config)
-        body = dumps(self.body(request, stream=True)).encode()
-        self._in_flight += 1
-        try:
-            resp = await open_stream(client, self.base_url + "/api/chat", body, deadlines, ctx)
-            try:
-                await raise_for_status(resp, ctx)
-                chunks = read_with_deadlines(resp.content.iter_any(), deadlines, ctx)
-                async for ev in self._events(ndjson_stream(chunks, ctx), deadlines, ctx):
-                    yield ev
-            except TRANSPORT_ERRORS as e:
-                raise error_from_transport(e, ctx) from e
-            finally:
-                resp.release()
-        finally:
-            self._in_flight -= 1
+    def _read_events(
+        self, resp: aiohttp.ClientResponse, deadlines: Deadlines, ctx: ErrorContext
+    ) -> AsyncIterator[StreamEvent]:
+        chunks = self._chunks(resp, deadlines, ctx)
+        return self._events(ndjson_stream(chunks, ctx), deadlines, ctx)
 
     async def _events(
         self, chunks: AsyncIterator[Any], deadlines: Deadlines, ctx: ErrorContext
@@ -278,23 +223,17 @@ class OllamaBackend(Backend):
 
     # ------------------------------------------------------------------ health
 
-    async def health(self) -> BackendHealth:
+    def _health_urls(self) -> Sequence[str]:
         """``/api/tags`` (models on disk) and ``/api/ps`` (models in memory)."""
-        client = await self._http()
-        start = time.perf_counter()
-        try:
-            (tags_status, _, tags), (ps_status, _, ps) = await asyncio.gather(
-                fetch(client, "GET", self.base_url + "/api/tags", limits=self._health_limits),
-                fetch(client, "GET", self.base_url + "/api/ps", limits=self._health_limits),
-            )
-        except TRANSPORT_ERRORS as e:
-            err = error_from_transport(e, ErrorContext(self.name))
-            return BackendHealth(ok=False, detail=f"unreachable: {err.message}")
-        latency = (time.perf_counter() - start) * 1000.0
-        if tags_status >= 400:
-            return BackendHealth(
-                ok=False, detail=f"/api/tags answered {tags_status}", latency_ms=latency
-            )
+        return (self.base_url + "/api/tags", self.base_url + "/api/ps")
+
+    def _health_failed(self, answer: Answer, latency: float) -> BackendHealth:
+        return BackendHealth(ok=False, detail=f"/api/tags answered {answer[0]}", latency_ms=latency)
+
+    async def _health_from(
+        self, client: aiohttp.ClientSession, answers: list[Answer], latency: float
+    ) -> BackendHealth:
+        (_, _, tags), (ps_status, _, ps) = answers
         try:
             available = {
                 str(m.get("model") or m.get("name")): m
@@ -328,9 +267,6 @@ class OllamaBackend(Backend):
         if self.boundary is Boundary.HOST:
             h.memory_free_gb = round(hostinfo.memory_available_bytes() / GIB, 2)
         return h
-
-    async def aclose(self) -> None:
-        await self._session.aclose()
 
 
 def _embedded_error(data: Any, ctx: ErrorContext) -> Exception:

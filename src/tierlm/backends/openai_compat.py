@@ -24,33 +24,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
 from tierlm.backends import tools as prompt_tools
-from tierlm.backends.base import Backend, BackendHealth, dumps, tool_calls_to_deltas
+from tierlm.backends.base import BackendHealth, tool_calls_to_deltas
+from tierlm.backends.http_backend import Answer, HttpBackend
 from tierlm.backends.http_common import (
     TRANSPORT_ERRORS,
     Deadlines,
     ErrorContext,
-    SessionHolder,
     UpstreamError,
-    client_timeout,
     drain,
     error_for,
-    error_from_response,
-    error_from_transport,
     fetch,
     loads_chunk,
     normalise_base_url,
-    open_stream,
     parse_error_body,
-    raise_for_status,
-    read_with_deadlines,
     resolve_api_key,
     sse_stream,
 )
@@ -101,7 +94,7 @@ def usage_from(data: Any) -> Usage | None:
     )
 
 
-class OpenAIBackend(Backend):
+class OpenAIBackend(HttpBackend):
     """``/chat/completions`` over HTTP, stream and non-stream, with native or prompt tools."""
 
     def __init__(self, config: BackendConfig) -> None:
@@ -129,17 +122,9 @@ class OpenAIBackend(Backend):
             else (self.provider.tools if self.provider else True)
         )
         self.native_tools: bool = native
-        self._session = SessionHolder(config)
         self._chat_url = self.base_url + "/chat/completions"
-        t = config.timeouts
-        self._complete_limits = client_timeout(config, total=t.total)
-        self._health_limits = client_timeout(config, read=max(t.connect, 5.0))
-        self._in_flight = 0
 
-    # ------------------------------------------------------------------ client and body
-
-    async def _http(self) -> aiohttp.ClientSession:
-        return self._session.current() or await self._session.open(self._headers())
+    # ------------------------------------------------------------------ headers and body
 
     def _headers(self) -> dict[str, str]:
         key = resolve_api_key(self.config, self.provider.key_env if self.provider else None)
@@ -205,33 +190,10 @@ class OpenAIBackend(Backend):
     async def complete(self, request: ChatRequest) -> ChatResponse:
         if self._uses_prompt_tools(request):
             plain = self._prompt_request(request)
-            return prompt_tools.finish_response(await self._complete(plain), request)
-        return await self._complete(request)
+            return prompt_tools.finish_response(await super().complete(plain), request)
+        return await super().complete(request)
 
-    async def _complete(self, req: ChatRequest) -> ChatResponse:
-        ctx = ErrorContext(self.name, req.request_id)
-        client = await self._http()
-        body = dumps(self.body(req, stream=False)).encode()
-        start = time.perf_counter()
-        self._in_flight += 1
-        try:
-            status, headers, raw = await fetch(
-                client, "POST", self._chat_url, data=body, limits=self._complete_limits
-            )
-        except TRANSPORT_ERRORS as e:
-            if type(e) is TimeoutError:  # aiohttp's total (its other timeouts are subclasses)
-                raise BackendTimeout("total timeout", **ctx.kw()) from None
-            raise error_from_transport(e, ctx) from e
-        finally:
-            self._in_flight -= 1
-        if status >= 400:
-            raise error_from_response(status, headers, raw[:65536], ctx)
-        data = loads_chunk(raw, ctx)
-        out = self._parse_completion(data, ctx)
-        out.latency_ms = (time.perf_counter() - start) * 1000.0
-        return out
-
-    def _parse_completion(self, data: Any, ctx: ErrorContext) -> ChatResponse:
+    def parse_answer(self, data: Any, ctx: ErrorContext) -> ChatResponse:
         if not isinstance(data, dict):
             raise ProtocolError("answer is not a JSON object", **ctx.kw())
         if "error" in data and not data.get("choices"):
@@ -263,33 +225,20 @@ class OpenAIBackend(Backend):
     def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         if self._uses_prompt_tools(request):
             plain = self._prompt_request(request)
-            return prompt_tools.finish_stream(self._stream(plain), request)
-        return self._stream(request)
+            return prompt_tools.finish_stream(super().stream(plain), request)
+        return super().stream(request)
 
-    async def _stream(self, req: ChatRequest) -> AsyncIterator[StreamEvent]:
-        ctx = ErrorContext(self.name, req.request_id)
-        client = await self._http()
-        deadlines = Deadlines(self.config)
-        body = dumps(self.body(req, stream=True)).encode()
-        self._in_flight += 1
-        try:
-            resp = await open_stream(client, self._chat_url, body, deadlines, ctx)
-            try:
-                await raise_for_status(resp, ctx)
-                if resp.headers.get("content-type", "").startswith("application/json"):
-                    # a server that ignored ``stream`` (or answered with an error object)
-                    for ev in self._whole_as_events(await _read(resp, deadlines, ctx), ctx):
-                        yield ev
-                    return
-                chunks = read_with_deadlines(resp.content.iter_any(), deadlines, ctx)
-                async for ev in self._events(sse_stream(chunks), deadlines, ctx):
-                    yield ev
-            except TRANSPORT_ERRORS as e:
-                raise error_from_transport(e, ctx) from e
-            finally:
-                resp.release()
-        finally:
-            self._in_flight -= 1
+    async def _read_events(
+        self, resp: aiohttp.ClientResponse, deadlines: Deadlines, ctx: ErrorContext
+    ) -> AsyncIterator[StreamEvent]:
+        if resp.headers.get("content-type", "").startswith("application/json"):
+            # a server that ignored ``stream`` (or answered with an error object)
+            for ev in self._whole_as_events(await _read(resp, deadlines, ctx), ctx):
+                yield ev
+            return
+        chunks = self._chunks(resp, deadlines, ctx)
+        async for ev in self._events(sse_stream(chunks), deadlines, ctx):
+            yield ev
 
     async def _events(
         self, events: AsyncIterator[tuple[str, str]], deadlines: Deadlines, ctx: ErrorContext
@@ -330,7 +279,7 @@ class OpenAIBackend(Backend):
         yield StreamEvent(finish_reason=finish or "stop", usage=usage, model=model or self.model)
 
     def _whole_as_events(self, data: Any, ctx: ErrorContext) -> list[StreamEvent]:
-        resp = self._parse_completion(data, ctx)
+        resp = self.parse_answer(data, ctx)
         calls = resp.message.tool_calls
         events = []
         if resp.text or calls:
@@ -348,24 +297,14 @@ class OpenAIBackend(Backend):
 
     # ------------------------------------------------------------------ health
 
-    async def health(self) -> BackendHealth:
+    def _health_urls(self) -> Sequence[str]:
         """``GET /models`` (reachability, served models); ``/metrics`` for queue depth."""
-        try:
-            client = await self._http()
-        except BackendAuthError as e:
-            return BackendHealth(ok=False, detail=e.message)
-        start = time.perf_counter()
-        try:
-            status, headers, raw = await fetch(
-                client, "GET", self.base_url + "/models", limits=self._health_limits
-            )
-        except TRANSPORT_ERRORS as e:
-            err = error_from_transport(e, ErrorContext(self.name))
-            return BackendHealth(ok=False, detail=f"unreachable: {err.message}")
-        latency = (time.perf_counter() - start) * 1000.0
-        if status >= 400:
-            err = error_from_response(status, headers, raw[:4096], ErrorContext(self.name))
-            return BackendHealth(ok=False, detail=err.message, latency_ms=latency)
+        return (self.base_url + "/models",)
+
+    async def _health_from(
+        self, client: aiohttp.ClientSession, answers: list[Answer], latency: float
+    ) -> BackendHealth:
+        raw = answers[0][2]
         try:
             data = json.loads(raw)
             models = [str(m.get("id")) for m in data.get("data", []) if isinstance(m, dict)]
@@ -395,9 +334,6 @@ class OpenAIBackend(Backend):
             h.in_flight = running
         if waiting is not None:
             h.queued = waiting
-
-    async def aclose(self) -> None:
-        await self._session.aclose()
 
 
 async def _read(resp: aiohttp.ClientResponse, deadlines: Deadlines, ctx: ErrorContext) -> Any:

@@ -196,7 +196,9 @@ class Policy:
                 f"({s + 0.5 - q:.2f} at quality {q:.2f})"
             )
         else:
-            reasons.append(f"complexity {c:.2f} above every eligible tier's reach: the strongest one")
+            reasons.append(
+                f"complexity {c:.2f} above every eligible tier's reach: the strongest one"
+            )
         i = tiers.index(chosen)
         if i > 0:
             reasons.append(f"escalated past {', '.join(t.name for t in tiers[:i])}")
