@@ -1,5 +1,7 @@
 """What every endpoint of the gateway shares: the router, keys, metrics and health, plus the
-plumbing of the HTTP edge (reading a bounded JSON body, errors as JSON, routing headers).
+plumbing of the HTTP edge (reading a bounded JSON body, errors as JSON, routing headers) and
+the one flow of a chat request (:meth:`WireFormat.handle`) that each wire format fills in
+(:class:`WireFormat`: parse the body, render the whole answer, a stream and an error).
 
 No routing logic lives here: the Router plans, executes and records each request; this
 module checks what a key may pin, hands the Router the last known health, and says
@@ -32,15 +34,15 @@ from tierlm.policy import Conditions
 from tierlm.server.auth import KeyRing
 from tierlm.server.health import HealthCache
 from tierlm.server.metrics import Metrics
-from tierlm.types import Boundary
+from tierlm.types import Boundary, ChatRequest
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Mapping
 
     from tierlm.config.settings import ApiKeyConfig
     from tierlm.execute.executor import RoutedStream
     from tierlm.router import Router
-    from tierlm.types import ChatRequest, ChatResponse, Plan, StreamEvent
+    from tierlm.types import ChatResponse, Plan, StreamEvent
 
 # x-tierlm-<name> request headers that become routing hints (header name -> hint field).
 HINT_HEADERS = {
@@ -126,6 +128,16 @@ def client_request_id(request: Request) -> dict[str, str]:
     """``{"request_id": ...}`` from a sane ``x-request-id`` header, else nothing."""
     rid = request.headers.get("x-request-id")
     return {"request_id": rid} if rid and _REQUEST_ID.match(rid) else {}
+
+
+def chat_request(data: dict[str, Any], request: Request) -> ChatRequest:
+    """``data`` (plus the client's request id) as a :class:`ChatRequest`; 400 naming the
+    field when it is bad."""
+    data.update(client_request_id(request))
+    try:
+        return ChatRequest.model_validate(data)
+    except ValidationError as e:
+        raise validation_error(e) from None
 
 
 def header_hints(request: Request) -> dict[str, Any]:
@@ -317,6 +329,13 @@ class StreamEnd:
         self.status = 200
         self.done = False
 
+    def fail(self, e: Exception, req: ChatRequest) -> TierlmError:
+        """The error a stream that failed after commit reports in-band (counted as such)."""
+        err = e if isinstance(e, TierlmError) else internal_error(e, req)
+        self.status = err.status
+        self.gw.metrics.stream_errors += 1
+        return err
+
     async def __call__(self) -> None:
         if self.done:
             return
@@ -350,3 +369,92 @@ def internal_error(e: Exception, req: ChatRequest) -> TierlmError:
     the client can be told about in-band."""
     log.error("request %s failed mid-stream", req.request_id, exc_info=e)
     return TierlmError("internal error in the gateway", request_id=req.request_id)
+
+
+def unfinished(req: ChatRequest, rs: RoutedStream) -> ProtocolError:
+    """The error for a stream that ended without a finish reason."""
+    return ProtocolError(
+        "the stream ended before the answer finished",
+        backend=rs.backend,
+        tier=rs.tier,
+        request_id=req.request_id,
+    )
+
+
+async def chain(first: StreamEvent, rs: RoutedStream) -> AsyncIterator[StreamEvent]:
+    """The committed stream's events, its first one (already read) included."""
+    yield first
+    async for ev in rs:
+        yield ev
+
+
+class WireFormat:
+    """One chat route's flow (:meth:`handle`); a wire format fills in the translation.
+
+    One instance per route, built at import.
+    """
+
+    route: str
+    media_type: str  # of a streamed answer
+    stream_headers: Mapping[str, str] = {}  # sent with a stream, before the routing headers
+
+    def parse(self, body: Any, request: Request, gw: Gateway) -> ChatRequest:
+        raise NotImplementedError
+
+    def error(self, e: TierlmError, headers: dict[str, str] | None) -> Response:
+        raise NotImplementedError
+
+    def whole(
+        self, gw: Gateway, req: ChatRequest, plan: Plan, resp: ChatResponse, started: float
+    ) -> dict[str, Any]:
+        """The body of a whole (non-streamed) answer."""
+        raise NotImplementedError
+
+    def stream(
+        self, req: ChatRequest, rs: RoutedStream, first: StreamEvent, end: StreamEnd
+    ) -> AsyncIterator[bytes]:
+        """The body of a committed stream; it must ``await end()`` however it ends."""
+        raise NotImplementedError
+
+    async def handle(self, request: Request) -> Response:
+        """The endpoint: identify the key, parse, check what the request pins, then answer
+        whole or open the stream; counts it in flight and accounts for it however it ends.
+
+        The wire module routes the bound method itself (no wrapper coroutine per request).
+        """
+        gw: Gateway = request.app.state.gateway
+        started = time.perf_counter()
+        gw.metrics.in_flight += 1
+        req: ChatRequest | None = None
+        try:
+            key = gw.keys.identify(request.headers)
+            req = self.parse(await read_json(request, gw.max_body), request, gw)
+            if key is not None:
+                req.api_key_id = key.name
+                gw.check_allowed(req.model, key)
+            if req.stream:
+                rs, first = await gw.open_stream(req, key)
+            else:
+                resp, plan = await gw.complete(req, key)
+        except TierlmError as e:
+            gw.metrics.in_flight -= 1
+            gw.account(self.route, None, e.tier or "", e.backend or "", e.status, started)
+            return self.error(
+                e, {"x-tierlm-request-id": req.request_id} if req is not None else None
+            )
+        except BaseException:
+            gw.metrics.in_flight -= 1
+            raise
+        if not req.stream:
+            gw.metrics.in_flight -= 1
+            gw.account(self.route, plan, resp.tier, resp.backend, 200, started)
+            headers = gw.routing_headers(req, plan, resp.tier, resp.backend, resp.model)
+            return json_response(self.whole(gw, req, plan, resp, started), 200, headers)
+        model = first.model or rs.model or ""
+        headers = gw.routing_headers(req, rs.plan, rs.tier or "", rs.backend or "", model)
+        if self.stream_headers:
+            headers = {**self.stream_headers, **headers}
+        end = StreamEnd(gw, self.route, rs, started)
+        return GuardedStream(
+            self.stream(req, rs, first, end), end, headers=headers, media_type=self.media_type
+        )

@@ -19,31 +19,30 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from tierlm import __version__
 from tierlm.backends.base import merge_tool_call_delta
-from tierlm.errors import ProtocolError, TierlmError
+from tierlm.errors import TierlmError
 from tierlm.server.gateway import (
     FieldError,
     Gateway,
-    GuardedStream,
     StreamEnd,
-    client_request_id,
+    WireFormat,
+    chain,
+    chat_request,
     dumps,
     header_hints,
-    internal_error,
     json_response,
     read_json,
-    validation_error,
+    unfinished,
 )
-from tierlm.types import ChatRequest, Usage
+from tierlm.types import Usage
 
 if TYPE_CHECKING:
     from tierlm.execute.executor import RoutedStream
-    from tierlm.types import ChatResponse, Plan, StreamEvent
+    from tierlm.types import ChatRequest, ChatResponse, Plan, StreamEvent
 
 _NDJSON = "application/x-ndjson"
 _OPTIONS = {
@@ -158,56 +157,35 @@ def parse(body: Any, request: Request, gw: Gateway, *, generate: bool) -> ChatRe
                 "json_schema": {"name": "format", "schema": fmt},
             }
         }
-    data.update(client_request_id(request))
-    try:
-        return ChatRequest.model_validate(data)
-    except ValidationError as e:
-        raise validation_error(e) from None
+    return chat_request(data, request)
 
 
-async def chat(request: Request) -> Response:
-    return await _answer(request, generate=False)
+class _Ollama(WireFormat):
+    media_type = _NDJSON
+
+    def __init__(self, *, generate: bool) -> None:
+        self.generate = generate
+        self.route = "/api/generate" if generate else "/api/chat"
+
+    def parse(self, body: Any, request: Request, gw: Gateway) -> ChatRequest:
+        return parse(body, request, gw, generate=self.generate)
+
+    def error(self, e: TierlmError, headers: dict[str, str] | None) -> Response:
+        return ollama_error(e, headers)
+
+    def whole(
+        self, gw: Gateway, req: ChatRequest, plan: Plan, resp: ChatResponse, started: float
+    ) -> dict[str, Any]:
+        return _whole(gw, req, plan, resp, started, self.generate)
+
+    def stream(
+        self, req: ChatRequest, rs: RoutedStream, first: StreamEvent, end: StreamEnd
+    ) -> AsyncIterator[bytes]:
+        return _ndjson(req, rs, first, end, self.generate)
 
 
-async def generate(request: Request) -> Response:
-    return await _answer(request, generate=True)
-
-
-async def _answer(request: Request, *, generate: bool) -> Response:
-    gw: Gateway = request.app.state.gateway
-    route = "/api/generate" if generate else "/api/chat"
-    started = time.perf_counter()
-    gw.metrics.in_flight += 1
-    req: ChatRequest | None = None
-    try:
-        key = gw.keys.identify(request.headers)
-        req = parse(await read_json(request, gw.max_body), request, gw, generate=generate)
-        if key is not None:
-            req.api_key_id = key.name
-            gw.check_allowed(req.model, key)
-        if req.stream:
-            rs, first = await gw.open_stream(req, key)
-        else:
-            resp, plan = await gw.complete(req, key)
-    except TierlmError as e:
-        gw.metrics.in_flight -= 1
-        gw.account(route, None, e.tier or "", e.backend or "", e.status, started)
-        return ollama_error(e, {"x-tierlm-request-id": req.request_id} if req else None)
-    except BaseException:
-        gw.metrics.in_flight -= 1
-        raise
-    if not req.stream:
-        gw.metrics.in_flight -= 1
-        gw.account(route, plan, resp.tier, resp.backend, 200, started)
-        headers = gw.routing_headers(req, plan, resp.tier, resp.backend, resp.model)
-        return json_response(_whole(gw, req, plan, resp, started, generate), 200, headers)
-    headers = gw.routing_headers(
-        req, rs.plan, rs.tier or "", rs.backend or "", first.model or rs.model or ""
-    )
-    end = StreamEnd(gw, "/api/generate" if generate else "/api/chat", rs, started)
-    return GuardedStream(
-        _ndjson(req, rs, first, end, generate), end, headers=headers, media_type=_NDJSON
-    )
+chat = _Ollama(generate=False).handle
+generate = _Ollama(generate=True).handle
 
 
 def _final(model: str, usage: Usage, finish: str, started: float) -> dict[str, Any]:
@@ -251,7 +229,7 @@ async def _ndjson(
     finish: str | None = None
     calls: dict[int, dict[str, Any]] = {}
     try:
-        async for ev in _chain(first, rs):
+        async for ev in chain(first, rs):
             model = ev.model or model
             usage = ev.usage or usage
             finish = ev.finish_reason or finish
@@ -270,12 +248,7 @@ async def _ndjson(
                 + b"\n"
             )
         if finish is None:
-            raise ProtocolError(
-                "the stream ended before the answer finished",
-                backend=rs.backend,
-                tier=rs.tier,
-                request_id=req.request_id,
-            )
+            raise unfinished(req, rs)
         last = _final(model, usage or Usage(), finish, end.started)
         if generate:
             last["response"] = ""
@@ -283,9 +256,7 @@ async def _ndjson(
             last["message"] = {"role": "assistant", "content": ""}
         yield dumps(last) + b"\n"
     except Exception as e:  # any failure (logged with its cause) ends it with an in-band error
-        err = e if isinstance(e, TierlmError) else internal_error(e, req)
-        end.status = err.status
-        end.gw.metrics.stream_errors += 1
+        err = end.fail(e, req)
         yield dumps({"error": err.message}) + b"\n"
     finally:
         await end()
@@ -298,12 +269,6 @@ def _piece(model: str, text: str, generate: bool) -> bytes:
     else:
         line["message"] = {"role": "assistant", "content": text}
     return dumps(line) + b"\n"
-
-
-async def _chain(first: StreamEvent, rs: RoutedStream) -> AsyncIterator[StreamEvent]:
-    yield first
-    async for ev in rs:
-        yield ev
 
 
 def _model_entry(gw: Gateway, name: str, kind: str) -> dict[str, Any]:

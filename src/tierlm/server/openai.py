@@ -18,30 +18,28 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tierlm.errors import ProtocolError, TierlmError
+from tierlm.errors import TierlmError
 from tierlm.server.gateway import (
     FieldError,
     Gateway,
-    GuardedStream,
     StreamEnd,
-    client_request_id,
+    WireFormat,
+    chain,
+    chat_request,
     dumps,
     error_response,
     header_hints,
-    internal_error,
     json_response,
-    read_json,
-    validation_error,
+    unfinished,
 )
-from tierlm.types import ChatRequest, Usage
+from tierlm.types import Usage
 
 if TYPE_CHECKING:
     from tierlm.execute.executor import RoutedStream
-    from tierlm.types import ChatResponse, Plan, StreamEvent
+    from tierlm.types import ChatRequest, ChatResponse, Plan, StreamEvent
 
 ROUTE = "/v1/chat/completions"
 _MAPPED = {
@@ -93,51 +91,35 @@ def parse_chat(body: Any, request: Request, gw: Gateway) -> ChatRequest:
         "hints": hints,
         "extra": {k: v for k, v in body.items() if k not in _MAPPED},
     }
-    data.update(client_request_id(request))
     for k in ("temperature", "top_p", "top_k", "seed", "tools", "tool_choice"):
         if body.get(k) is not None:
             data[k] = body[k]
-    try:
-        return ChatRequest.model_validate(data)
-    except ValidationError as e:
-        raise validation_error(e) from None
+    return chat_request(data, request)
 
 
-async def chat_completions(request: Request) -> Response:
-    gw: Gateway = request.app.state.gateway
-    started = time.perf_counter()
-    gw.metrics.in_flight += 1
-    req: ChatRequest | None = None
-    try:
-        key = gw.keys.identify(request.headers)
-        req = parse_chat(await read_json(request, gw.max_body), request, gw)
-        if key is not None:
-            req.api_key_id = key.name
-            gw.check_allowed(req.model, key)
-        if req.stream:
-            rs, first = await gw.open_stream(req, key)
-        else:
-            resp, plan = await gw.complete(req, key)
-    except TierlmError as e:
-        gw.metrics.in_flight -= 1
-        gw.account(ROUTE, None, e.tier or "", e.backend or "", e.status, started)
-        hdrs = {"x-tierlm-request-id": req.request_id} if req is not None else None
-        return error_response(e, hdrs)
-    except BaseException:
-        gw.metrics.in_flight -= 1
-        raise
-    if not req.stream:
-        gw.metrics.in_flight -= 1
-        gw.account(ROUTE, plan, resp.tier, resp.backend, 200, started)
-        headers = gw.routing_headers(req, plan, resp.tier, resp.backend, resp.model)
-        return json_response(completion_body(gw, req, plan, resp), 200, headers)
-    tier, backend = rs.tier or "", rs.backend or ""
-    model = first.model or rs.model or ""
-    headers = {**_SSE_HEADERS, **gw.routing_headers(req, rs.plan, tier, backend, model)}
-    end = StreamEnd(gw, ROUTE, rs, started)
-    return GuardedStream(
-        _sse(req, rs, first, end), end, headers=headers, media_type="text/event-stream"
-    )
+class _OpenAI(WireFormat):
+    route = ROUTE
+    media_type = "text/event-stream"
+    stream_headers = _SSE_HEADERS
+
+    def parse(self, body: Any, request: Request, gw: Gateway) -> ChatRequest:
+        return parse_chat(body, request, gw)
+
+    def error(self, e: TierlmError, headers: dict[str, str] | None) -> Response:
+        return error_response(e, headers)
+
+    def whole(
+        self, gw: Gateway, req: ChatRequest, plan: Plan, resp: ChatResponse, started: float
+    ) -> dict[str, Any]:
+        return completion_body(gw, req, plan, resp)
+
+    def stream(
+        self, req: ChatRequest, rs: RoutedStream, first: StreamEvent, end: StreamEnd
+    ) -> AsyncIterator[bytes]:
+        return _sse(req, rs, first, end)
+
+
+chat_completions = _OpenAI().handle
 
 
 def completion_body(
@@ -192,7 +174,7 @@ async def _sse(
     try:
         usage: Usage | None = None
         finish: str | None = None
-        async for ev in _chain(first, rs):
+        async for ev in chain(first, rs):
             head["model"] = ev.model or head["model"]
             delta: dict[str, Any] = {}
             if ev.text:
@@ -205,30 +187,17 @@ async def _sse(
             usage = ev.usage or usage
             finish = ev.finish_reason or finish
         if finish is None:
-            raise ProtocolError(
-                "the stream ended before the answer finished",
-                backend=rs.backend,
-                tier=rs.tier,
-                request_id=req.request_id,
-            )
+            raise unfinished(req, rs)
         tail = pending + chunk({}, finish)
         if req.include_usage:
             last = {**head, "choices": [], "usage": (usage or Usage()).to_openai()}
             tail += b"data: " + dumps(last) + b"\n\n"
         yield tail + b"data: [DONE]\n\n"
     except Exception as e:  # any failure (logged with its cause) ends it with an in-band error
-        err = e if isinstance(e, TierlmError) else internal_error(e, req)
-        end.status = err.status
-        end.gw.metrics.stream_errors += 1
+        err = end.fail(e, req)
         yield pending + b"data: " + dumps(err.to_openai()) + b"\n\n"
     finally:
         await end()
-
-
-async def _chain(first: StreamEvent, rs: RoutedStream) -> AsyncIterator[StreamEvent]:
-    yield first
-    async for ev in rs:
-        yield ev
 
 
 async def list_models(request: Request) -> Response:
