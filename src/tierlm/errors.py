@@ -256,6 +256,3 @@ class AllAttemptsFailed(TierlmError):
         self.status = worst.status if worst else 503
         if worst is not None:
             self.code = worst.code
-
-    def as_group(self) -> ExceptionGroup[BackendError]:
-        return ExceptionGroup(self.message, self.errors)

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from tierlm.ledger import AttemptRecord, Ledger
 
 T = TypeVar("T")
-MAX_SIGNAL_CHARS = 200_000  # signals read at most this much of the conversation (head + tail)
 
 
 class SignalReader:

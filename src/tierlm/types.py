@@ -251,10 +251,6 @@ class Plan:
     request_id: str = ""
 
     @property
-    def first(self) -> Candidate:
-        return self.candidates[0]
-
-    @property
     def sensitive(self) -> bool:
         return bool(self.findings)
 

@@ -23,11 +23,7 @@ def load(config: Path | None, preset: str | None, **overrides: Any) -> Settings:
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print ``error: message`` on stderr; return the Exit to raise."""
-    from rich.console import Console
-
-    Console(stderr=True, highlight=False).print(
-        f"[bold red]error:[/] {message}", markup=True, soft_wrap=True
-    )
+    _print_error(message)
     return typer.Exit(code)
 
 
