@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import typer
 
@@ -60,3 +60,13 @@ def _print_error(message: str) -> None:
     Console(stderr=True, highlight=False).print(
         f"[bold red]error:[/] {escape(message)}", soft_wrap=True
     )
+
+
+def open_text(path: str) -> TextIO:
+    """``path`` opened for reading (``-``: stdin); a clear exit 2 when it cannot be read."""
+    if path == "-":
+        return sys.stdin
+    try:
+        return open(path, encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise fail(f"cannot read {path}: {e.strerror}", 2) from None
