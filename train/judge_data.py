@@ -56,7 +56,7 @@ def load(data: Path, *, with_others: bool = True) -> JudgeSet:
     cases: list[Case] = []
     cols: dict[str, list[object]] = {k: [] for k in ("task", "model", "y", "s", "len", "cx")}
     for name in FILES:
-        fields, rows = ev._read_csv(data / "routerbench" / name)
+        _, rows = ev._read_csv(data / "routerbench" / name)
         keep = [r for r in rows if all(r[m].strip() for m in (*JUDGED, STRONG))]
         prompts = ev.strip_common_prefix([ev._parse_prompt(r["prompt"]) for r in keep])
         task = Path(name).stem.removesuffix("_train")

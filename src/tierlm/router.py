@@ -1,7 +1,8 @@
 """The Router: one core behind the CLI, the HTTP server and the Python API.
 
 ``Router.plan()`` reads the signals and asks the policy (no model is called);
-``achat()``/``astream()`` also carry the plan out through the executor. The sync ``chat()``
+``achat()``/``astream()`` also carry the plan out through the executor (wrapped by the
+cascade, which judges answers of tiers configured to cascade). The sync ``chat()``
 and ``stream()`` run on a private event-loop thread, so they work from any code.
 """
 
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from tierlm.accounting import Accounting
 from tierlm.config import Settings, load_settings
 from tierlm.errors import ConfigError, TierlmError
+from tierlm.execute.cascade import Cascade
 from tierlm.execute.executor import Executor, RoutedStream
 from tierlm.policy import Conditions, Policy, Signals
 from tierlm.types import ChatRequest, ChatResponse, Finding, Message, Plan, StreamEvent
@@ -77,6 +79,7 @@ class Router:
         )
         self._signals: SignalReader | None = None
         self.executor = Executor(self.backends, hooks=self.accounting, redact=self._redact)
+        self.cascade = Cascade(self.executor, [(t.name, t.cascade) for t in settings.tiers])
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -153,7 +156,7 @@ class Router:
         try:
             await self.accounting.apply_budget(request, cond)
             plan = self.plan(request, cond)
-            resp = await self.executor.complete(request, plan, attempts)
+            resp = await self.cascade.complete(request, plan, attempts)
         except TierlmError as e:
             self.accounting.record(request, plan, attempts, error=e, latency_ms=_ms(t0))
             raise
@@ -170,7 +173,7 @@ class Router:
         except TierlmError as e:
             self.accounting.record(request, None, [], error=e, latency_ms=_ms(t0))
             raise
-        rs = self.executor.stream(request, plan)
+        rs = self.cascade.stream(request, plan)
         rs._events = self._recorded(request, rs, aiter(rs), t0)
         return rs
 

@@ -99,6 +99,16 @@ class Message(BaseModel):
         )
 
 
+class CascadeHint(BaseModel):
+    """Answer-checked escalation for one request (hint ``tierlm.cascade``); unset fields
+    come from the answering tier's ``cascade`` settings (see :mod:`tierlm.execute.cascade`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    mode: Literal["buffer", "stream"] | None = None
+
+
 class Hints(BaseModel):
     """Routing hints a request may carry (body field ``tierlm`` or ``x-tierlm-*`` headers)."""
 
@@ -111,6 +121,7 @@ class Hints(BaseModel):
     tier_floor: str | None = None
     tier_ceiling: str | None = None
     optimize: Literal["privacy", "cost", "quality", "latency"] | None = None
+    cascade: bool | CascadeHint | None = None  # true/false, or {"threshold", "mode"}
 
 
 class ChatRequest(BaseModel):
@@ -188,6 +199,7 @@ class ChatResponse(BaseModel):
     tier: str = ""
     latency_ms: float | None = None
     ttft_ms: float | None = None
+    cascade: list[dict[str, Any]] | None = None  # judged answers: tier, score, decision
 
     @property
     def text(self) -> str:

@@ -68,6 +68,7 @@ class Scenario:
     after: int = 40
     tokens: int = 60
     model: str = "upstream-model"
+    text: str | None = None  # a healthy answer with these words instead of w0 w1 ...
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -245,8 +246,13 @@ class _Reply:
             await self._whole()
 
     def _words(self, upto: int | None = None) -> list[str]:
-        end = self.sc.tokens if upto is None else min(upto, self.sc.tokens)
-        return [("" if i == 0 else " ") + f"w{i}" for i in range(self.start, end)]
+        given = self.sc.text.split(" ") if self.sc.text is not None else None
+        total = len(given) if given is not None else self.sc.tokens
+        end = total if upto is None else min(upto, total)
+        return [
+            ("" if i == 0 else " ") + (given[i] if given is not None else f"w{i}")
+            for i in range(self.start, end)
+        ]
 
     def _usage(self, completion: int) -> dict[str, int]:
         return {

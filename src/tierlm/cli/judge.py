@@ -89,14 +89,18 @@ def parse_case(obj: object) -> Case:
     if not isinstance(others, list) or not all(isinstance(o, str) for o in others):
         raise ValueError('"others" must be a list of strings')
     calls = obj.get("tool_calls")
-    if calls is not None and not (isinstance(calls, list) and all(isinstance(c, dict) for c in calls)):
+    if calls is not None and not (
+        isinstance(calls, list) and all(isinstance(c, dict) for c in calls)
+    ):
         raise ValueError('"tool_calls" must be a list of objects')
     return case_for(
         request,
         answer,
         others=others,
         logprobs=parse_logprobs(obj.get("logprobs")),
-        finish_reason=obj.get("finish_reason") if isinstance(obj.get("finish_reason"), str) else None,
+        finish_reason=obj.get("finish_reason")
+        if isinstance(obj.get("finish_reason"), str)
+        else None,
         tool_calls=calls,
     )
 

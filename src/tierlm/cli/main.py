@@ -18,7 +18,18 @@ app = typer.Typer(
 )
 
 # Command-group modules; each has register(app). Missing ones (optional parts) are skipped.
-_GROUPS = ("chat", "route", "models", "serve", "eval_cmd", "doctor", "report", "audit", "keys", "judge")
+_GROUPS = (
+    "chat",
+    "route",
+    "models",
+    "serve",
+    "eval_cmd",
+    "doctor",
+    "report",
+    "audit",
+    "keys",
+    "judge",
+)
 
 
 def _version(value: bool) -> None:

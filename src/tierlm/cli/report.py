@@ -110,6 +110,8 @@ def _print(rep: Report, charts: list[Path]) -> None:
         for q in rep.quality:
             t.add_row(q.tier, f"{q.ratings:,}", f"{q.mean:.2f}", f"{q.well_scored:.0%}")
         console.print(t)
+    if rep.cascade:
+        _cascade_table(console, rep)
     if rep.savings is not None:
         s = rep.savings
         console.print(
@@ -122,3 +124,33 @@ def _print(rep: Report, charts: list[Path]) -> None:
         console.print(f"- {r}", soft_wrap=True)
     for c in charts:
         console.print(f"chart: {c}")
+
+
+def _cascade_table(console: Console, rep: Report) -> None:
+    from rich.table import Table
+
+    t = Table(title="Cascade: judged answers per tier", title_justify="left")
+    for col in (
+        "tier",
+        "judged",
+        "accepted",
+        "escalated",
+        "kept",
+        "late fail",
+        "escalation cost",
+        "wait before escalating",
+    ):
+        t.add_column(col, justify="left" if col == "tier" else "right")
+    for c in rep.cascade:
+        wait = "-" if c.escalated_wait_ms is None else f"{c.escalated_wait_ms:,.0f} ms"
+        t.add_row(
+            c.tier,
+            f"{c.judged:,}",
+            f"{c.accepted:,} ({c.acceptance_rate:.0%})",
+            f"{c.escalated:,}",
+            f"{c.kept:,}",
+            f"{c.late_fail:,}",
+            _money(c.escalation_cost_usd),
+            wait,
+        )
+    console.print(t)

@@ -95,6 +95,21 @@ class BackendConfig(_Strict):
         return self.boundary
 
 
+class CascadeConfig(_Strict):
+    """Judge this tier's answers and escalate those below ``threshold`` (execute/cascade.py).
+
+    ``buffer``: the whole cheap answer is judged before any of it is released (every check;
+    time to first token = the cheap answer's full time). ``stream``: the first
+    ``check_chars`` characters are held and checked for refusal, wrong language, looping and
+    emptiness, then the answer streams through; the full judgement is recorded but can no
+    longer escalate.
+    """
+
+    threshold: float | None = Field(default=None, ge=0, le=1)  # None: the judge's default
+    mode: Literal["buffer", "stream"] = "buffer"
+    check_chars: int = Field(default=200, ge=1)
+
+
 class TierConfig(_Strict):
     """An ordered level of the hierarchy: one or more backends, tried in order."""
 
@@ -102,6 +117,7 @@ class TierConfig(_Strict):
     backends: list[str] = Field(min_length=1)
     # How hard a request this tier answers well, in complexity units [0,1]. None: by position.
     strength: float | None = Field(default=None, ge=0, le=1)
+    cascade: CascadeConfig | None = None  # answer-checked escalation from this tier
 
 
 class RoutingConfig(_Strict):

@@ -51,7 +51,9 @@ def choice_of(answer: str, question: str) -> str | None:
         m = pattern.search(text[:400])
         if m and m.group(1) in allowed:
             return m.group(1)
-    named = [k for k, v in opts.items() if v and re.search(rf"\b{re.escape(v)}\b", text[:400], re.I)]
+    named = [
+        k for k, v in opts.items() if v and re.search(rf"\b{re.escape(v)}\b", text[:400], re.I)
+    ]
     return named[0] if len(named) == 1 else None
 
 

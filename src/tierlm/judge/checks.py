@@ -97,12 +97,13 @@ _ASKS_NUMBER = re.compile(
     r"|final answer|solve)\b",
     re.I,
 )
-_CONTENT_STOP = frozenset(
+_CONTENT_STOP_WORDS = (
     "the a an and or of to in on for with what which who whom how why when where is are was "
     "were be been do does did can could should would will shall may might this that these those "
     "it its i you he she we they me my your our their from by at as about into than then there "
-    "please write give tell explain describe list make find show use using answer question".split()
+    "please write give tell explain describe list make find show use using answer question"
 )
+_CONTENT_STOP = frozenset(_CONTENT_STOP_WORDS.split())
 
 
 def refusal(answer: str) -> float:
@@ -243,7 +244,9 @@ def no_final_answer(question: str, answer: str) -> float:
     return 0.0
 
 
-_EQUATION = re.compile(r"((?:[\d.,]+\s*[-+*/×x÷^]\s*)+[\d.,]+)\s*=\s*(-?[\d,]*\.?\d+)(?![\d.]*[-+*/])")
+_EQUATION = re.compile(
+    r"((?:[\d.,]+\s*[-+*/×x÷^]\s*)+[\d.,]+)\s*=\s*(-?[\d,]*\.?\d+)(?![\d.]*[-+*/])"
+)
 _OPS: dict[type, Callable[[float, float], float]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
@@ -294,9 +297,17 @@ def code_problem(question: str, answer: str) -> str | None:
         if asked and not re.search(r"^\s*(def |class |import |function |SELECT )", answer, re.M):
             return "code was asked for but the answer has none"
         return None
-    wanted = next((lang for lang in _CODE_LANGS if re.search(rf"\b{re.escape(lang)}\b", question, re.I)), "python")
+    wanted = next(
+        (lang for lang in _CODE_LANGS if re.search(rf"\b{re.escape(lang)}\b", question, re.I)),
+        "python",
+    )
     langs = {lang for lang, _ in blocks if lang}
-    if asked and langs and wanted not in langs and not ({"py", "python3"} & langs and wanted == "python"):
+    if (
+        asked
+        and langs
+        and wanted not in langs
+        and not ({"py", "python3"} & langs and wanted == "python")
+    ):
         return f"code in {', '.join(sorted(langs))} where {wanted} was asked for"
     for lang, body in blocks:
         looks_python = wanted == "python" and _PY_LINE.search(body)  # not an output block

@@ -206,6 +206,18 @@ class Judge:
             z += prior["weight"] * (lp - prior["center"])
         return z
 
+    @staticmethod
+    def early_reasons(question: str, prefix: str) -> list[str]:
+        """Checks that a partial answer can already fail: refusal, wrong language, looping."""
+        reasons = []
+        if checks.refusal(prefix):
+            reasons.append("the answer refuses")
+        if checks.wrong_language(question, prefix):
+            reasons.append("the answer is in another language than the request")
+        if checks.looping(prefix) > 0.3:
+            reasons.append("the answer repeats itself")
+        return reasons
+
     def judge(self, case: Case) -> Verdict:
         feats, reasons = self.measure(case)
         score = _sigmoid(self.logit(feats, case.logprobs))

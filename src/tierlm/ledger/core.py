@@ -38,7 +38,8 @@ _REQUEST_COLUMNS = (
     "fallback, stream, attempts, prompt, completion"
 )
 _ATTEMPT_COLUMNS = (
-    "request_id, n, ts, backend, tier, boundary, outcome, error_kind, latency_ms, ttft_ms, tokens"
+    "request_id, n, ts, backend, tier, boundary, outcome, error_kind, latency_ms, ttft_ms, tokens, "
+    "judge_score, judge_decision"
 )
 MAX_FEEDBACK_TEXT = 4000
 
@@ -109,6 +110,8 @@ def write_records(store: Store, tx: Tx, records: list[RequestRecord]) -> None:
             a.latency_ms,
             a.ttft_ms,
             a.tokens,
+            a.judge_score,
+            a.judge_decision,
         )
         for r in records
         for n, a in enumerate(r.attempts)

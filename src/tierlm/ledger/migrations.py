@@ -105,6 +105,13 @@ MIGRATIONS: tuple[Migration, ...] = (
             *BACKFILL,
         ),
     ),
+    Migration(
+        "006_attempt_judge",
+        (
+            "ALTER TABLE attempts ADD COLUMN judge_score DOUBLE PRECISION",
+            "ALTER TABLE attempts ADD COLUMN judge_decision TEXT",
+        ),
+    ),
 )
 
 

@@ -35,6 +35,8 @@ class AttemptRecord:
     tokens: int = 0
     sent_digest: str | None = None  # sha256 of what was sent; set for external attempts
     ts: float | None = None  # when the attempt started; None: the request's time
+    judge_score: float | None = None  # the cascade judged this answer (execute/cascade.py)
+    judge_decision: str | None = None  # accept | escalate | keep | late_fail
 
 
 @dataclass(slots=True)

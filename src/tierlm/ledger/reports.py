@@ -84,6 +84,21 @@ class Savings:
 
 
 @dataclass(slots=True)
+class CascadeStats:
+    """The judged answers of one tier (execute/cascade.py) and what escalating them cost."""
+
+    tier: str
+    judged: int
+    accepted: int
+    escalated: int
+    kept: int  # below the bar, but nothing stronger could answer
+    late_fail: int  # below the bar after streaming through
+    acceptance_rate: float
+    escalation_cost_usd: float  # total cost of the requests that escalated
+    escalated_wait_ms: float | None  # mean time spent on the cheap answers that escalated
+
+
+@dataclass(slots=True)
 class Report:
     since: float
     until: float
@@ -101,6 +116,7 @@ class Report:
     daily: list[dict[str, Any]] = field(default_factory=list)  # day, tier, requests, cost_usd
     attempt_failures: list[dict[str, Any]] = field(default_factory=list)
     cloud_complexity: list[int] = field(default_factory=list)  # external requests per tenth
+    cascade: list[CascadeStats] = field(default_factory=list)
     recommendations: list[str] = field(default_factory=list)
     seconds: float = 0.0  # how long building the report took
 
@@ -209,6 +225,32 @@ def _savings(
     )
 
 
+def _cascade(rows: list[tuple[Any, ...]]) -> list[CascadeStats]:
+    """Rows of (tier, decision, n, cost of those requests, mean attempt latency)."""
+    by_tier: dict[str, dict[str, tuple[int, float, float | None]]] = {}
+    for tier, decision, n, cost, wait in rows:
+        by_tier.setdefault(str(tier), {})[str(decision)] = (int(n), float(cost or 0.0), wait)
+    out = []
+    for tier, d in sorted(by_tier.items()):
+        count = {k: v[0] for k, v in d.items()}
+        judged = sum(count.values())
+        esc = d.get("escalate", (0, 0.0, None))
+        out.append(
+            CascadeStats(
+                tier,
+                judged,
+                count.get("accept", 0),
+                esc[0],
+                count.get("keep", 0),
+                count.get("late_fail", 0),
+                count.get("accept", 0) / judged,
+                round(esc[1], 9),
+                None if esc[2] is None else round(float(esc[2]), 1),
+            )
+        )
+    return out
+
+
 def _daily(totals: Totals) -> list[dict[str, Any]]:
     """Requests and spend per UTC day (days since the epoch) and tier."""
     out: dict[tuple[int, str], list[float]] = {}
@@ -267,6 +309,14 @@ def build_report(
             for b, (n, f) in sorted(totals.attempts.items())
             if n
         ]
+        rep.cascade = _cascade(
+            tx.q(
+                "SELECT a.tier, a.judge_decision, COUNT(*), SUM(r.cost_usd), AVG(a.latency_ms) "
+                "FROM attempts a JOIN requests r ON r.id = a.request_id "
+                "WHERE a.judge_decision IS NOT NULL AND r.ts >= ? AND r.ts < ? GROUP BY 1, 2",
+                args,
+            )
+        )
         rep.savings = _savings(rep, strongest_tier, baseline_price)
         rep.recommendations = recommend(rep, rated)
     rep.seconds = round(time.perf_counter() - t0, 4)

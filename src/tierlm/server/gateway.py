@@ -279,8 +279,9 @@ class Gateway:
         plan: Plan,
         tier: str,
         backend: str,
+        cascade: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "request_id": req.request_id,
             "tier": tier,
             "backend": backend,
@@ -291,6 +292,9 @@ class Gateway:
             "reasons": list(plan.reasons),
             "attempts": attempts(plan, backend),
         }
+        if cascade:  # answers the cascade judged: tier, backend, score, decision, reasons
+            out["cascade"] = cascade
+        return out
 
     def account(
         self, route: str, plan: Plan | None, tier: str, backend: str, status: int, started: float

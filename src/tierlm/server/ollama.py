@@ -215,7 +215,7 @@ def _whole(
         if resp.message.tool_calls:
             msg["tool_calls"] = _tool_calls_out(resp.message.tool_calls)
         out["message"] = msg
-    out["tierlm"] = gw.tierlm_object(req, plan, resp.tier, resp.backend)
+    out["tierlm"] = gw.tierlm_object(req, plan, resp.tier, resp.backend, resp.cascade)
     return out
 
 

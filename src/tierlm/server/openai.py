@@ -146,7 +146,7 @@ def completion_body(
         ],
         "usage": resp.usage.to_openai(),
         "system_fingerprint": None,
-        "tierlm": gw.tierlm_object(req, plan, resp.tier, resp.backend),
+        "tierlm": gw.tierlm_object(req, plan, resp.tier, resp.backend, resp.cascade),
     }
 
 
