@@ -14,6 +14,11 @@ Run from the repository root (numpy only)::
   = escalate for agreement), per task.
 - *latency*: ``Judge.judge`` with the shipped artefact on ``--latency-n`` of the examples
   (complexity included, as the CLI and cascade run it); p50 / p99 in ms.
+- *cascade* (``--cascade-runs N``, 0 to skip): the real SmolLM2-135M tiny tier answers each
+  of :data:`PLANT_PROMPTS` N times (greedy, 64 tokens) with and without ``cascade`` on its
+  tier; the share of answers the judge would escalate at the default threshold, and the
+  time the check adds (median per request). No stronger tier is configured, so nothing is
+  sent anywhere: the escalation *rate* is measured, not a cloud's latency.
 """
 
 from __future__ import annotations
@@ -85,16 +90,74 @@ def latency(cases: list[Case], n: int) -> None:
     print(f"p50 {p50:.2f} ms, p99 {p99:.2f} ms (complexity score and all checks included)")
 
 
+SMOLLM2 = REPO.parent / "shared/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+PLANT_PROMPTS = (
+    "What is the capital of France?",
+    "Turn on pump 3.",
+    "What does the error code E42 on the filler mean?",
+    "Convert 3.5 bar to psi.",
+    "Write a Python function that returns the average of a list of numbers.",
+    "Summarise in one sentence: the night shift found a leak at valve V-12 and closed it.",
+    "Return the status of pump 2 as JSON with the keys pump and running.",
+    "Which is heavier, 1 kg of steel or 1 kg of feathers? Answer A) steel B) feathers C) same.",
+    "Draft a polite e-mail asking the supplier to confirm Friday's delivery of seal kits.",
+    "Wie viele Schichten hat die Linie 3 pro Woche, wenn sie 24/7 läuft?",
+)
+
+
+def cascade(runs: int) -> None:
+    import statistics
+
+    from tierlm import Router
+    from tierlm.config import load_settings
+
+    def router(cascade: dict[str, object] | None) -> Router:
+        backend = {"name": "tiny", "kind": "llama_cpp", "model": str(SMOLLM2), "n_ctx": 1024}
+        return Router(
+            load_settings(
+                overrides={
+                    "backends": [backend],
+                    "tiers": [{"name": "tiny", "backends": ["tiny"], "cascade": cascade}],
+                    "ledger": {"url": "off"},
+                }
+            )
+        )
+
+    plain, judged = router(None), router({})
+    times: dict[str, list[float]] = {"plain": [], "cascade": []}
+    below = 0
+    for prompt in PLANT_PROMPTS * runs:
+        for name, r in (("plain", plain), ("cascade", judged)):
+            t0 = time.perf_counter()
+            resp = r.chat(prompt, max_tokens=64, temperature=0.0)
+            times[name].append((time.perf_counter() - t0) * 1000.0)
+            if resp.cascade:
+                below += resp.cascade[0]["decision"] != "accept"
+    plain.close()
+    judged.close()
+    n = len(PLANT_PROMPTS) * runs
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"\n### Cascade on the real tiny tier ({n} answers, SmolLM2-135M, shared machine)\n")
+    print(f"below the default threshold (would escalate): {below}/{n} = {below / n:.0%}")
+    print(
+        f"median request: {med['plain']:.0f} ms plain, {med['cascade']:.0f} ms with the check "
+        f"(+{med['cascade'] - med['plain']:.1f} ms)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--latency-n", type=int, default=2000)
+    ap.add_argument("--cascade-runs", type=int, default=1)
     args = ap.parse_args(argv)
     js = load(args.data)
     print(f"{len(js.cases)} judged answers (RouterBench train splits)")
     loto_table(js)
     signal_table(js)
     latency(js.cases, args.latency_n)
+    if args.cascade_runs:
+        cascade(args.cascade_runs)
     return 0
 
 

@@ -23,6 +23,7 @@ from tierlm.types import ChatRequest
 
 QUESTION = "What is the capital of France?"
 STRONG = expected_text(20)
+pytestmark = pytest.mark.slow  # the real tiny model answers
 REFUSAL = "I'm sorry, but I cannot help with that request because it is not allowed for me."
 
 
