@@ -22,8 +22,6 @@ Pure Python, no model call: well under a millisecond for a typical answer.
 
 from __future__ import annotations
 
-import functools
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +31,7 @@ from typing import Any
 from tierlm.errors import ConfigError
 from tierlm.judge import checks
 from tierlm.judge.agreement import agreement
+from tierlm.paths import load_artefact
 from tierlm.types import ChatRequest
 
 ARTEFACT = Path(__file__).resolve().parent.parent / "data" / "judge.json"
@@ -227,13 +226,6 @@ class Judge:
         return Verdict(score=score, accept=score >= self.threshold, reasons=reasons)
 
 
-@functools.lru_cache(maxsize=2)
 def load_params(path: Path = ARTEFACT) -> dict[str, Any]:
     """The trained artefact (read once per path)."""
-    try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise ConfigError(f"judge artefact missing: {path}") from e
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"judge artefact is not valid JSON: {path}: {e}") from e
-    return data
+    return load_artefact(path, "judge")

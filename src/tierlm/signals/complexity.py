@@ -20,8 +20,6 @@ Methods (:func:`load_scorer`):
 
 from __future__ import annotations
 
-import functools
-import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tierlm.errors import ConfigError
+from tierlm.paths import load_artefact
 from tierlm.signals.complexity_features import (
     FEATURE_NAMES,
     conversation_text,
@@ -176,16 +175,9 @@ class LlmScorer:
         return RATING_SCORES[rating] if rating is not None else 0.5
 
 
-@functools.lru_cache(maxsize=4)
 def load_params(path: Path = ARTEFACT) -> dict[str, Any]:
     """The trained artefact (read once per path, then cached)."""
-    try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise ConfigError(f"complexity artefact missing: {path}") from e
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"complexity artefact is not valid JSON: {path}: {e}") from e
-    return data
+    return load_artefact(path, "complexity")
 
 
 def load_scorer(method: str = "model", *, llm_rate: LlmRate | None = None) -> ComplexityScorer:
