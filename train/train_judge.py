@@ -59,7 +59,7 @@ PRIOR = {
     "wrong_language": -2.0,
     "no_final_answer": -2.0,
     "bad_arithmetic": -2.0,
-    "code_invalid": -1.5,  # RouterBench MBPP alone measures about -1.0 (fires on 3%)
+    "code_invalid": -2.0,  # MBPP measures about -1.0 (fires on 3%); unusable code counts more
 }
 # Fitted: the rest, except ``has_others`` (it only switches the agreement term off).
 LEARNED = [f for f in FEATURES if f not in PRIOR and f != "has_others"]
