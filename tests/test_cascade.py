@@ -44,7 +44,13 @@ def _settings(
     tiny: dict[str, Any] | None = None,
     **extra: Any,
 ) -> Settings:
-    tiny = tiny or {"name": "tiny", "kind": "llama_cpp", "model": str(SMOLLM2), "n_ctx": 1024}
+    tiny = tiny or {
+        "name": "tiny",
+        "kind": "llama_cpp",
+        "model": str(SMOLLM2),
+        "n_ctx": 1024,
+        "timeouts": {"first_token": 300.0, "total": 600.0},  # a busy machine must not fail over
+    }
     return load_settings(
         env={},
         overrides={
@@ -172,8 +178,9 @@ def test_stream_mode_passes_a_clean_answer_through_and_judges_it_at_the_end(
         events = list(router.stream(QUESTION, max_tokens=24, temperature=0.0))
         router.accounting.ledger.flush()
     assert "".join(e.text for e in events) and events[-1].finish_reason is not None
-    assert upstream.count("cloud") == 0  # what was sent cannot be taken back
-    ((backend, _, score, decision),) = _rows(tmp_path, ATTEMPTS)
+    rows = _rows(tmp_path, ATTEMPTS)
+    assert upstream.count("cloud") == 0, rows  # what was sent cannot be taken back
+    ((backend, _, score, decision),) = rows
     assert backend == "tiny" and decision == "late_fail" and score is not None
 
 
