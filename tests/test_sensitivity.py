@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tierlm.signals import SensitivityDetector, count_kinds, effective_privacy, scan_view
+from tierlm.signals import SensitivityDetector, count_kinds, scan_view
 from tierlm.signals.sensitivity_checks import iban_ok, luhn_ok
-from tierlm.types import ChatRequest, Finding, Message, Privacy, ToolCall
+from tierlm.types import ChatRequest, Message, ToolCall
 
 DATA = Path(__file__).parent / "data" / "sensitivity_prompts.jsonl"
 TERMS = ("Project Falcon", "Kestrel-7", "Northwind Pharma")
@@ -316,11 +316,3 @@ def test_labelled_set_recall_is_one_and_false_positives_are_rare(
     print(f"labelled set: missed={len(missed)} false_positive_rate={len(false_pos) / negatives}")
     assert missed == []
     assert len(false_pos) / negatives <= 0.05, false_pos
-
-
-def test_findings_raise_privacy_and_nothing_lowers_it() -> None:
-    found = [Finding("email", 0, 5)]
-    assert effective_privacy(Privacy.PUBLIC, found) is Privacy.PRIVATE
-    assert effective_privacy(Privacy.ENHANCED, found) is Privacy.PRIVATE
-    assert effective_privacy(Privacy.PUBLIC, []) is Privacy.PUBLIC
-    assert effective_privacy(Privacy.PRIVATE, []) is Privacy.PRIVATE

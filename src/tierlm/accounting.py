@@ -5,8 +5,9 @@
   tiers in the end); after it, the reservation is settled at the real cost, or released when
   the attempt failed (failed attempts are never billed).
 - After the request, one :class:`~tierlm.ledger.RequestRecord` is queued: the decision,
-  every attempt, tokens, cost and outcome. Attempts that crossed the site boundary carry a
-  digest of what was sent, from which the ledger builds its audit chain.
+  every attempt, tokens, cost and outcome. Attempts that crossed the site boundary carry the
+  digest of the exact bytes sent (set by the executor), from which the ledger builds its audit
+  chain. A refused request is recorded with its privacy level and finding kinds.
 """
 
 from __future__ import annotations
@@ -14,16 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from tierlm.types import (
-    Boundary,
-    Candidate,
-    ChatRequest,
-    ChatResponse,
-    Finding,
-    Plan,
-    Privacy,
-    Usage,
-)
+from tierlm.types import Candidate, ChatRequest, ChatResponse, Finding, Plan, Usage
 
 if TYPE_CHECKING:
     from tierlm.config.settings import Settings
@@ -39,13 +31,11 @@ class Accounting:
         self,
         settings: Settings,
         ledger: Ledger | None = None,
-        redact: Callable[[ChatRequest], ChatRequest] | None = None,
         scan_text: Callable[[str], list[Finding]] | None = None,
     ) -> None:
         self.settings = settings
         self.store_prompts = settings.ledger.store_prompts
         self._scan_text = scan_text  # finds the spans to redact in stored prompts
-        self._redact = redact  # what an `enhanced` request looks like when it leaves
         self._ledger = ledger
         self._configs = {b.name: b for b in settings.backends}
         self._tier_index = {t.name: i for i, t in enumerate(settings.tiers)}
@@ -130,7 +120,7 @@ class Accounting:
         ttft_ms: float | None = None,
     ) -> None:
         """Queue the request's record (the ledger spills what it cannot write)."""
-        from tierlm.ledger import RequestRecord, digest
+        from tierlm.ledger import RequestRecord
 
         tier: str | None
         backend: str | None
@@ -153,14 +143,6 @@ class Accounting:
                 None,
                 None,
             )
-        if any(a.boundary == Boundary.EXTERNAL.label and a.sent_digest is None for a in attempts):
-            outbound = request
-            if plan is not None and plan.privacy is Privacy.ENHANCED and self._redact:
-                outbound = self._redact(request)
-            sent = digest(outbound.model_dump(mode="json", include={"messages", "tools"}))
-            for a in attempts:
-                if a.boundary == Boundary.EXTERNAL.label and a.sent_digest is None:
-                    a.sent_digest = sent
         texts: dict[str, Any] = {}
         if self.store_prompts and self._scan_text is not None:
             prompt = request.prompt_text

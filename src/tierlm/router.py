@@ -35,11 +35,12 @@ class SignalReader:
     """Runs every signal on a request; detectors and models are built once."""
 
     def __init__(self, settings: Settings, llm_rate: Any = None) -> None:
+        from tierlm.privacy import PrivacyGuard
         from tierlm.signals.complexity import load_scorer
         from tierlm.signals.sensitivity import SensitivityDetector
 
         r = settings.routing
-        self.detector = SensitivityDetector(terms=r.sensitive_terms)
+        self.privacy = PrivacyGuard(SensitivityDetector(terms=r.sensitive_terms))
         self.scorer = load_scorer(r.complexity_method, llm_rate=llm_rate)
         self.long_context_tokens = r.long_context_tokens
 
@@ -49,7 +50,7 @@ class SignalReader:
         task = detect_task(request, long_context_tokens=self.long_context_tokens)
         return Signals(
             complexity=float(self.scorer.score(request)),
-            findings=self.detector.scan(request),
+            findings=self.privacy.scan(request),
             tokens=task.tokens,
             task=task.to_dict(),
         )
@@ -74,9 +75,7 @@ class Router:
             else {b.name: create_backend(b, settings) for b in settings.backends}
         )
         self.policy = Policy(settings)
-        self.accounting = Accounting(
-            settings, ledger, redact=self._redact, scan_text=self._scan_text
-        )
+        self.accounting = Accounting(settings, ledger, scan_text=self._scan_text)
         self._signals: SignalReader | None = None
         self.executor = Executor(self.backends, hooks=self.accounting, redact=self._redact)
         self.cascade = Cascade(self.executor, [(t.name, t.cascade) for t in settings.tiers])
@@ -131,11 +130,37 @@ class Router:
         )
         return local[0].complete_blocking(req)
 
-    def _redact(self, request: ChatRequest) -> ChatRequest:
-        return self.signals.detector.redact_request(request)
+    def _redact(self, request: ChatRequest) -> ChatRequest | None:
+        return self.signals.privacy.redact(request)
 
     def _scan_text(self, text: str) -> list[Finding]:
-        return self.signals.detector.scan_text(text)
+        return self.signals.privacy.scan_text(text)
+
+    def redact_text(self, text: str) -> str:
+        """``text`` with every finding replaced by ``[KIND]`` (what the ledger may store)."""
+        return self.signals.privacy.redact_text(text)
+
+    def _decide(self, request: ChatRequest, cond: Conditions, held: list[Plan]) -> Plan:
+        """The plan for ``request``; when the policy refuses it, ``held`` gets a plan without
+        candidates that keeps the privacy level and findings for the record."""
+        signals = self.signals.read(request)
+        try:
+            return self.policy.plan(request, signals, cond)
+        except TierlmError:
+            reasons: list[str] = []
+            level = self.policy.privacy(request, signals, cond, reasons)
+            held.append(
+                Plan(
+                    candidates=[],
+                    reasons=reasons,
+                    privacy=level,
+                    complexity=signals.complexity,
+                    findings=signals.findings,
+                    task=dict(signals.task),
+                    request_id=request.request_id,
+                )
+            )
+            raise
 
     # -- answering --------------------------------------------------------------------------
     async def achat(
@@ -152,12 +177,14 @@ class Router:
         cond = conditions or Conditions()
         attempts: list[AttemptRecord] = []
         plan: Plan | None = None
+        held: list[Plan] = []
         t0 = time.perf_counter()
         try:
             await self.accounting.apply_budget(request, cond)
-            plan = self.plan(request, cond)
+            plan = self._decide(request, cond, held)
             resp = await self.cascade.complete(request, plan, attempts)
         except TierlmError as e:
+            plan = plan or (held[0] if held else None)
             self.accounting.record(request, plan, attempts, error=e, latency_ms=_ms(t0))
             raise
         self.accounting.record(request, plan, attempts, response=resp, latency_ms=_ms(t0))
@@ -167,11 +194,13 @@ class Router:
         """Plan now; stream on iteration. The record is written when the stream ends."""
         cond = conditions or Conditions()
         t0 = time.perf_counter()
+        held: list[Plan] = []
         try:
             self.accounting.local_only(request, cond)
-            plan = self.plan(request, cond)
+            plan = self._decide(request, cond, held)
         except TierlmError as e:
-            self.accounting.record(request, None, [], error=e, latency_ms=_ms(t0))
+            refused = held[0] if held else None
+            self.accounting.record(request, refused, [], error=e, latency_ms=_ms(t0))
             raise
         rs = self.cascade.stream(request, plan)
         rs._events = self._recorded(request, rs, aiter(rs), t0)

@@ -67,25 +67,62 @@ Role = Literal["system", "user", "assistant", "tool", "developer"]
 
 
 class ToolCall(BaseModel):
-    """An OpenAI-shaped tool call (``function`` calls are the only kind in use)."""
+    """An OpenAI-shaped tool call (``function`` calls are the only kind in use); other keys
+    are dropped."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="ignore")
 
     id: str
     type: Literal["function"] = "function"
     function: dict[str, Any]  # {"name": str, "arguments": str (JSON)}
 
 
-class Message(BaseModel):
-    """One chat message. ``content`` is text, or OpenAI content parts (kept as given)."""
+# OpenAI content part type -> the keys such a part may have.
+PART_KEYS: dict[str, frozenset[str]] = {
+    "text": frozenset({"type", "text"}),
+    "refusal": frozenset({"type", "refusal"}),
+    "image_url": frozenset({"type", "image_url"}),
+    "input_audio": frozenset({"type", "input_audio"}),
+    "file": frozenset({"type", "file"}),
+}
 
-    model_config = ConfigDict(extra="allow")
+
+def _check_part(i: int, part: dict[str, Any]) -> None:
+    kind = part.get("type", "text")
+    keys = PART_KEYS.get(kind) if isinstance(kind, str) else None
+    if keys is None:
+        known = ", ".join(PART_KEYS)
+        raise ValueError(f"content part {i}: unknown type {kind!r} (known: {known})")
+    unknown = sorted(str(k) for k in part if k not in keys)
+    if unknown:
+        raise ValueError(f"content part {i}: unknown field {unknown[0]!r} for type {kind!r}")
+    text_key = {"text": "text", "refusal": "refusal"}.get(kind)
+    if text_key is not None and not isinstance(part.get(text_key), str):
+        raise ValueError(f"content part {i}: {text_key!r} must be a string")
+
+
+class Message(BaseModel):
+    """One chat message. ``content`` is text, or OpenAI content parts of the types in
+    :data:`PART_KEYS` (with only their keys). Keys other than the fields below are dropped
+    (clients echo answers back with ``refusal``, ``annotations``, ``audio``)."""
+
+    model_config = ConfigDict(extra="ignore")
 
     role: Role
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _known_parts(
+        cls, v: str | list[dict[str, Any]] | None
+    ) -> str | list[dict[str, Any]] | None:
+        if isinstance(v, list):
+            for i, part in enumerate(v):
+                _check_part(i, part)
+        return v
 
     @property
     def text(self) -> str:
@@ -124,11 +161,53 @@ class Hints(BaseModel):
     cascade: bool | CascadeHint | None = None  # true/false, or {"threshold", "mode"}
 
 
+# Chat fields tierlm passes on without interpreting them (``ChatRequest.extra``); each
+# adapter forwards those its wire format has. Anything else is refused at the door.
+PASS_ON_FIELDS = frozenset(
+    {
+        # OpenAI
+        "response_format",
+        "user",
+        "metadata",
+        "prediction",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "presence_penalty",
+        "frequency_penalty",
+        "parallel_tool_calls",
+        "store",
+        "reasoning_effort",
+        "service_tier",
+        "modalities",
+        "audio",
+        "web_search_options",
+        "verbosity",
+        "safety_identifier",
+        "prompt_cache_key",
+        # self-hosted servers (vLLM, SGLang, llama.cpp)
+        "min_p",
+        "repetition_penalty",
+        "repeat_penalty",
+        "typical_p",
+        "mirostat_mode",
+        "guided_json",
+        "guided_choice",
+        "guided_regex",
+        "guided_grammar",
+        "chat_template_kwargs",
+        # Anthropic
+        "thinking",
+    }
+)
+
+
 class ChatRequest(BaseModel):
     """One chat request, whatever door it came in by.
 
     ``model`` is ``"auto"`` (route), or a tier or backend name (pin). Fields tierlm does not
-    interpret (``response_format``, ``logit_bias``, ...) are kept in ``extra`` and passed on.
+    interpret (``response_format``, ``logit_bias``, ...: :data:`PASS_ON_FIELDS`) are kept in
+    ``extra`` and passed on; any other key in ``extra`` is refused.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -155,6 +234,14 @@ class ChatRequest(BaseModel):
     def _non_empty(cls, v: list[Message]) -> list[Message]:
         if not v:
             raise ValueError("messages must contain at least one message")
+        return v
+
+    @field_validator("extra")
+    @classmethod
+    def _known_extra(cls, v: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(k for k in v if k not in PASS_ON_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown field {unknown[0]!r}")
         return v
 
     @classmethod

@@ -207,8 +207,10 @@ def _events(body: dict[str, Any], model: str) -> Iterator[str]:
 
 
 async def messages(request: Request) -> Response:
+    raw = await request.body()
+    request.app.state.raw.append(raw)
     try:
-        body = json.loads(await request.body())
+        body = json.loads(raw)
     except ValueError:
         return error(400, "invalid_request_error", "body is not valid JSON")
     request.app.state.requests.append({"headers": dict(request.headers), "body": body})
@@ -267,4 +269,5 @@ def make_app() -> Starlette:
         routes=[Route("/v1/messages", messages, methods=["POST"]), Route("/v1/models", models)]
     )
     app.state.requests = []
+    app.state.raw = []  # the exact request bodies, in order
     return app

@@ -114,8 +114,10 @@ def _lines(body: dict[str, Any], model: str, n_in: int) -> Iterator[str]:
 
 
 async def chat(request: Request) -> Response:
+    raw = await request.body()
+    request.app.state.raw.append(raw)
     try:
-        body = json.loads(await request.body())
+        body = json.loads(raw)
     except ValueError:
         return JSONResponse({"error": "invalid character in request body"}, status_code=400)
     request.app.state.requests.append(body)
@@ -204,5 +206,6 @@ def make_app() -> Starlette:
         ]
     )
     app.state.requests = []
+    app.state.raw = []  # the exact request bodies, in order
     app.state.loaded = {"smollm2:135m": "5m"}
     return app

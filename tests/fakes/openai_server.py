@@ -207,6 +207,7 @@ async def _stream(scenario: str, served: str) -> AsyncIterator[str]:
 
 async def chat(request: Request) -> Response:
     raw = await request.body()
+    request.app.state.raw.append(raw)
     body = json.loads(raw)
     request.app.state.requests.append({"headers": dict(request.headers), "body": body})
     scenario = str(body.get("model", ""))
@@ -282,4 +283,5 @@ def make_app() -> Starlette:
         ]
     )
     app.state.requests = []
+    app.state.raw = []  # the exact request bodies, in order
     return app

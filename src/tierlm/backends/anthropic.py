@@ -12,6 +12,10 @@ Translation, both ways:
   ``error``) become :class:`StreamEvent` s with OpenAI tool-call deltas;
 - ``stop_reason`` and usage (cache reads and writes count as input) map to OpenAI's.
 
+The body is built from an allowlist: the fields above, and of the pass-on fields only
+``metadata``, ``thinking`` and ``service_tier``; message ``name``, ``refusal`` parts, audio and
+file parts are not sent.
+
 Options: ``version`` (``anthropic-version`` header, default 2023-06-01), ``beta``
 (``anthropic-beta``), ``max_tokens`` (default when a request sets none: 4096), ``headers``,
 ``extra_body``.
@@ -73,7 +77,7 @@ ERROR_STATUS = {
     "api_error": 500,
     "overloaded_error": 529,
 }
-_PASS_THROUGH = ("metadata", "thinking", "service_tier", "top_k")
+_PASS_THROUGH = ("metadata", "thinking", "service_tier")
 
 
 def _usage(u: Any, prev: Usage | None = None) -> Usage:

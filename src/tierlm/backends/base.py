@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +20,42 @@ from tierlm.types import Boundary, ChatRequest, ChatResponse, Message, StreamEve
 
 if TYPE_CHECKING:
     from tierlm.config.settings import BackendConfig, Settings
+
+
+_SENT: ContextVar[list[bytes] | None] = ContextVar("tierlm_sent_bodies", default=None)
+
+
+def note_sent(body: bytes) -> None:
+    """An adapter hands over the exact bytes of each body it sends upstream; the attempt in
+    progress (:func:`capture_sent`) keeps them for the audit digest."""
+    sink = _SENT.get()
+    if sink is not None:
+        sink.append(body)
+
+
+@contextmanager
+def capture_sent(sink: list[bytes]) -> Iterator[None]:
+    """Collect in ``sink`` the bodies sent upstream within this block (this task and the
+    tasks it starts)."""
+    token = _SENT.set(sink)
+    try:
+        yield
+    finally:
+        _SENT.reset(token)
+
+
+_FUNCTION_KEYS = ("name", "description", "parameters", "strict")
+
+
+def tool_spec(tool: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI tool with only the keys the wire format has (adapters forward no others)."""
+    fn = tool.get("function")
+    if not isinstance(fn, dict):
+        return {"type": tool.get("type", "function")}
+    return {
+        "type": tool.get("type", "function"),
+        "function": {k: fn[k] for k in _FUNCTION_KEYS if k in fn},
+    }
 
 
 @dataclass(slots=True)

@@ -6,7 +6,9 @@ streamed request around sending and error mapping, and the health probe's plumbi
 adapter (OpenAI-compatible, Anthropic, Ollama) supplies only its translation:
 
 - ``_headers()``: auth and protocol headers (may raise :class:`BackendAuthError`);
-- ``body(request, stream=...)``: the JSON body;
+- ``body(request, stream=...)``: the JSON body, built from an allowlist of the fields the
+  wire format has (never the request passed through); its exact bytes are handed to
+  :func:`~tierlm.backends.base.note_sent` for the audit digest;
 - ``parse_answer(data, ctx)``: a whole JSON answer -> :class:`ChatResponse`;
 - ``_read_events(response, deadlines, ctx)``: a streamed body -> :class:`StreamEvent` s;
 - ``_health_urls()`` and ``_health_from(client, answers, latency)``: what health reads.
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from tierlm.backends.base import Backend, BackendHealth, dumps
+from tierlm.backends.base import Backend, BackendHealth, dumps, note_sent
 from tierlm.backends.http_common import (
     SessionHolder,
     client_timeout,
@@ -108,6 +110,7 @@ class HttpBackend(Backend):
         ctx = ErrorContext(self.name, request.request_id)
         client = await self._http()
         body = dumps(self.body(request, stream=False)).encode()
+        note_sent(body)
         start = time.perf_counter()
         self._in_flight += 1
         try:
@@ -131,6 +134,7 @@ class HttpBackend(Backend):
         client = await self._http()
         deadlines = Deadlines(self.config)
         body = dumps(self.body(request, stream=True)).encode()
+        note_sent(body)
         self._in_flight += 1
         try:
             resp = await open_stream(client, self._chat_url, body, deadlines, ctx)

@@ -4,6 +4,11 @@ Use it instead of Ollama's OpenAI-compatible ``/v1`` (provider ``ollama-openai``
 ``keep_alive`` (how long Ollama keeps the model in memory after a request) and to see which
 models are loaded (warm) and which are only on disk (cold).
 
+The body is built from an allowlist: each message's role, text, base64 images, tool calls
+(name and arguments) and a tool result's ``name``; the tools' ``type`` and ``function``
+(``name``, ``description``, ``parameters``); sampling options; and ``format`` from the
+request's ``response_format``. Nothing else is sent.
+
 Options: ``keep_alive`` (``"10m"``, seconds, or ``-1`` for ever; sent with every request),
 ``num_ctx`` (the context Ollama loads the model with), ``ollama_options`` (merged into the
 request's ``options``), ``headers``.
@@ -19,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from tierlm import hostinfo
-from tierlm.backends.base import BackendHealth
+from tierlm.backends.base import BackendHealth, tool_spec
 from tierlm.backends.http_backend import Answer, HttpBackend
 from tierlm.backends.http_common import (
     Deadlines,
@@ -151,7 +156,7 @@ class OllamaBackend(HttpBackend):
         if "keep_alive" in self.config.options:
             body["keep_alive"] = self.config.options["keep_alive"]
         if req.tools and req.tool_choice != "none":
-            body["tools"] = req.tools
+            body["tools"] = [tool_spec(t) for t in req.tools]
         fmt = req.extra.get("response_format")
         if isinstance(fmt, dict) and fmt.get("type") == "json_object":
             body["format"] = fmt.get("schema") or "json"

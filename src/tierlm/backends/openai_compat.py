@@ -16,6 +16,11 @@ Other options: ``headers`` (extra request headers), ``extra_body`` (merged into 
 ``metrics`` (false: do not read a self-hosted server's Prometheus ``/metrics`` in ``health``),
 ``constrain_tools`` (``json_object`` or ``json_schema``: constrain prompt-tool replies).
 
+Bodies are built from an allowlist: the request's known fields, message keys ``role``,
+``content``, ``name``, ``tool_calls`` and ``tool_call_id``, tool keys ``type`` and
+``function`` (``name``, ``description``, ``parameters``, ``strict``), and the pass-on fields of
+:data:`~tierlm.types.PASS_ON_FIELDS` (not Anthropic's ``thinking``); nothing else is sent.
+
 Backends without native tool calling (``tools: false``, e.g. ``llama-server``) get prompt-based
 tool calls from :mod:`tierlm.backends.tools`, so callers always see OpenAI ``tool_calls``.
 """
@@ -31,7 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from tierlm.backends import tools as prompt_tools
-from tierlm.backends.base import BackendHealth, tool_calls_to_deltas
+from tierlm.backends.base import BackendHealth, tool_calls_to_deltas, tool_spec
 from tierlm.backends.http_backend import Answer, HttpBackend
 from tierlm.backends.http_common import (
     TRANSPORT_ERRORS,
@@ -50,6 +55,7 @@ from tierlm.backends.http_common import (
 from tierlm.config.providers import PROVIDERS, Provider
 from tierlm.errors import BackendAuthError, BackendTimeout, ConfigError, ProtocolError
 from tierlm.types import (
+    PASS_ON_FIELDS,
     Boundary,
     ChatRequest,
     ChatResponse,
@@ -79,6 +85,10 @@ _METRICS = (
     ("llamacpp:requests_processing", "llamacpp:requests_deferred"),
     ("sglang:num_running_reqs", "sglang:num_queue_reqs"),
 )
+
+
+_MESSAGE_KEYS = {"role", "content", "name", "tool_calls", "tool_call_id"}
+_PASS_ON = PASS_ON_FIELDS - {"thinking"}  # the pass-on fields of this wire format
 
 
 def finish_reason(value: Any) -> FinishReason:
@@ -142,7 +152,18 @@ class OpenAIBackend(HttpBackend):
         return headers
 
     def _message(self, m: Message) -> dict[str, Any]:
-        d = m.model_dump(exclude_none=True)
+        d = m.model_dump(exclude_none=True, include=_MESSAGE_KEYS)
+        if m.tool_calls:
+            d["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": c.type,
+                    "function": {
+                        k: c.function[k] for k in ("name", "arguments") if k in c.function
+                    },
+                }
+                for c in m.tool_calls
+            ]
         if m.role == "developer" and "developer_role" not in self.quirks:
             d["role"] = "system"
         return d
@@ -169,11 +190,11 @@ class OpenAIBackend(HttpBackend):
         ):
             body["top_k"] = req.top_k
         if req.tools:
-            body["tools"] = req.tools
+            body["tools"] = [tool_spec(t) for t in req.tools]
             if req.tool_choice is not None:
                 body["tool_choice"] = req.tool_choice
         body.update(self.config.options.get("extra_body") or {})
-        body.update(req.extra)
+        body.update({k: v for k, v in req.extra.items() if k in _PASS_ON})
         return body
 
     def _uses_prompt_tools(self, req: ChatRequest) -> bool:

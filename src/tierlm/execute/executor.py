@@ -6,11 +6,14 @@ piece has been handed over (the stream is then *committed* to that backend).
 
 For each candidate of the plan, in order:
 
-1. **Guards.** A candidate whose boundary is above what the plan's privacy allows (``private``:
-   nothing above ``site``) is refused and recorded, whatever the plan says: fallbacks never
-   cross the privacy boundary. After a context-length error, candidates whose context window is
-   not larger are skipped; after a content-policy refusal, candidates at the same endpoint host
-   are skipped (another provider may judge differently; the same one will not).
+1. **Guards.** A candidate whose boundary is above what the plan's privacy allows
+   (:func:`tierlm.privacy.ceiling`; ``private``: nothing above ``site``) is refused and
+   recorded, whatever the plan says: fallbacks never cross the privacy boundary. An
+   ``enhanced`` request reaches an external backend only as the redactor's copy (first tries,
+   retries, fallbacks and continuations alike), and not at all without a redactor. After a
+   context-length error, candidates whose context window is not larger are skipped; after a
+   content-policy refusal, candidates at the same endpoint host are skipped (another provider
+   may judge differently; the same one will not).
 2. **Circuit breaker** (:mod:`tierlm.execute.breaker`): an open breaker skips the candidate.
 3. **Budget hook**: ``hooks.before_attempt`` may raise ``BudgetExceeded`` to skip it.
 4. **The attempt**, under the backend's timeouts: ``total`` for ``complete()``; ``first_token``,
@@ -27,10 +30,11 @@ answer stopped" instruction, and its continuation is streamed on. If no candidat
 pieces already sent, and never yields a final event for a truncated answer.
 
 Accounting: every attempt becomes an :class:`AttemptRecord` (in the caller's ``attempts`` list,
-or ``RoutedStream.attempts``); failed attempts carry no tokens and are settled with
-``after_attempt(token, None, False)``. Usage of a success is what the backend reported (a
-continued stream: the sum over the parts that finished), or an estimate (~4 characters a
-token) where a backend reports none.
+or ``RoutedStream.attempts``), with the SHA-256 of the exact body the adapter sent upstream
+(``sent_digest``, :func:`~tierlm.backends.base.capture_sent`); failed attempts carry no
+tokens and are settled with ``after_attempt(token, None, False)``. Usage of a success is what
+the backend reported (a continued stream: the sum over the parts that finished), or an
+estimate (~4 characters a token) where a backend reports none.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Protocol, TypeVar
 from urllib.parse import urlsplit
 
+from tierlm.backends.base import capture_sent
 from tierlm.errors import (
     AllAttemptsFailed,
     BackendError,
@@ -64,7 +69,9 @@ from tierlm.execute.streams import (
     continuation_request,
     estimate_usage,
 )
+from tierlm.ledger.audit import digest
 from tierlm.ledger.records import AttemptRecord
+from tierlm.privacy import ceiling, needs_redaction
 from tierlm.types import (
     Boundary,
     Candidate,
@@ -72,7 +79,6 @@ from tierlm.types import (
     ChatResponse,
     FinishReason,
     Plan,
-    Privacy,
     StreamEvent,
     Usage,
 )
@@ -155,6 +161,7 @@ class _Try:
     ts: float = field(default_factory=time.time)
     ttft_ms: float | None = None
     settled: bool = False
+    sent: list[bytes] = field(default_factory=list)  # bodies sent upstream, in order
 
 
 @dataclass(slots=True)
@@ -169,11 +176,6 @@ class _Run:
     too_long: list[tuple[str, int | None]] = field(default_factory=list)  # (model, window)
     refused_hosts: set[str] = field(default_factory=set)
     started: float = field(default_factory=time.perf_counter)
-
-
-def privacy_ceiling(privacy: Privacy) -> Boundary:
-    """The farthest boundary a plan made under ``privacy`` may ever reach."""
-    return Boundary.SITE if privacy is Privacy.PRIVATE else Boundary.EXTERNAL
 
 
 def _cut_off(run: _Run, rs: RoutedStream, chars: int) -> ProtocolError:
@@ -213,7 +215,7 @@ class Executor:
         retry: RetryPolicy | None = None,
         breakers: BreakerBoard | BreakerConfig | None = None,
         hooks: ExecutionHooks | None = None,
-        redact: Callable[[ChatRequest], ChatRequest] | None = None,
+        redact: Callable[[ChatRequest], ChatRequest | None] | None = None,
         clock: Clock = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -368,7 +370,7 @@ class Executor:
             self._skip(run, cand, cand.boundary, "unknown_backend")
             return None
         where = max(cand.boundary, backend.boundary)
-        if where > privacy_ceiling(run.plan.privacy):
+        if where > ceiling(run.plan.privacy):
             log.warning(
                 "refused candidate %s (%s) for a %s request %s: above the privacy ceiling",
                 cand.backend,
@@ -396,16 +398,16 @@ class Executor:
         self, run: _Run, cand: Candidate, backend: Backend, request: ChatRequest
     ) -> ChatRequest | None:
         """What may be sent to this candidate: an ``enhanced`` request leaves the site only
-        redacted, and not at all when no redactor is configured (recorded as a skip)."""
-        if run.plan.privacy is not Privacy.ENHANCED:
-            return request
+        redacted, and not at all when no redactor is configured or the redactor cannot make
+        it clean (recorded as a skip)."""
         where = max(cand.boundary, backend.boundary)
-        if where < Boundary.EXTERNAL:
+        if not needs_redaction(run.plan.privacy, where):
             return request
-        if self.redact is None:
-            self._skip(run, cand, where, "redaction_unavailable")
-            return None
-        return self.redact(request)
+        redacted = self.redact(request) if self.redact is not None else None
+        if redacted is None:
+            why = "redaction_unavailable" if self.redact is None else "redaction_incomplete"
+            self._skip(run, cand, where, why)
+        return redacted
 
     async def _with_retries(
         self, run: _Run, cand: Candidate, backend: Backend, once: Callable[[_Try], Awaitable[T]]
@@ -430,7 +432,8 @@ class Executor:
                 breaker.release()
                 return None
             try:
-                return await once(tr), tr
+                with capture_sent(tr.sent):
+                    return await once(tr), tr
             except BackendError as e:
                 err = e
             except BaseException:
@@ -508,6 +511,7 @@ class Executor:
             ttft_ms=tr.ttft_ms,
             tokens=tokens,
             ts=tr.ts,
+            sent_digest=digest(tr.sent[-1]) if tr.sent else None,
         )
 
     @staticmethod

@@ -6,8 +6,11 @@ row on, and :func:`verify_rows` names the first row that no longer verifies. (De
 from the *end* leaves a shorter valid chain; compare ``rows`` with an earlier count, or ship
 the last hash elsewhere, to detect that.)
 
-What was sent is kept only as :func:`digest`: the SHA-256 of the canonical JSON of the request
-body, never the content itself.
+What was sent is kept only as :func:`digest`: the SHA-256 of the exact bytes of the request
+body the adapter sent upstream (after redaction, with every forwarded field), never the content
+itself; anyone holding those bytes can check them against the row. An attempt that sent
+nothing (skipped by a guard or the budget, or failed before its body went out) has no digest
+and no row.
 """
 
 from __future__ import annotations
@@ -23,12 +26,11 @@ from tierlm.ledger.store import Row, Tx
 GENESIS = "0" * 64
 COLUMNS = "seq, ts, request_id, api_key, backend, tier, boundary, privacy, digest, prev_hash, hash"
 CROSSES = frozenset({"external"})  # boundaries beyond the site
-NOT_SENT = "Skipped"  # the error_kind of an attempt that was planned but never sent
 
 
 def crossed(a: Any) -> bool:
     """Did this attempt send data across the site boundary?"""
-    return a.boundary in CROSSES and a.error_kind != NOT_SENT
+    return a.boundary in CROSSES and a.sent_digest is not None
 
 
 def canonical(obj: Any) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tierlm.config.settings import BudgetConfig
-from tierlm.errors import ConfigError, InvalidRequest
+from tierlm.errors import ConfigError, InvalidRequest, PermissionDenied
 from tierlm.ledger import audit, rollups
 from tierlm.ledger.budgets import BudgetBook, BudgetState, Reservation
 from tierlm.ledger.records import (
@@ -260,8 +260,13 @@ class Ledger:
         score: float | None = None,
         thumbs: Thumbs | None = None,
         text: str | None = None,
+        scorer: str | None = None,
     ) -> None:
-        """Store a score in [0, 1] and/or thumbs up/down (and a note) for one request."""
+        """Store a score in [0, 1] and/or thumbs up/down (and a note) for one request.
+
+        ``scorer`` is the API key scoring it: a key may score only its own requests (pass
+        ``None`` for an admin key or when keys are off). ``text`` is stored as given: redact it
+        first (the gateway does)."""
         if score is None and thumbs is None:
             raise InvalidRequest("feedback needs a score (0 to 1) or thumbs ('up' or 'down')")
         if score is not None and not 0.0 <= score <= 1.0:
@@ -270,21 +275,27 @@ class Ledger:
             raise InvalidRequest(f"thumbs must be 'up' or 'down', got {thumbs!r}")
         if text is not None and len(text) > MAX_FEEDBACK_TEXT:
             raise InvalidRequest(f"feedback text is limited to {MAX_FEEDBACK_TEXT} characters")
-        if not self._known(request_id):
+        owner = self._owner(request_id)
+        if owner is None:
             self.flush()
-            if not self._known(request_id):
-                raise UnknownRequest(
-                    f"no request {request_id!r} in the ledger", request_id=request_id
-                )
+            owner = self._owner(request_id)
+        if owner is None:
+            raise UnknownRequest(f"no request {request_id!r} in the ledger", request_id=request_id)
+        if scorer is not None and owner[0] != scorer:
+            raise PermissionDenied(
+                f"API key '{scorer}' may only score its own requests", request_id=request_id
+            )
         with self.store.transaction("budget") as tx:
             tx.q(
                 "INSERT INTO feedback (request_id, ts, score, thumbs, text) VALUES (?, ?, ?, ?, ?)",
                 (request_id, time.time(), score, thumbs, text),
             )
 
-    def _known(self, request_id: str) -> bool:
+    def _owner(self, request_id: str) -> tuple[str | None] | None:
+        """``(api key name,)`` of a recorded request; ``None`` when it is not recorded."""
         with self.store.transaction("read") as tx:
-            return bool(tx.q("SELECT 1 FROM requests WHERE id = ?", (request_id,)))
+            rows = tx.q("SELECT api_key FROM requests WHERE id = ?", (request_id,))
+        return (rows[0][0],) if rows else None
 
     async def aadd_feedback(
         self,
@@ -292,8 +303,9 @@ class Ledger:
         score: float | None = None,
         thumbs: Thumbs | None = None,
         text: str | None = None,
+        scorer: str | None = None,
     ) -> None:
-        await asyncio.to_thread(self.add_feedback, request_id, score, thumbs, text)
+        await asyncio.to_thread(self.add_feedback, request_id, score, thumbs, text, scorer)
 
     # -- reports and audit ----------------------------------------------------------------
 

@@ -4,12 +4,15 @@ The gateway mounts them (and puts its auth in front); bad input answers with Ope
 error JSON (``TierlmError.to_openai()``) and the error's status.
 
 ``POST /v1/feedback``: ``{"request_id": "...", "score": 0.0-1.0, "thumbs": "up"|"down",
-"text": "..."}`` (score or thumbs required) answers ``{"ok": true, "request_id": ...}``.
+"text": "..."}`` (score or thumbs required) answers ``{"ok": true, "request_id": ...}``. The
+text is stored redacted (as stored prompts are); the key the gateway identified (in
+``request.state.api_key``) may score only its own requests, an admin key any.
 ``GET /admin/report?since=30d`` answers the report's JSON.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -49,13 +52,17 @@ def _parse_feedback(body: bytes) -> tuple[str, float | None, Any, str | None]:
     return rid, None if score is None else float(score), data.get("thumbs"), text
 
 
-def feedback_endpoint(ledger: Ledger) -> Endpoint:
-    """``POST /v1/feedback``: store a score and/or thumbs for one request."""
+def feedback_endpoint(ledger: Ledger, redact: Callable[[str], str]) -> Endpoint:
+    """``POST /v1/feedback``: store a score and/or thumbs (and a ``redact``-ed note) for one
+    request."""
 
     async def feedback(request: Request) -> Response:
+        key = getattr(request.state, "api_key", None)
+        scorer = key.name if key is not None and not key.admin else None
         try:
             rid, score, thumbs, text = _parse_feedback(await request.body())
-            await ledger.aadd_feedback(rid, score, thumbs, text)
+            note = await asyncio.to_thread(redact, text) if text else text
+            await ledger.aadd_feedback(rid, score, thumbs, note, scorer)
         except TierlmError as e:
             return _error(e)
         return JSONResponse({"ok": True, "request_id": rid})

@@ -6,9 +6,9 @@ kind), tokens, cost and the final outcome. It never holds an API key's secret, o
 Prompt and completion text are kept only when ``ledger.store_prompts`` is on, and then with
 sensitive spans replaced by ``[KIND]``.
 
-Every attempt against a backend whose boundary is ``external`` becomes one row of the audit
-trail (:class:`AuditRecord`); its ``sent_digest`` is the SHA-256 of the canonical JSON of what
-was sent (see :func:`tierlm.ledger.audit.digest`), never the content.
+Every attempt that sent a body to a backend whose boundary is ``external`` becomes one row of
+the audit trail (:class:`AuditRecord`); its ``sent_digest`` is the SHA-256 of the exact bytes
+sent (see :func:`tierlm.ledger.audit.digest`), never the content.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class AttemptRecord:
     latency_ms: float | None = None
     ttft_ms: float | None = None
     tokens: int = 0
-    sent_digest: str | None = None  # sha256 of what was sent; set for external attempts
+    sent_digest: str | None = None  # sha256 of the exact body sent upstream, if one was sent
     ts: float | None = None  # when the attempt started; None: the request's time
     judge_score: float | None = None  # the cascade judged this answer (execute/cascade.py)
     judge_decision: str | None = None  # accept | escalate | keep | late_fail

@@ -2,12 +2,13 @@
 
 Constraints first, each removing candidates and saying why:
 
-1. privacy: the effective level is the strictest of the config default, the API key's floor
-   and the request's hint; sensitive content raises ``public`` to ``private``, which keeps the
-   request at or below ``site``. An ``enhanced`` request (the client or key opted in to
-   redaction) may leave the site, but the executor sends external backends a redacted copy
-   only. Air-gapped deployments have no external backend at all (the config refuses one);
-2. the API key's allowed tiers and boundary ceiling;
+1. privacy (:mod:`tierlm.privacy` states the rules): the effective level is the strictest of
+   the config default, the API key's floor and the request's hint; sensitive content raises
+   ``public`` to ``private``, which keeps the request at or below ``site``. An ``enhanced``
+   request (the client or key opted in to redaction) may leave the site, but the executor
+   sends external backends a redacted copy only. Air-gapped deployments have no external
+   backend at all (the config refuses one);
+2. the API key's allowed tiers and boundary ceiling (:func:`tierlm.privacy.ceiling`);
 3. a pinned model (``model`` = a tier or backend name) and the tier floor/ceiling hints;
 4. the budget: when the ledger says local-only, nothing that costs money is eligible;
 5. capabilities: context window against the estimated prompt size;
@@ -27,13 +28,9 @@ from dataclasses import dataclass, field
 
 from tierlm.config.settings import ApiKeyConfig, BackendConfig, Settings, TierConfig
 from tierlm.errors import BudgetExceeded, NoEligibleBackend
+from tierlm.privacy import ceiling as privacy_ceiling
+from tierlm.privacy import effective_level, key_allows_tier
 from tierlm.types import Boundary, Candidate, ChatRequest, Finding, Plan, Privacy
-
-_MAX_BOUNDARY = {
-    Privacy.PRIVATE: Boundary.SITE,
-    Privacy.ENHANCED: Boundary.EXTERNAL,
-    Privacy.PUBLIC: Boundary.EXTERNAL,
-}
 
 
 @dataclass(slots=True)
@@ -67,13 +64,10 @@ class Policy:
 
     def plan(self, request: ChatRequest, signals: Signals, cond: Conditions) -> Plan:
         reasons: list[str] = []
-        privacy = self._privacy(request, signals, cond, reasons)
-        ceiling = _MAX_BOUNDARY[privacy]
-        if cond.api_key is not None:
-            key_ceiling = Boundary.parse(cond.api_key.max_privacy_boundary)
-            if key_ceiling < ceiling:
-                ceiling = key_ceiling
-                reasons.append(f"api key '{cond.api_key.name}' stays within {ceiling.label}")
+        privacy = self.privacy(request, signals, cond, reasons)
+        ceiling = privacy_ceiling(privacy, cond.api_key)
+        if cond.api_key is not None and ceiling < privacy_ceiling(privacy):
+            reasons.append(f"api key '{cond.api_key.name}' stays within {ceiling.label}")
         tiers = self._eligible_tiers(request, cond, reasons)
         pinned_external = self._pinned_paid(request, cond)
         usable = self._usable(tiers, ceiling, signals, cond, reasons)
@@ -101,24 +95,17 @@ class Policy:
         )
 
     # -- constraints ------------------------------------------------------------------------
-    def _privacy(
+    def privacy(
         self, request: ChatRequest, signals: Signals, cond: Conditions, reasons: list[str]
     ) -> Privacy:
-        level = self.settings.routing.default_privacy
-        if cond.api_key is not None and cond.api_key.privacy is not None:
-            level = level.raise_to(cond.api_key.privacy)
-        if request.hints.privacy is not None:
-            level = level.raise_to(request.hints.privacy)
-        if signals.findings:
-            kinds = ", ".join(sorted({f.kind for f in signals.findings}))
-            if level is Privacy.PUBLIC:
-                reasons.append(f"sensitive content ({kinds}): privacy raised to private")
-                level = Privacy.PRIVATE
-            elif level is Privacy.ENHANCED:
-                reasons.append(f"sensitive content ({kinds}): redacted before leaving the site")
-        if level is Privacy.PRIVATE:
-            reasons.append("privacy private: stays at or below the site boundary")
-        return level
+        """The request's effective privacy level (the reasons are appended to ``reasons``)."""
+        return effective_level(
+            self.settings.routing.default_privacy,
+            cond.api_key,
+            request.hints.privacy,
+            signals.findings,
+            reasons,
+        )
 
     def _eligible_tiers(
         self, request: ChatRequest, cond: Conditions, reasons: list[str]
@@ -126,8 +113,7 @@ class Policy:
         tiers = list(self._tiers)
         names = [t.name for t in tiers]
         if cond.api_key is not None and cond.api_key.tiers is not None:
-            allowed = set(cond.api_key.tiers)
-            tiers = [t for t in tiers if t.name in allowed]
+            tiers = [t for t in tiers if key_allows_tier(cond.api_key, t.name)]
             allowed_list = ", ".join(cond.api_key.tiers)
             reasons.append(f"api key '{cond.api_key.name}' may use: {allowed_list}")
         h = request.hints

@@ -107,7 +107,7 @@ def _ledger_endpoints(app: Starlette, gw: Gateway) -> None:
         return
     from tierlm.ledger.http import feedback_endpoint, report_endpoint
 
-    app.state.feedback = feedback_endpoint(gw.ledger)
+    app.state.feedback = feedback_endpoint(gw.ledger, gw.router.redact_text)
     app.state.report = report_endpoint(gw.ledger)
 
 
@@ -192,7 +192,7 @@ async def metrics(request: Request) -> Response:
 
 async def feedback(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
-    gw.keys.identify(request.headers)
+    request.state.api_key = gw.keys.identify(request.headers)
     return await _ledger_route(request, "feedback")
 
 

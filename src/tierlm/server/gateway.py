@@ -31,10 +31,11 @@ from tierlm.errors import (
     TierlmError,
 )
 from tierlm.policy import Conditions
+from tierlm.privacy import key_reaches
 from tierlm.server.auth import KeyRing
 from tierlm.server.health import HealthCache
 from tierlm.server.metrics import Metrics
-from tierlm.types import Boundary, ChatRequest
+from tierlm.types import ChatRequest
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
@@ -201,14 +202,7 @@ class Gateway:
             pairs = [(model, b) for t in self.settings.tiers if t.name == model for b in t.backends]
         else:
             pairs = [(t.name, model) for t in self.settings.tiers if model in t.backends]
-        if key is None:
-            return [b for _, b in pairs]
-        ceiling = Boundary.parse(key.max_privacy_boundary)
-        return [
-            b
-            for tier, b in pairs
-            if (key.tiers is None or tier in key.tiers) and self.backend_configs[b].where <= ceiling
-        ]
+        return [b for tier, b in pairs if key_reaches(key, tier, self.backend_configs[b].where)]
 
     # -- answering --------------------------------------------------------------------------
     def conditions(self, req: ChatRequest, key: ApiKeyConfig | None) -> Conditions:

@@ -4,8 +4,12 @@
 As Ollama does, answers stream as NDJSON unless the body says ``"stream": false``; the last
 line has ``done: true``, ``done_reason`` and the token counts and durations (nanoseconds).
 Options map onto the request (``num_predict`` -> max tokens, ``temperature``, ``top_p``,
-``top_k``, ``stop``, ``seed``); ``format`` (``"json"`` or a JSON schema) becomes OpenAI's
-``response_format``. Errors are Ollama-shaped, ``{"error": "..."}``, with the right status; a
+``top_k``, ``stop``, ``seed``; other options are not forwarded); ``format`` (``"json"`` or a
+JSON schema) becomes OpenAI's ``response_format``, scanned like the messages. A top-level field
+the route does not know, or one tierlm cannot honour (``suffix``, ``images``, ``template``,
+``raw``, ``context``), is refused with a 400 that names it; message keys other than ``role``,
+``content``, ``tool_calls`` (and Ollama's ``images``, ``thinking``, ``tool_name``, which are
+not forwarded) are dropped. Errors are Ollama-shaped, ``{"error": "..."}``, with the right status; a
 failure after the stream committed ends it with an ``{"error": ...}`` line, never ``done``.
 """
 
@@ -45,6 +49,9 @@ if TYPE_CHECKING:
     from tierlm.types import ChatRequest, ChatResponse, Plan, StreamEvent
 
 _NDJSON = "application/x-ndjson"
+_COMMON_FIELDS = frozenset({"model", "format", "options", "stream", "keep_alive", "think"})
+_CHAT_FIELDS = _COMMON_FIELDS | {"messages", "tools"}
+_GENERATE_FIELDS = _COMMON_FIELDS | {"prompt", "system"}
 _OPTIONS = {
     "temperature": "temperature",
     "top_p": "top_p",
@@ -117,15 +124,28 @@ def _messages_in(messages: Any) -> Any:
     return out
 
 
+def _check_fields(body: dict[str, Any], generate: bool) -> None:
+    known = _GENERATE_FIELDS if generate else _CHAT_FIELDS
+    unknown = sorted(str(k) for k in body if k not in known)
+    if unknown:
+        raise FieldError(f"{unknown[0]}: unknown or unsupported field (not forwarded)", unknown[0])
+    fmt = body.get("format")
+    if fmt not in (None, "", "json") and not isinstance(fmt, dict):
+        raise FieldError('format: must be "json" or a JSON schema object', "format")
+    if generate and not isinstance(body.get("system", ""), str):
+        raise FieldError("system: must be a string", "system")
+
+
 def parse(body: Any, request: Request, gw: Gateway, *, generate: bool) -> ChatRequest:
     """An Ollama ``/api/chat`` or ``/api/generate`` body as a :class:`ChatRequest`."""
     if not isinstance(body, dict):
         raise FieldError("request body must be a JSON object")
+    _check_fields(body, generate)
     if generate:
         if not isinstance(body.get("prompt"), str):
             raise FieldError("prompt: field required (a string)", "prompt")
         messages: Any = [{"role": "user", "content": body["prompt"]}]
-        if isinstance(body.get("system"), str) and body["system"]:
+        if body.get("system"):
             messages.insert(0, {"role": "system", "content": body["system"]})
     else:
         if "messages" not in body:

@@ -4,7 +4,10 @@ The body maps onto one :class:`~tierlm.types.ChatRequest`: ``model`` is ``auto``
 a tier, backend or backend model id (pin); ``max_completion_tokens`` wins over
 ``max_tokens``; ``stop`` may be a string or a list; ``stream_options.include_usage`` asks for
 the usage chunk; routing hints come from a ``tierlm`` body object and ``x-tierlm-*`` headers
-(the body wins); every other field is kept in ``extra`` and passed on to the backend.
+(the body wins); the other fields tierlm knows (:data:`~tierlm.types.PASS_ON_FIELDS`) are
+kept in ``extra`` and passed on to backends whose wire format has them, scanned like the
+messages; a field it does not know is refused with a 400 that names it. Message keys other
+than ``role``, ``content``, ``name``, ``tool_calls`` and ``tool_call_id`` are dropped.
 
 Answers are in OpenAI's exact shape, plus a ``tierlm`` object (non-streaming) and
 ``x-tierlm-*`` headers. A stream's headers are sent only once it has committed to a backend,
@@ -35,7 +38,7 @@ from tierlm.server.gateway import (
     json_response,
     unfinished,
 )
-from tierlm.types import Usage
+from tierlm.types import PASS_ON_FIELDS, Usage
 
 if TYPE_CHECKING:
     from tierlm.execute.executor import RoutedStream
@@ -68,6 +71,9 @@ def parse_chat(body: Any, request: Request, gw: Gateway) -> ChatRequest:
         raise FieldError("request body must be a JSON object")
     if "messages" not in body:
         raise FieldError("messages: field required", "messages")
+    unknown = sorted(k for k in body if k not in _MAPPED and k not in PASS_ON_FIELDS)
+    if unknown:
+        raise FieldError(f"{unknown[0]}: unknown field (not forwarded)", unknown[0])
     n = body.get("n")
     if n not in (None, 1):
         raise FieldError("n: only one choice per request is supported", "n")

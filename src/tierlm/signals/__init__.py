@@ -11,7 +11,6 @@ Importing this package is cheap: no model, no data file is loaded until a detect
 from tierlm.signals.sensitivity import (
     SensitivityDetector,
     count_kinds,
-    effective_privacy,
     scan_view,
 )
 from tierlm.signals.task import TaskInfo, detect_task, estimate_tokens
@@ -21,7 +20,6 @@ __all__ = [
     "TaskInfo",
     "count_kinds",
     "detect_task",
-    "effective_privacy",
     "estimate_tokens",
     "scan_view",
 ]

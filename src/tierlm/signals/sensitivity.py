@@ -12,9 +12,9 @@ and a span, never the matched value. Kinds (stable strings):
 
 What each kind does and does not cover is documented in
 :mod:`tierlm.signals.sensitivity_rules` and :mod:`tierlm.signals.sensitivity_lexicon`.
-Any finding raises the request's privacy level to ``private`` (the policy's job); for the
-``enhanced`` level and for stored prompts, :meth:`SensitivityDetector.redact_request`
-replaces every finding with ``[KIND]``.
+What a finding does to a request's privacy level, and what is redacted where, is
+:mod:`tierlm.privacy`'s to say; :meth:`SensitivityDetector.redact` replaces every finding of
+a text with ``[KIND]``.
 
 Spans of :meth:`SensitivityDetector.scan` index into :func:`scan_view` of the message: its
 text followed, for each tool call, by a newline and the call's arguments.
@@ -28,9 +28,9 @@ from collections.abc import Iterable, Sequence
 
 from tierlm.signals.sensitivity_lexicon import HealthRules, NameRules, TermRules
 from tierlm.signals.sensitivity_rules import Hit, PatternRules
-from tierlm.types import ChatRequest, Finding, Message, Privacy
+from tierlm.types import ChatRequest, Finding, Message
 
-__all__ = ["SensitivityDetector", "count_kinds", "effective_privacy", "scan_view"]
+__all__ = ["SensitivityDetector", "count_kinds", "scan_view"]
 
 # When two findings overlap, the lower number wins (then the longer span).
 _PRIORITY = {
@@ -92,12 +92,6 @@ def scan_view(message: Message) -> str:
 def count_kinds(findings: Iterable[Finding]) -> dict[str, int]:
     """How many findings of each kind (for reasons, metrics and reports)."""
     return dict(Counter(f.kind for f in findings))
-
-
-def effective_privacy(declared: Privacy, findings: Sequence[Finding]) -> Privacy:
-    """The request's level after the scan: any finding raises it to ``private``; nothing
-    lowers it below what the client or its key declared."""
-    return declared.raise_to(Privacy.PRIVATE) if findings else declared
 
 
 class SensitivityDetector:
