@@ -207,7 +207,7 @@ OLLAMA_FIELDS: dict[str, tuple[Callable[[], Body], Callable[[Body], Any]]] = {
         lambda b: b["tools"][0]["function"]["description"],
     ),
 }
-ALL = {**{k: (*v, "/v1/chat/completions") for k, v in FIELDS.items()}}
+ALL = {k: (*v, "/v1/chat/completions") for k, v in FIELDS.items()}
 ALL.update({k: (*v, "/api/chat") for k, v in OLLAMA_FIELDS.items()})
 
 
@@ -225,7 +225,8 @@ def test_sensitive_field_under_public_stays_at_the_site(rig: Rig, field: str) ->
     assert resp.headers["x-tierlm-tier"] == "site"
     assert resp.headers["x-tierlm-privacy"] == "private"
     assert rig.cloud_raw == []
-    assert len(rig.site.state.raw) == 1  # the site got it, unredacted: it is allowed to
+    (raw,) = rig.site.state.raw
+    assert _leaks(raw)  # the site got it as it was: it may
 
 
 @pytest.mark.parametrize("field", list(ALL))
@@ -343,6 +344,7 @@ def _place(body: Any, path: list[str | int], secret: str) -> Any:
 @settings(
     max_examples=40,
     deadline=None,
+    database=None,  # nothing written into the work tree
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(path=_PATH, privacy=st.sampled_from(["public", "enhanced"]), key=st.booleans())

@@ -137,7 +137,7 @@ def test_pin_a_tier_and_pass_fields_through(client: openai.OpenAI, upstream: Any
         seed=3,
         user="u1",
         response_format={"type": "json_object"},
-        extra_body={"custom_field": [1, 2]},
+        extra_body={"repetition_penalty": 1.1},  # a self-hosted server's known field
     )
     completion = raw.parse()
     assert completion.model == "plain-2024-08-06"  # the model that really answered
@@ -146,9 +146,16 @@ def test_pin_a_tier_and_pass_fields_through(client: openai.OpenAI, upstream: Any
     sent = upstream.state.requests[-1]["body"]
     assert sent["model"] == "plain"
     assert sent["response_format"] == {"type": "json_object"}
-    assert sent["custom_field"] == [1, 2]
+    assert sent["repetition_penalty"] == 1.1
     assert sent["stop"] == ["END"] and sent["seed"] == 3 and sent["user"] == "u1"
     assert sent.get("max_tokens", sent.get("max_completion_tokens")) == 7
+    sent_before = len(upstream.state.requests)
+    with pytest.raises(openai.BadRequestError) as err:  # a field tierlm does not know
+        client.chat.completions.create(
+            model="site", messages=MSG, extra_body={"custom_field": [1, 2]}
+        )
+    assert err.value.body["param"] == "custom_field"  # type: ignore[index]
+    assert len(upstream.state.requests) == sent_before  # nothing was sent
 
 
 def test_tools_pass_through(client: openai.OpenAI, upstream: Any) -> None:

@@ -36,6 +36,7 @@ forwarded); the gateway refuses top-level fields it does not know with a 400 nam
 from __future__ import annotations
 
 import json
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,7 @@ __all__ = [
     "key_allows_tier",
     "key_reaches",
     "needs_redaction",
+    "redact_spans",
 ]
 
 # ``Finding.message_index`` of a finding outside the messages (tools, stop, extra fields).
@@ -68,6 +70,7 @@ _PART_SKIP = frozenset({"type"})
 _OPAQUE = frozenset({"file_data", "data"})
 
 Rewrite = Callable[[str], str]
+Span = tuple[int, int, str]  # (start, end, kind) in one text
 
 
 def effective_level(
@@ -207,6 +210,21 @@ def _texts(request: ChatRequest) -> Iterator[str]:
     return iter(seen)
 
 
+def redact_spans(text: str, spans: Sequence[Span]) -> str:
+    """``text`` with each ``(start, end, kind)`` span replaced by ``[KIND]`` (overlaps
+    merged into the first)."""
+    out: list[str] = []
+    pos = 0
+    for start, end, kind in sorted(spans):
+        if end <= pos:
+            continue
+        out.append(text[pos : max(start, pos)])
+        out.append(f"[{kind.upper()}]")
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
 def _viewed(request: ChatRequest) -> Iterator[str]:
     """The texts the detector's request scan reads: message text and tool-call arguments."""
     for m in request.messages:
@@ -258,6 +276,22 @@ class PrivacyGuard:
 
     def redact(self, request: ChatRequest) -> ChatRequest | None:
         """A copy of ``request`` in which every forwarded text is redacted; ``None`` when the
-        copy would still hold findings (a value split over two fields), so it must not go."""
-        copy = rewrite_request(request, self.redact_text)
+        copy would still hold findings (a value split over two fields), so it must not go.
+
+        All texts are scanned as one (a line each), and each finding is mapped back to its
+        text; then the copy is scanned again, as the policy would scan it."""
+        texts = list(_texts(request))
+        starts: list[int] = []
+        pos = 0
+        for text in texts:
+            starts.append(pos)
+            pos += len(text) + 1
+        spans: list[list[Span]] = [[] for _ in texts]
+        for f in self.scan_text("\n".join(texts)):
+            i = bisect_right(starts, f.start) - 1
+            if f.end > starts[i] + len(texts[i]):
+                return None  # one value over two texts: no text alone can be redacted
+            spans[i].append((f.start - starts[i], f.end - starts[i], f.kind))
+        clean = iter([redact_spans(t, sp) if sp else t for t, sp in zip(texts, spans, strict=True)])
+        copy = rewrite_request(request, lambda _text: next(clean))
         return None if self.scan(copy) else copy

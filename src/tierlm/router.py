@@ -147,19 +147,7 @@ class Router:
         try:
             return self.policy.plan(request, signals, cond)
         except TierlmError:
-            reasons: list[str] = []
-            level = self.policy.privacy(request, signals, cond, reasons)
-            held.append(
-                Plan(
-                    candidates=[],
-                    reasons=reasons,
-                    privacy=level,
-                    complexity=signals.complexity,
-                    findings=signals.findings,
-                    task=dict(signals.task),
-                    request_id=request.request_id,
-                )
-            )
+            held.append(self.policy.refused(request, signals, cond))
             raise
 
     # -- answering --------------------------------------------------------------------------

@@ -18,6 +18,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from tierlm.privacy import redact_spans
+
 Thumbs = Literal["up", "down"]
 
 
@@ -115,25 +117,10 @@ class AuditResult:
         return asdict(self)
 
 
-def redact(text: str, spans: list[tuple[int, int, str]]) -> str:
-    """Replace each ``(start, end, kind)`` span of ``text`` with ``[KIND]``."""
-    out: list[str] = []
-    pos = 0
-    for start, end, kind in sorted(spans):
-        if end <= pos:
-            continue
-        start = max(start, pos)
-        out.append(text[pos:start])
-        out.append(f"[{kind.upper()}]")
-        pos = end
-    out.append(text[pos:])
-    return "".join(out)
-
-
 def stored_text(text: str | None, spans: list[tuple[int, int, str]], sensitive: bool) -> str | None:
     """The text to store: redacted by its spans; withheld if sensitive but no spans given."""
     if text is None:
         return None
     if spans:
-        return redact(text, spans)
+        return redact_spans(text, spans)
     return "[withheld: sensitive content]" if sensitive else text

@@ -84,15 +84,13 @@ class Policy:
                 "no backend may answer this request: " + "; ".join(reasons),
                 request_id=request.request_id,
             )
-        return Plan(
-            candidates=candidates,
-            reasons=reasons,
-            privacy=privacy,
-            complexity=signals.complexity,
-            findings=signals.findings,
-            task=dict(signals.task),
-            request_id=request.request_id,
-        )
+        return _plan(request, signals, candidates, reasons, privacy)
+
+    def refused(self, request: ChatRequest, signals: Signals, cond: Conditions) -> Plan:
+        """What the ledger records for a request :meth:`plan` refused: no candidates, its
+        privacy level and findings."""
+        reasons: list[str] = []
+        return _plan(request, signals, [], reasons, self.privacy(request, signals, cond, reasons))
 
     # -- constraints ------------------------------------------------------------------------
     def privacy(
@@ -230,3 +228,21 @@ class Policy:
         if cond.healthy is not None and not cond.healthy.get(b.name, True):
             return "unhealthy"
         return ""
+
+
+def _plan(
+    request: ChatRequest,
+    signals: Signals,
+    candidates: list[Candidate],
+    reasons: list[str],
+    privacy: Privacy,
+) -> Plan:
+    return Plan(
+        candidates=candidates,
+        reasons=reasons,
+        privacy=privacy,
+        complexity=signals.complexity,
+        findings=signals.findings,
+        task=dict(signals.task),
+        request_id=request.request_id,
+    )
