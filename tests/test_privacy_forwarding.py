@@ -30,6 +30,8 @@ from hypothesis import strategies as st
 from starlette.applications import Starlette
 
 from fakes import serve
+from fakes.anthropic_server import make_app as anthropic_app
+from fakes.ollama_server import make_app as ollama_app
 from fakes.openai_server import make_app
 from server_util import settings as gateway_settings
 from server_util import upstream_backend
@@ -362,3 +364,56 @@ def test_a_secret_at_any_json_path_never_reaches_the_cloud(
     assert resp.status_code in (200, 400, 404, 422), resp.text
     for raw in rig.cloud_raw:
         assert not _leaks(raw), (path, raw)
+
+
+# -- every adapter: Anthropic and Ollama as the external tier ---------------------------------
+def _anthropic(url: str) -> Body:
+    return {"kind": "anthropic", "url": url, "model": "claude-test", "api_key": "sk-ant-0123"}
+
+
+def _ollama(url: str) -> Body:
+    return {"kind": "ollama", "url": url, "model": "llama3.2"}
+
+
+ADAPTERS = {"anthropic": (anthropic_app, _anthropic), "ollama": (ollama_app, _ollama)}
+
+
+@pytest.mark.parametrize("kind", list(ADAPTERS))
+def test_each_adapter_sends_only_redacted_text_and_its_digest_is_audited(
+    kind: str, tmp_path: Path
+) -> None:
+    make_upstream, backend = ADAPTERS[kind]
+    site_up, cloud_up = make_app(), make_upstream()
+    body = {
+        "model": "auto",
+        "messages": [
+            {"role": "system", "content": SECRET},
+            {"role": "user", "content": f"Hello. {SECRET}"},
+        ],
+        "tools": _tool(description=SECRET, param=SECRET),
+        "stop": [SECRET],
+        "metadata": {"user_id": SECRET},
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "r", "schema": {"type": "object", "description": SECRET}},
+        },
+    }
+    with serve(site_up) as site_url, serve(cloud_up) as cloud_url:
+        s = gateway_settings(
+            [
+                upstream_backend("site", site_url, "plain"),
+                {"name": "cloud", "boundary": "external", **backend(cloud_url)},
+            ],
+            [{"name": "site", "backends": ["site"]}, {"name": "cloud", "backends": ["cloud"]}],
+            ledger={"url": f"sqlite:///{tmp_path / 'ledger.sqlite3'}"},
+        )
+        app = create_app(s)
+        with serve(app, lifespan="on", start_within=60, grace=2) as url:
+            rig = Rig(url, app, site_up, cloud_up)
+            resp = _post(rig, body, "enhanced")
+            assert resp.status_code == 200, resp.text
+            assert resp.headers["x-tierlm-tier"] == "cloud"
+            (raw,) = rig.cloud_raw
+            assert not _leaks(raw), raw
+            assert raw.decode().count("[EMAIL]") >= 4  # system, user, tool description, ...
+            assert hashlib.sha256(raw).hexdigest() in rig.audit_digests()
