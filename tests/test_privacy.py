@@ -214,7 +214,7 @@ def ledger_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[s
             server={
                 "api_keys": [
                     {"name": "user", "hash": sha(USER_KEY)},
-                    {"name": "other", "hash": sha(OTHER_KEY)},
+                    {"name": "other", "hash": sha(OTHER_KEY), "tiers": ["site"]},
                     {"name": "admin", "hash": sha(ADMIN_KEY), "admin": True},
                 ]
             },
@@ -265,3 +265,15 @@ def test_a_refused_request_is_recorded_with_its_privacy_and_findings(
     ((privacy, findings),) = _rows(app, "SELECT privacy, findings FROM requests WHERE id = ?", rid)
     assert privacy == "private"
     assert "email" in json.loads(findings)
+
+
+def test_a_key_sees_only_the_models_it_may_use(ledger_gateway: tuple[str, Any]) -> None:
+    url, _ = ledger_gateway
+    narrow = httpx.get(url + "/api/tags", headers=_auth(OTHER_KEY)).json()["models"]
+    wide = httpx.get(url + "/api/tags", headers=_auth(USER_KEY)).json()["models"]
+    assert [m["name"] for m in narrow] == ["auto", "site"]
+    assert {"site", "cloud"} <= {m["name"] for m in wide}
+    shown = httpx.post(url + "/api/show", json={"model": "cloud"}, headers=_auth(OTHER_KEY))
+    assert shown.status_code == 404 and "error" in shown.json()
+    models = httpx.get(url + "/v1/models", headers=_auth(OTHER_KEY)).json()["data"]
+    assert "cloud" not in {m["id"] for m in models}

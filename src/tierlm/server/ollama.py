@@ -28,7 +28,7 @@ from starlette.responses import Response
 
 from tierlm import __version__
 from tierlm.backends.base import merge_tool_call_delta
-from tierlm.errors import TierlmError
+from tierlm.errors import ModelNotFound, TierlmError
 from tierlm.server.gateway import (
     FieldError,
     Gateway,
@@ -313,22 +313,28 @@ def _model_entry(gw: Gateway, name: str, kind: str) -> dict[str, Any]:
 async def tags(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     try:
-        gw.keys.identify(request.headers)
+        key = gw.keys.identify(request.headers)
     except TierlmError as e:
         return ollama_error(e)
     models = [_model_entry(gw, "auto", "auto")]
-    models += [_model_entry(gw, t, "tier") for t in gw.tiers]
-    models += [_model_entry(gw, b, "backend") for b in gw.backend_configs if b not in gw.tiers]
+    models += [_model_entry(gw, t, "tier") for t in gw.tiers if gw.allowed(t, key)]
+    models += [
+        _model_entry(gw, b, "backend")
+        for b in gw.backend_configs
+        if b not in gw.tiers and gw.allowed(b, key)
+    ]
     return json_response({"models": models})
 
 
 async def show(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     try:
-        gw.keys.identify(request.headers)
+        key = gw.keys.identify(request.headers)
         body = await read_json(request, gw.max_body)
         name = body.get("model") or body.get("name") if isinstance(body, dict) else None
         resolved = gw.resolve_model(name)
+        if not gw.allowed(resolved, key):
+            raise ModelNotFound(f"model {name!r} does not exist")
     except TierlmError as e:
         return ollama_error(e)
     entry = _model_entry(gw, resolved, "auto" if resolved == "auto" else "tierlm")
