@@ -270,3 +270,15 @@ async def test_missing_key_and_health(url: str) -> None:
     finally:
         await b.aclose()
     assert h.ok is True and h.models == ["claude-fake"]
+
+
+def test_body_sends_only_anthropic_metadata() -> None:
+    b = _backend("http://127.0.0.1:9")
+    meta = {"metadata": {"user_id": "u-7", "note": "kept out"}, "user": "u-other"}
+    req = ChatRequest.from_prompt("hi", extra={**meta, "logit_bias": {"1": 2}})
+    body = b.body(req, stream=False)
+    assert body["metadata"] == {"user_id": "u-7"}  # Anthropic's only metadata key
+    assert "logit_bias" not in body and "user" not in body
+    fallback = b.body(ChatRequest.from_prompt("hi", extra={"user": "u-8"}), stream=False)
+    assert fallback["metadata"] == {"user_id": "u-8"}
+    assert "metadata" not in b.body(ChatRequest.from_prompt("hi"), stream=False)

@@ -35,6 +35,7 @@ from fakes.ollama_server import make_app as ollama_app
 from fakes.openai_server import make_app
 from server_util import settings as gateway_settings
 from server_util import upstream_backend
+from tierlm.privacy import PrivacyGuard
 from tierlm.server import create_app
 
 EMAIL = "maria.keller@posteo.de"
@@ -243,6 +244,17 @@ def test_sensitive_field_under_enhanced_leaves_only_redacted(rig: Rig, field: st
     value = where(json.loads(raw))
     assert "[EMAIL]" in value and "[PAYMENT_CARD]" in value, value
     assert hashlib.sha256(raw).hexdigest() in rig.audit_digests()
+
+
+def test_an_enhanced_request_the_redactor_cannot_clean_does_not_leave(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(PrivacyGuard, "redact", lambda self, request: None)
+    rig.reset()
+    resp = _post(rig, {**_base(), "user": SECRET}, "enhanced")
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-tierlm-tier"] == "site"  # the cloud was skipped, the site answered
+    assert rig.cloud_raw == []
 
 
 def test_audit_digests_are_of_the_exact_bytes_sent(rig: Rig) -> None:

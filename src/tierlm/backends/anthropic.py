@@ -12,9 +12,9 @@ Translation, both ways:
   ``error``) become :class:`StreamEvent` s with OpenAI tool-call deltas;
 - ``stop_reason`` and usage (cache reads and writes count as input) map to OpenAI's.
 
-The body is built from an allowlist: the fields above, and of the pass-on fields only
-``metadata``, ``thinking`` and ``service_tier``; message ``name``, ``refusal`` parts, audio and
-file parts are not sent.
+The body is built from an allowlist: the fields above, ``thinking`` and ``service_tier``, and
+``metadata.user_id`` (from ``metadata.user_id`` or OpenAI's ``user``; other metadata keys are
+not sent); message ``name``, ``refusal`` parts, audio and file parts are not sent.
 
 Options: ``version`` (``anthropic-version`` header, default 2023-06-01), ``beta``
 (``anthropic-beta``), ``max_tokens`` (default when a request sets none: 4096), ``headers``,
@@ -77,7 +77,16 @@ ERROR_STATUS = {
     "api_error": 500,
     "overloaded_error": 529,
 }
-_PASS_THROUGH = ("metadata", "thinking", "service_tier")
+_PASS_THROUGH = ("thinking", "service_tier")
+
+
+def _user_id(extra: dict[str, Any]) -> str | None:
+    """Anthropic's ``metadata.user_id`` (its only metadata key): from ``metadata.user_id``,
+    else OpenAI's ``user``."""
+    meta = extra.get("metadata")
+    found = meta.get("user_id") if isinstance(meta, dict) else None
+    found = found if found is not None else extra.get("user")
+    return str(found) if found is not None else None
 
 
 def _usage(u: Any, prev: Usage | None = None) -> Usage:
@@ -222,6 +231,9 @@ class AnthropicBackend(HttpBackend):
             if req.tool_choice is not None:
                 body["tool_choice"] = to_anthropic_choice(req.tool_choice)
         body.update({k: v for k, v in req.extra.items() if k in _PASS_THROUGH})
+        user_id = _user_id(req.extra)
+        if user_id is not None:
+            body["metadata"] = {"user_id": user_id}
         body.update(self.config.options.get("extra_body") or {})
         return body
 
