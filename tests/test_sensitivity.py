@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,13 +82,17 @@ POSITIVES = [
         "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9P",
         "secret:jwt",
     ),
-    ("Write to Thomas Becker today", "Thomas Becker", "person_name"),
-    ("Thanks to Dr. Weber for the audit", "Dr. Weber", "person_name"),
-    ("Frau Müller braucht das", "Frau Müller", "person_name"),
-    ("My name is Jonas Lindqvist.", "Jonas Lindqvist", "person_name"),
-    ("Kontakt: Dr. med. Hans-Peter Schäfer", "Dr. med. Hans-Peter Schäfer", "person_name"),
-    ("Cliente: José Álvarez García, DNI", "José Álvarez García", "person_name"),
-    ("Handy von Herrn Yilmaz:", "Herrn Yilmaz", "person_name"),
+    ("The salary of Thomas Becker rises in May", "Thomas Becker", "person_name"),
+    ("Dr. Weber is on sick leave", "Dr. Weber", "person_name"),
+    ("Frau Müller ist krankgeschrieben", "Frau Müller", "person_name"),
+    ("My name is Jonas Lindqvist, born 12.03.1990.", "Jonas Lindqvist", "person_name"),
+    (
+        "Kontakt: Dr. med. Hans-Peter Schäfer, Tel. 030 84719220",
+        "Dr. med. Hans-Peter Schäfer",
+        "person_name",
+    ),
+    ("Cliente: José Álvarez García, DNI 48213907L", "José Álvarez García", "person_name"),
+    ("Handy von Herrn Yilmaz: 0151 23456789", "Herrn Yilmaz", "person_name"),
     ("My colleague was diagnosed with epilepsy", "diagnosed with", "health"),
     ("the technician has diabetes", "diabetes", "health"),
     ("Status of project falcon?", "project falcon", "org_term"),
@@ -138,8 +143,8 @@ def test_hard_negatives_are_not_findings(det: SensitivityDetector, text: str) ->
         ("5555555555554444", "5555555555554445"),
         ("DE89 3704 0044 0532 0130 00", "DE88 3704 0044 0532 0130 00"),
         ("GB82WEST12345698765432", "GB82WEST12345698765433"),
-        ("SSN 536-22-8714", "SSN 666-22-8714"),
-        ("SSN 536-22-8714", "SSN 536-00-8714"),
+        ("file 536-22-8714", "file 666-22-8714"),
+        ("file 536-22-8714", "file 536-00-8714"),
         ("DNI 48213907L", "DNI 48213907M"),
         ("CF RSSMRA85T10A562S", "CF RSSMRA85T10A562T"),
         ("NINO JG 10 37 24 D", "NINO GB 10 37 24 D"),
@@ -196,7 +201,10 @@ def _request() -> ChatRequest:
     return ChatRequest(
         messages=[
             Message(role="system", content="You help plant staff."),
-            Message(role="user", content=[{"type": "text", "text": "Ask Thomas Becker"}]),
+            Message(
+                role="user",
+                content=[{"type": "text", "text": "Ask Thomas Becker"}, {"type": "text"}],
+            ),
             Message(
                 role="assistant",
                 tool_calls=[
@@ -235,7 +243,7 @@ def test_redact_request_is_a_redacted_copy(det: SensitivityDetector) -> None:
     redacted = det.redact_request(request)
     assert request.model_dump() == before  # the original is untouched
     assert det.scan(redacted) == []
-    assert redacted.messages[1].text == "Ask [PERSON_NAME]"
+    assert redacted.messages[1].text == "Ask [PERSON_NAME]\n"
     args = json.loads(redacted.messages[2].tool_calls[0].function["arguments"])  # type: ignore[index]
     assert args == {"to": "[EMAIL]", "n": 3}
     assert redacted.messages[3].text == "sent from host [IP_ADDRESS]"
@@ -244,7 +252,7 @@ def test_redact_request_is_a_redacted_copy(det: SensitivityDetector) -> None:
 def test_switches_and_terms() -> None:
     plain = SensitivityDetector(names=False, health=False)
     text = "Thomas Becker was diagnosed with asthma; Project Falcon"
-    assert plain.scan_text(text) == []
+    assert plain.scan_text(text) == []  # a name alone is not a finding
     full = SensitivityDetector(["Project Falcon", "  ", ""])
     assert {f.kind for f in full.scan_text(text)} == {"person_name", "health", "org_term"}
     assert full.scan_text("Falconry and project falcons") == []
@@ -287,17 +295,32 @@ def test_adversarial_inputs_finish(det: SensitivityDetector, text: str) -> None:
     det.scan_text(text)  # completes (every quantifier is bounded); no timing assertion
 
 
-def _labelled() -> list[dict[str, object]]:
+def _labelled() -> list[dict[str, Any]]:
     return [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines()]
+
+
+def _row_request(row: dict[str, Any]) -> ChatRequest:
+    """A labelled row as a request: one prompt, or consecutive user messages."""
+    if "messages" in row:
+        return ChatRequest(messages=[Message(role="user", content=m) for m in row["messages"]])
+    return ChatRequest.from_prompt(row["prompt"])
+
+
+LANGUAGES = {"en", "de", "fr", "es", "it", "nl", "pl", "sv"}
 
 
 def test_labelled_set_shape() -> None:
     rows = _labelled()
     sensitive = [r for r in rows if r["sensitive"]]
-    assert len(rows) >= 150
+    assert len(rows) >= 400
     assert 0.4 <= len(sensitive) / len(rows) <= 0.6
     assert all(r["kinds"] for r in sensitive)
     assert not any(r["kinds"] for r in rows if not r["sensitive"])
+    assert all(r["category"] and r["lang"] and r["origin"] for r in rows)
+    for lang in LANGUAGES:  # every language has sensitive prompts and look-alikes
+        assert {r["sensitive"] for r in rows if r["lang"] == lang} == {True, False}
+    blind = sum(1 for r in rows if r["origin"] == "blind")
+    assert blind >= (len(rows) - 212) / 2  # half the new prompts were written blind
 
 
 def test_labelled_set_recall_is_one_and_false_positives_are_rare(
@@ -306,13 +329,13 @@ def test_labelled_set_recall_is_one_and_false_positives_are_rare(
     rows = _labelled()
     missed, false_pos = [], []
     for i, row in enumerate(rows):
-        found = {f.kind.split(":")[0] for f in det.scan_text(str(row["prompt"]))}
-        expected = set(row["kinds"])  # type: ignore[arg-type]
+        found = {f.kind.split(":")[0] for f in det.scan(_row_request(row))}
+        expected = set(row["kinds"])
         if row["sensitive"] and not expected <= found:
             missed.append((i, sorted(expected - found)))
         if not row["sensitive"] and found:
             false_pos.append((i, sorted(found)))
     negatives = sum(1 for r in rows if not r["sensitive"])
     print(f"labelled set: missed={len(missed)} false_positive_rate={len(false_pos) / negatives}")
-    assert missed == []
+    assert missed == [], missed
     assert len(false_pos) / negatives <= 0.05, false_pos

@@ -22,6 +22,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
 from importlib import resources
 
+from tierlm.signals.sensitivity_normalize import fold
+
 Hit = tuple[str, int, int]
 
 _UP = "A-ZÀ-ÖØ-ÞĀĂĄĆĈĊČĎĐĒĖĘĚĞĢĪĮİĶĹĻĽŁŃŅŇŌŐŒŔŘŚŜŞŠŢŤŪŮŰŲŹŻŽ"
@@ -41,7 +43,8 @@ _NOT_SURNAME = frozenset(
 )
 _TITLE = re.compile(
     rf"(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Herrn|Herr|Frau|Hrn|Hr|Mme|Mlle|Monsieur|Madame|Sr|Sra|"
-    rf"Señor|Señora|Sig|Dott|Ing)\.?(?:[ \t]{{1,3}}(?:Dr|Prof|Ing|med|rer\. nat|h\. ?c|phil|dent)"
+    rf"Señor|Señora|Sig|Sig\.ra|Signora|Signor|Dott|Ing|Pani|Pan|Panu|Pana|Panią|Mevrouw|"
+    rf"Meneer|Dhr|Mevr|Fru)\.?(?:[ \t]{{1,3}}(?:Dr|Prof|Ing|med|rer\. nat|h\. ?c|phil|dent)"
     rf"\.?){{0,3}}[ \t]{{1,3}}"
     rf"(?:{_PARTICLE}[ \t]{{1,3}}){{0,2}}{_NAME}(?:[ \t]{{1,3}}{_NAME})?"
 )
@@ -51,19 +54,41 @@ _CONTEXT = re.compile(  # searched in the lower-cased text; group 1: a strong ph
     r"|mi chiamo)|name:|patient:|employee:|mitarbeiter(?:in)?:)[ \t]{1,3}"
 )
 _CONTEXT_NAME = re.compile(rf"{_NAME}(?:[ \t]{{1,3}}({_NAME}))?")
-_ANCHOR = re.compile(
-    r"\b(?:i|i'm|i've|i'd|me|my|myself|he|she|his|her|him|he's|she's|patient|patients|"
-    r"employee|colleague|coworker|co-worker|worker|operator|technician|contractor|apprentice|"
-    r"client|customer|son|daughter|wife|husband|mother|father|mom|mum|dad|sister|brother|"
-    r"friend|boss|manager|child|baby|partner|mr|mrs|ms|dr|mein|meine|meiner|er|sein|seine|"
-    r"ihre|kollege|kollegin|mitarbeiter|mitarbeiterin|patientin)\b"
+_STRICT_ANCHOR = (  # personal pronouns and possessives in the eight languages
+    r"i|i'm|i've|i'd|me|my|myself|mine|he|she|his|her|him|he's|she's|ich|mein|meine|meinem|"
+    r"meinen|meiner|mir|mich|er|sein|seine|seinem|seinen|seiner|ihr|ihre|ihrem|ihren|ihrer|"
+    r"moi|mon|mes|elle|lui|sa|ses|j'ai|je suis|yo|mi|mis|él|ella|io|mio|mia|miei|mie|lei|"
+    r"suo|sua|ik|mij|mijn|hij|zij|haar|ja|mój|moja|moje|mojego|mojej|mnie|jego|jej|ona|"
+    r"jag|mitt|mina|mig|hans|hon|hennes|min"
 )
-_WORD = re.compile(r"\w[\w'’-]{0,40}")
+_ROLE_ANCHOR = (  # people by role, family tie or title
+    r"patient|patients|patientin|patiente|paciente|paziente|patiënt|pacjent|pacjentka|"
+    r"employee|colleague|coworker|co-worker|worker|operator|technician|contractor|"
+    r"apprentice|client|customer|friend|manager|partner|kollege|kollegin|mitarbeiter|"
+    r"mitarbeiterin|collègue|salarié|salariée|compañero|compañera|empleado|empleada|"
+    r"collega|dipendente|medewerker|kolega|koleżanka|pracownik|pracownica|kollega|anställd|"
+    r"son|daughter|wife|husband|mother|father|mom|mum|dad|sister|brother|child|baby|"
+    r"sohn|tochter|mutter|vater|schwester|bruder|fils|fille|femme|mari|mère|père|sœur|"
+    r"frère|enfant|hijo|hija|esposa|marido|madre|padre|hermana|hermano|figlio|figlia|"
+    r"moglie|marito|sorella|fratello|zoon|dochter|vrouw|moeder|vader|zus|broer|syn|córka|"
+    r"żona|mąż|matka|ojciec|siostra|brat|dotter|mamma|pappa|syster|bror|chef|boss|jefe|"
+    r"capo|baas|szef|mr|mrs|ms|dr|herr|herrn|frau|mme|sr|sra|signora|signor|pani|pan|"
+    r"mevrouw|meneer|fru"
+)
+ANCHOR = re.compile(rf"\b(?:{_STRICT_ANCHOR}|{_ROLE_ANCHOR})\b")
+STRICT_ANCHOR = re.compile(rf"\b(?:{_STRICT_ANCHOR})\b")
+FIRST_PERSON = re.compile(
+    r"\b(?:i|i'm|me|my|ich|mein|meine|mir|mich|moi|mon|mes|j'ai|je|yo|mi|mis|io|mio|mia|"
+    r"ik|mij|mijn|ja|mój|moja|moje|mnie|jag|mitt|mina|mig)\b"
+)
+WORD = re.compile(r"\w[\w'’-]{0,40}")
+_POLISH_ENDINGS = (("owi", ""), ("em", ""), ("ie", ""), ("ą", "a"), ("y", "a"), ("ę", "a"),
+                   ("i", "a"), ("a", ""), ("u", ""))  # fmt: skip
 _WINDOW = 80
 
 
 @lru_cache(maxsize=4)
-def _read_list(name: str) -> tuple[str, ...]:
+def read_list(name: str) -> tuple[str, ...]:
     text = resources.files("tierlm.data").joinpath(name).read_text(encoding="utf-8")
     return tuple(
         line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
@@ -71,10 +96,13 @@ def _read_list(name: str) -> tuple[str, ...]:
 
 
 class NameRules:
-    """Person-name rules: first-name lexicon, titles, context phrases."""
+    """Person-name rules: first-name lexicon (Polish case endings too), titles, context
+    phrases. Names on the public-figure list are reported as ``public_figure`` (the caller
+    drops them: a public figure in a public context is not personal data)."""
 
     def __init__(self) -> None:
-        self.first_names = frozenset(_read_list("sensitivity_first_names.txt"))
+        self.first_names = frozenset(read_list("sensitivity_first_names.txt"))
+        self.public = frozenset(read_list("sensitivity_public_figures.txt"))
         self._cap = re.compile(rf"[{_UP}][{_LO}]{{1,19}}")
         self._pair = re.compile(
             rf"([{_UP}](?<!\w[{_UP}])[{_LO}]{{1,19}})"
@@ -82,12 +110,21 @@ class NameRules:
             rf"(?:[ \t]{{1,3}}({_NAME}))?(?![\w]))"
         )
 
+    def known(self, word: str) -> bool:
+        """A first name, also in a Polish case form ("Anny", "Piotra", "Janowi")."""
+        if word in self.first_names:
+            return True
+        return any(
+            word.endswith(end) and word[: len(word) - len(end)] + add in self.first_names
+            for end, add in _POLISH_ENDINGS
+            if len(word) - len(end) >= 3
+        )
+
     def scan(self, text: str, lower: str) -> Iterator[Hit]:
         """Name hits; ``lower`` is ``text`` lower-cased with the same length."""
         for m in _TITLE.finditer(text):
             if m.start() == 0 or not text[m.start() - 1].isalnum():
-                yield "person_name", m.start(), m.end()
-        caps = {w.lower() for w in self._cap.findall(text)}
+                yield self._kind(lower, m.start(), m.end()), m.start(), m.end()
         for m in _CONTEXT.finditer(lower):
             name = _CONTEXT_NAME.match(text, m.end())
             if name is None:
@@ -97,58 +134,55 @@ class NameRules:
             strong = m.group(1) is not None or name.group(1) is not None
             if strong or name.group().lower() in self.first_names:
                 yield "person_name", name.start(), name.end()
-        if not caps & self.first_names:
+        caps = self._cap.findall(text)
+        if not any(self.known(w.lower()) for w in caps):
             return
         for m in self._pair.finditer(text):
             first, surname = m.group(1).lower(), m.group(3).lower()
-            if first not in self.first_names or surname in _NOT_SURNAME:
+            if surname in _NOT_SURNAME or not self.known(first):
                 continue
             start, end = m.start(1), m.end(2)
             second = m.group(4)  # a second surname: José Álvarez García
             if second is not None and second.lower() not in _NOT_SURNAME:
                 end = m.end(4)
             head = _HYPHEN_HEAD.search(text, max(0, start - 21), start)  # Hans-Peter
-            yield "person_name", head.start() if head else start, end
+            start = head.start() if head else start
+            yield self._kind(lower, start, end), start, end
+
+    def _kind(self, lower: str, start: int, end: int) -> str:
+        name = lower[start:end].removesuffix("'s").removesuffix("’s")
+        return "public_figure" if name in self.public else "person_name"
 
 
-class HealthRules:
-    """Health terms near a personal anchor."""
+class TermIndex:
+    """Find any of many terms (words or phrases) in lower-cased text, fast: a set
+    intersection with the text's words first, then one regex over the terms present."""
 
-    def __init__(self) -> None:
+    def __init__(self, terms: Iterable[str]) -> None:
         singles: set[str] = set()
         phrases: dict[str, list[str]] = {}
-        self.strong: frozenset[str]
-        strong: set[str] = set()
-        for raw in _read_list("sensitivity_health_terms.txt"):
-            term = raw.lstrip("!")
-            if raw.startswith("!"):
-                strong.add(term)
-            if " " in term:
-                phrases.setdefault(term.split(" ", 1)[0], []).append(term)
+        for term in terms:
+            head = WORD.match(term)
+            if head is not None and head.group() != term:
+                phrases.setdefault(head.group(), []).append(term)
             else:
                 singles.add(term)
         for firsts in phrases.values():
             firsts.sort(key=len, reverse=True)
         self.singles = frozenset(singles)
         self.phrases = phrases
-        self.strong = frozenset(strong)
         self._keys = self.singles | frozenset(phrases)
 
-    def scan(self, lower: str, anchors: Sequence[tuple[int, int]] = ()) -> Iterator[Hit]:
-        """``lower`` is the lower-cased text (same length); ``anchors``: person-name spans."""
-        present = self._keys.intersection(_WORD.findall(lower))
+    def find(self, lower: str, words: set[str]) -> Iterator[tuple[int, int]]:
+        """Spans of the terms in ``lower``; ``words``: its words (``WORD.findall``)."""
+        present = self._keys.intersection(words)
         if not present:
             return
-        # Only the words that occur: one C-speed pass for their positions (re caches it).
         alternation = "|".join(re.escape(k) for k in sorted(present, key=len, reverse=True))
         for m in re.finditer(rf"(?<![\w'’-])(?:{alternation})(?!\w)", lower):
-            s = m.start()
-            term = self._match_term(lower, s, m.group())
-            if term is None:
-                continue
-            e = s + len(term)
-            if term in self.strong or self._anchored(lower, s, e, anchors):
-                yield "health", s, e
+            term = self._match_term(lower, m.start(), m.group())
+            if term is not None:
+                yield m.start(), m.start() + len(term)
 
     def _match_term(self, lower: str, start: int, word: str) -> str | None:
         for phrase in self.phrases.get(word, ()):
@@ -157,10 +191,27 @@ class HealthRules:
                 return phrase
         return word if word in self.singles else None
 
+
+class HealthRules:
+    """Health terms near a personal anchor (or personal on their own: ``!`` in the list)."""
+
+    def __init__(self) -> None:
+        raw = read_list("sensitivity_health_terms.txt")
+        self.strong = frozenset(t.lstrip("!") for t in raw if t.startswith("!"))
+        self._index = TermIndex(t.lstrip("!") for t in raw)
+
+    def scan(
+        self, lower: str, words: set[str], anchors: Sequence[tuple[int, int]] = ()
+    ) -> Iterator[Hit]:
+        """``lower`` is the lower-cased text (same length); ``anchors``: person-name spans."""
+        for s, e in self._index.find(lower, words):
+            if lower[s:e] in self.strong or self._anchored(lower, s, e, anchors):
+                yield "health", s, e
+
     @staticmethod
     def _anchored(lower: str, s: int, e: int, anchors: Sequence[tuple[int, int]]) -> bool:
         lo, hi = max(0, s - _WINDOW), e + _WINDOW
-        if _ANCHOR.search(lower, lo, hi) is not None:
+        if ANCHOR.search(lower, lo, hi) is not None:
             return True
         return any(a_end >= lo and a_start <= hi for a_start, a_end in anchors)
 
@@ -169,11 +220,15 @@ class TermRules:
     """Organisation-specific terms from config (project names, customer names, ...)."""
 
     def __init__(self, terms: Iterable[str]) -> None:
-        cleaned = {t.strip().lower() for t in terms if t and t.strip()}
+        cleaned = {" ".join(fold(t).lower().split()) for t in terms if t and t.strip()}
         # Matched in the lower-cased text: much faster than an IGNORECASE alternation.
         usable = sorted(cleaned, key=len)
         self.count = len(usable)
-        alternation = "|".join(re.escape(t) for t in reversed(usable))
+        # a space or dash in a term matches any run of spaces, dashes and underscores
+        alternation = "|".join(
+            re.escape(t).replace(r"\ ", r"[\s_-]{1,3}").replace(r"\-", r"[\s_-]{0,3}")
+            for t in reversed(usable)
+        )
         self._pattern = re.compile(rf"(?<!\w)(?:{alternation})(?!\w)") if usable else None
 
     def scan(self, lower: str) -> Iterator[Hit]:

@@ -35,7 +35,9 @@ from tierlm.signals import sensitivity_checks as chk
 Hit = tuple[str, int, int]
 
 _RESERVED_MAIL = re.compile(
-    r"(?:^|\.)(?:example\.(?:com|org|net)|example|test|invalid|localhost)$", re.IGNORECASE
+    r"(?:^|\.)(?:(?:example|exemple|ejemplo|esempio|beispiel|voorbeeld|przyklad|exempel|"
+    r"your-?domain|your-?company|domain)\.[a-z]{2,6}|example|test|invalid|localhost)$",
+    re.IGNORECASE,
 )
 _PLACEHOLDER = re.compile(
     r"^(?:<[^>]*>?|\$\{?[\w.]*\}?|\{\{.*|%[sd]|x{3,}|\*{3,}|\.{3,}|_+|-+|null|none|"
@@ -76,7 +78,9 @@ _SECRET_WORD = (
 _PASSWORD_WORDS = ("pass", "pw", "kennwort")
 _PHONE_WORDS = re.compile(
     r"(?:\btel|phone|\bcall|mobile|\bcell|\bfax|handy|telefon|t[ée]l[ée]phone|whatsapp|\bsms|"
-    r"\bring|reach (?:me|him|her|us)|\bmob|hotline|\bdial)",
+    r"\bring|reach (?:me|him|her|us)|\bmob|hotline|\bdial|rückruf|callback|portable|m[óo]vil|"
+    r"cellulare|mobiel|bel me|kom[óo]rk|m[óo]j numer|my number|meine nummer|mon numéro|"
+    r"mi número|il mio numero|mijn nummer|mitt nummer|llámame|chiamami|zadzwoń)",
 )
 _NOT_PHONE_WORDS = re.compile(
     r"(?:order|invoice|ticket|serial|part|\bpo\b|item|sku|\bref|batch|\blot\b|case|version|"
@@ -90,7 +94,7 @@ _WORDISH = re.compile(r"[\w-]")
 _VERSION_BEFORE = re.compile(r"(?:\bv|\bver\.?|version|release|firmware|build)\s{0,2}$")
 _DATE = re.compile(r"^\d{1,4}([./-])\d{1,2}\1\d{1,4}$")
 _US_PHONE = re.compile(r"^(?:\+?1[ .-]?)?\(?[2-9]\d{2}\)?[ .-]?[2-9]\d{2}[ .-]\d{4}$")
-_EU_TRUNK = re.compile(r"^\(?0[1-9]\d{0,4}\)?[ /.-]\d")
+_EU_TRUNK = re.compile(r"^\(?0[1-9]\d{0,4}\)?(?:[ /.-]| ?/ ?)\d")
 
 
 class PatternRules:
@@ -109,14 +113,18 @@ class PatternRules:
         )
         self._ipv6 = c(r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:])")
         self._phone = c(
-            r"(?<![\w+/.-])(?:\+|00)?(?:\(\d{1,5}\)\d{0,8}|\d{1,8})"
-            r"(?:[ .\-/](?:\(\d{1,5}\)\d{0,8}|\d{1,8})){0,6}(?![\w-]|[./]\d)"
+            r"(?<![\w+/.-])(?:\+|00)?(?:\(\d{1,5}\)\d{0,8}|\d{1,15})"
+            r"(?:(?:[ .\-/]| ?/ ?|  )(?:\(\d{1,5}\)\d{0,8}|\d{1,8})){0,6}(?![\w-]|[./]\d)"
         )
-        self._card_grouped = c(
-            r"\d(?<![\d-]\d)(?:\d{3}([ -])\d{4}\1\d{4}\1\d{1,7}|\d{3}([ -])\d{6}\2\d{4,5})(?![\d-])"
+        # digit groups with separators (spaces, dots, dashes, a line break) between them
+        self._digit_chain = c(
+            r"\d(?<![\w.,/-]\d)\d{0,18}(?:(?:[ .-]{1,3}| {0,3}\r?\n {0,3})\d{1,19}){0,9}"
         )
-        self._card_plain = c(r"\d(?<![\w-]\d)\d{12,18}(?![\w-])")
-        self._iban = c(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){10,30}")
+        self._digit_group = c(r"\d+")
+        self._iban = c(
+            r"[A-Za-z](?<![A-Za-z0-9][A-Za-z])[A-Za-z]\d{2}"
+            r"(?:(?:[ .-]{0,2}| ?\r?\n ?)[A-Za-z0-9]){10,34}"
+        )
         self._ssn = c(r"(\d(?<![\d-]\d)\d{2})-(\d{2})-(\d{4})(?![\d-])")
         self._nino = c(
             r"[A-CEGHJ-PR-TW-Z](?<![A-Za-z0-9][A-Z])[A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]"
@@ -159,18 +167,19 @@ class PatternRules:
     def scan(self, text: str, lower: str) -> list[Hit]:
         """Raw hits; ``lower`` is ``text`` lower-cased with the same length."""
         hits: list[Hit] = []
-        if "@" in text:
+        if "@" in text or "%40" in text:
             hits.extend(self._emails(text))
         if "://" in text:
             hits.extend(self._url_credentials(text))
         hits.extend(self._secrets(text, lower))
         if self._digit.search(text) is not None:
-            hits.extend(self._numbers(text, lower))
+            hits.extend(self.numbers(text, lower))
         if text.count(":") >= 2:
             hits.extend(self._ipv6s(text))
         return hits
 
-    def _numbers(self, text: str, lower: str) -> Iterator[Hit]:
+    def numbers(self, text: str, lower: str) -> Iterator[Hit]:
+        """Hits of the number rules only (cards, IBANs, IDs, IPs, phones)."""
         yield from self._cards(text)
         yield from self._ibans(text)
         yield from self._national_ids(text, lower)
@@ -180,9 +189,11 @@ class PatternRules:
     # -- contact data -------------------------------------------------------------------
 
     def _emails(self, text: str) -> Iterator[Hit]:
+        if "%40" in text:
+            text = text.replace("%40", "%%@")  # URL-encoded: same length, same spans
         for m in self._email.finditer(text):
             domain = m.group(1)
-            if _RESERVED_MAIL.search(domain) or text.startswith("git@", m.start()):
+            if reserved_mail(domain) or text.startswith("git@", m.start()):
                 continue
             yield "email", m.start(), m.end()
 
@@ -199,6 +210,8 @@ class PatternRules:
             shaped = _US_PHONE.match(raw) is not None or (
                 _EU_TRUNK.match(raw) is not None and 9 <= n <= 12
             )
+            if _reserved_phone(raw):
+                continue
             if context or ((intl or shaped) and not _NOT_PHONE_WORDS.search(before[-20:])):
                 yield "phone", s, e
 
@@ -227,20 +240,30 @@ class PatternRules:
     # -- financial ----------------------------------------------------------------------
 
     def _cards(self, text: str) -> Iterator[Hit]:
-        for pattern in (self._card_grouped, self._card_plain):
-            for m in pattern.finditer(text):
-                digits = re.sub(r"[ -]", "", m.group())
-                if chk.card_ok(digits):
-                    yield "payment_card", m.start(), m.end()
+        """Card numbers in runs of digit groups: any separators, any grouping, as long as
+        every group but the last has three or more digits (so lists of small numbers and
+        dates do not add up to a card)."""
+        for m in self._digit_chain.finditer(text):
+            if m.end() - m.start() < 13:
+                continue
+            groups = [(g.start(), g.end()) for g in self._digit_group.finditer(text, *m.span())]
+            i = 0
+            while i < len(groups):
+                j = _card_window(text, groups, i)
+                if j is None:
+                    i += 1
+                    continue
+                yield "payment_card", groups[i][0], groups[j][1]
+                i = j + 1
 
     def _ibans(self, text: str) -> Iterator[Hit]:
         for m in self._iban.finditer(text):
             raw = m.group()
-            length = chk.IBAN_LENGTHS.get(raw[:2])
+            length = chk.IBAN_LENGTHS.get(raw[:2].upper())
             if length is None:
                 continue
-            keep = [i for i, ch in enumerate(raw) if ch != " "][:length]
-            compact = "".join(raw[i] for i in keep)
+            keep = [i for i, ch in enumerate(raw) if ch.isalnum()][:length]
+            compact = "".join(raw[i] for i in keep).upper()
             if len(compact) == length and chk.iban_ok(compact):
                 yield "iban", m.start(), m.start() + keep[-1] + 1
 
@@ -270,7 +293,7 @@ class PatternRules:
         for sub, needles, pattern in self._providers:
             if any(needle in text for needle in needles):
                 for m in pattern.finditer(text):
-                    if m.start() and _WORDISH.match(text, m.start() - 1):
+                    if (m.start() and _WORDISH.match(text, m.start() - 1)) or _filler(m.group()):
                         continue
                     if sub != "openai_key" or _mixed(m.group()[3:]):
                         yield f"secret:{sub}", m.start(), m.end()
@@ -334,6 +357,44 @@ def _ip_public_interest(raw: str) -> bool | None:
     if ip.is_loopback or ip.is_unspecified or any(ip in net for net in _DOC_NETS):
         return False
     return not (ip.version == 4 and raw.startswith("255."))
+
+
+def reserved_mail(domain: str) -> bool:
+    """A documentation or placeholder domain (example.com, ejemplo.es, *.test, ...)."""
+    return _RESERVED_MAIL.search(domain) is not None
+
+
+def _card_window(text: str, groups: list[tuple[int, int]], i: int) -> int | None:
+    """The last group j such that groups i..j spell a valid card number, or None."""
+    digits = ""
+    for j in range(i, len(groups)):
+        s, e = groups[j]
+        digits += text[s:e]
+        if len(digits) > 19:
+            return None
+        if len(digits) >= 13 and chk.card_ok(digits):
+            return j
+        if e - s < 3:
+            return None  # only the last group may be short
+    return None
+
+
+_FICTION_PHONE = re.compile(r"(?:\+?1)?(?:\d{3})?55501\d\d$")
+
+
+def _reserved_phone(raw: str) -> bool:
+    """555-0100..0199 (reserved for fiction and documentation) and all-zero numbers."""
+    digits = "".join(ch for ch in raw if ch.isdigit())
+    if _FICTION_PHONE.match(digits):
+        return True
+    rest = digits[3:]  # past a country or trunk code
+    return len(rest) >= 6 and max(rest.count(d) for d in set(rest)) >= len(rest) - 1
+
+
+def _filler(value: str) -> bool:
+    """A placeholder key: one character (x, X, 0, *) makes up most of it."""
+    body = value[-16:]
+    return max(body.count(ch) for ch in set(body)) >= 12
 
 
 def _context_id_ok(digits: str) -> bool:
