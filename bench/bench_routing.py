@@ -1,7 +1,12 @@
 """Routing decisions: latency per decision (all signals included), ``route --jsonl``
-throughput, and the privacy leak rate on the labelled sensitivity set.
+throughput, and the privacy leak rate on the labelled sensitivity set, overall and by
+category and language.
 
-    .venv/bin/python bench/bench_routing.py [--n 5000]
+    .venv/bin/python bench/bench_routing.py [--n 5000] [--no-jsonl]
+
+Leak: a sensitive prompt whose plan has any external candidate. False positive: a
+non-sensitive prompt whose plan has none (kept local). Labelled rows with ``messages`` are
+sent as consecutive user messages (values split across messages).
 
 Uses the full-stack preset (tiny -> site -> cloud) with placeholder endpoints and keys: no
 model is called, as with ``tierlm route``.
@@ -18,6 +23,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+from tierlm.types import Boundary, ChatRequest, Message
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELLED = ROOT / "tests" / "data" / "sensitivity_prompts.jsonl"
@@ -31,11 +39,21 @@ ENV = {
 }
 
 
+def labelled() -> list[dict[str, Any]]:
+    return [json.loads(line) for line in LABELLED.read_text().splitlines() if line]
+
+
+def as_request(row: dict[str, Any]) -> ChatRequest:
+    if "messages" in row:
+        return ChatRequest(messages=[Message(role="user", content=m) for m in row["messages"]])
+    return ChatRequest.from_prompt(row["prompt"])
+
+
 def prompts(n: int) -> list[str]:
     """A mix of labelled prompts and real benchmark/chat prompts, cycled to ``n``."""
     import csv
 
-    out = [json.loads(line)["prompt"] for line in LABELLED.read_text().splitlines() if line]
+    out = [row["prompt"] for row in labelled() if "prompt" in row]
     with (ROUTING / "alpacaeval" / "instructions.csv").open(newline="") as f:
         out += [row["instruction"] for row in csv.DictReader(f)]
     return [out[i % len(out)] for i in range(n)]
@@ -46,13 +64,29 @@ def percentile(xs: list[float], p: float) -> float:
     return xs[min(int(len(xs) * p / 100), len(xs) - 1)]
 
 
+def rates_table(results: list[tuple[dict[str, Any], bool]]) -> list[str]:
+    """Markdown rows: leak and false-positive rate by category and by language."""
+    lines = ["| group | leaks (sensitive with an external candidate) | false positives |",
+             "|---|---:|---:|"]  # fmt: skip
+    for field in ("category", "lang"):
+        groups = sorted({row[field] for row, _ in results})
+        for group in groups:
+            rows = [(r, ext) for r, ext in results if r[field] == group]
+            sens = [ext for r, ext in rows if r["sensitive"]]
+            plain = [not ext for r, ext in rows if not r["sensitive"]]
+            leak = f"{sum(sens)}/{len(sens)}" if sens else "-"
+            fp = f"{sum(plain)}/{len(plain)}" if plain else "-"
+            lines.append(f"| {field}: {group} | {leak} | {fp} |")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=5000)
+    ap.add_argument("--no-jsonl", action="store_true", help="skip the route --jsonl run")
     args = ap.parse_args()
     os.environ.update(ENV)
     from tierlm import Router
-    from tierlm.types import Boundary, ChatRequest
 
     router = Router.from_config(
         preset="full-stack",
@@ -67,20 +101,49 @@ def main() -> None:
         t0 = time.perf_counter()
         router.plan(r)
         lat.append((time.perf_counter() - t0) * 1000)
+    # prompts of 1-2 KB (labelled and benchmark text joined), the budget's upper end
+    joined = " ".join(texts)
+    long_reqs = [
+        ChatRequest.from_prompt(joined[i : i + 1024 + (i * 7) % 1024])
+        for i in range(0, min(len(joined) - 2048, 400 * 997), 997)
+    ]
+    lat_2k = []
+    for r in long_reqs:
+        t0 = time.perf_counter()
+        router.plan(r)
+        lat_2k.append((time.perf_counter() - t0) * 1000)
 
     # leak rate and false positives on the labelled set
-    rows = [json.loads(line) for line in LABELLED.read_text().splitlines() if line]
-    leaks = fps = sens = plain = 0
-    for row in rows:
-        plan = router.plan(ChatRequest.from_prompt(row["prompt"]))
-        external = any(c.boundary is Boundary.EXTERNAL for c in plan.candidates)
-        if row["sensitive"]:
-            sens += 1
-            leaks += external
-        else:
-            plain += 1
-            fps += not external
+    results = []
+    for row in labelled():
+        plan = router.plan(as_request(row))
+        results.append((row, any(c.boundary is Boundary.EXTERNAL for c in plan.candidates)))
     router.close()
+    sens = sum(1 for row, _ in results if row["sensitive"])
+    leaks = sum(1 for row, ext in results if row["sensitive"] and ext)
+    plain = len(results) - sens
+    fps = sum(1 for row, ext in results if not row["sensitive"] and not ext)
+    print(f"{args.n} decisions, full-stack preset, this machine ({os.cpu_count()} cores)\n")
+    print("| metric | value |")
+    print("|---|---:|")
+    print(f"| decision latency p50 (ms) | {statistics.median(lat):.3f} |")
+    print(f"| decision latency p99 (ms) | {percentile(lat, 99):.3f} |")
+    print(f"| decision latency max (ms) | {max(lat):.3f} |")
+    print(f"| decision latency p99, 1-2 KB prompts (ms, n={len(lat_2k)}) | "
+          f"{percentile(lat_2k, 99):.3f} |")  # fmt: skip
+    print(f"| in-process decisions/s | {len(lat) / (sum(lat) / 1000):,.0f} |")
+    print(
+        f"| leak rate (sensitive prompts with an external candidate) | "
+        f"{leaks}/{sens} = {leaks / max(sens, 1):.3f} |"
+    )
+    print(
+        f"| false-positive rate (non-sensitive prompts kept local) | "
+        f"{fps}/{plain} = {fps / max(plain, 1):.3f} |"
+    )
+    print()
+    print("\n".join(rates_table(results)))
+    if args.no_jsonl:
+        return
 
     # route --jsonl throughput, as a user runs it (one process, models loaded once)
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
@@ -99,24 +162,7 @@ def main() -> None:
     os.unlink(f.name)
     assert len(out.stdout.splitlines()) == len(texts)
 
-    print(f"{args.n} decisions, full-stack preset, this machine ({os.cpu_count()} cores)\n")
-    print("| metric | value |")
-    print("|---|---:|")
-    print(f"| decision latency p50 (ms) | {statistics.median(lat):.3f} |")
-    print(f"| decision latency p99 (ms) | {percentile(lat, 99):.3f} |")
-    print(f"| decision latency max (ms) | {max(lat):.3f} |")
-    print(f"| in-process decisions/s | {len(lat) / (sum(lat) / 1000):,.0f} |")
-    print(
-        f"| `route --jsonl` decisions/s (whole command, start-up included) | {args.n / wall:,.0f} |"
-    )
-    print(
-        f"| leak rate (sensitive prompts with an external candidate) | "
-        f"{leaks}/{sens} = {leaks / max(sens, 1):.3f} |"
-    )
-    print(
-        f"| false-positive rate (non-sensitive prompts kept local) | "
-        f"{fps}/{plain} = {fps / max(plain, 1):.3f} |"
-    )
+    print(f"\n`route --jsonl` decisions/s (whole command, start-up included): {args.n / wall:,.0f}")
 
 
 if __name__ == "__main__":

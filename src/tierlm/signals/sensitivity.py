@@ -34,7 +34,7 @@ from tierlm.signals.sensitivity_lexicon import (
     NameRules,
     TermRules,
 )
-from tierlm.signals.sensitivity_normalize import SpelledNumbers, fold, spelled_emails
+from tierlm.signals.sensitivity_normalize import SpelledNumbers, View, fold, spelled_emails
 from tierlm.signals.sensitivity_people import PersonalRules
 from tierlm.signals.sensitivity_rules import Hit, PatternRules, reserved_mail
 from tierlm.signals.sensitivity_secrets import (
@@ -202,20 +202,30 @@ class SensitivityDetector:
         lower = _lower(folded)
         words = set(WORD.findall(lower))
         hits: list[Hit] = self._rules.scan(folded, lower)
-        hits.extend(self._secrets(folded, lower))
+        hits.extend(self._secrets(folded, lower, words))
         hits.extend(
-            ("email", s, e) for s, e, domain in spelled_emails(lower) if not reserved_mail(domain)
+            ("email", s, e)
+            for s, e, domain in spelled_emails(lower, words)
+            if not reserved_mail(domain)
         )
         if self._numbers.triggered(words) and (view := self._numbers.view(folded, lower)):
-            for kind, s, e in self._rules.numbers(view.text, _lower(view.text)):
-                if view.text[s:e] != folded[slice(*view.span(s, e))]:  # not seen already
-                    hits.append((kind, *view.span(s, e)))
+            hits.extend(self._spelled_numbers(view))
         hits.extend(self._terms.scan(lower))
         hits.extend(self._people_hits(folded, lower, words))
         return hits
 
-    def _secrets(self, text: str, lower: str) -> Iterator[Hit]:
-        yield from password_statements(text, lower)
+    def _spelled_numbers(self, view: View) -> Iterator[Hit]:
+        """Number hits on the spelled runs of ``view`` (with 48 characters of context
+        before each run), mapped back to the original text."""
+        for run_start, run_end in view.runs:
+            lo = max(0, run_start - 48)
+            window = view.text[lo : run_end + 8]
+            for kind, s, e in self._rules.numbers(window, _lower(window)):
+                if s + lo < run_end and e + lo > run_start:  # touches the run
+                    yield (kind, *view.span(s + lo, e + lo))
+
+    def _secrets(self, text: str, lower: str, words: set[str]) -> Iterator[Hit]:
+        yield from password_statements(text, lower, words)
         yield from call_arguments(text)
         if "asic" in text:
             yield from basic_auth(text)

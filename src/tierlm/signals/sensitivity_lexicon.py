@@ -81,13 +81,25 @@ FIRST_PERSON = re.compile(
     r"\b(?:i|i'm|me|my|ich|mein|meine|mir|mich|moi|mon|mes|j'ai|je|yo|mi|mis|io|mio|mia|"
     r"ik|mij|mijn|ja|mój|moja|moje|mnie|jag|mitt|mina|mig)\b"
 )
-WORD = re.compile(r"\w[\w'’-]{0,40}")
+WORD = re.compile(r"\w+")
+_TERM_EDGE = re.compile(r"[\w'’-]")  # a character a term must not follow
 _POLISH_ENDINGS = (("owi", ""), ("em", ""), ("ie", ""), ("ą", "a"), ("y", "a"), ("ę", "a"),
                    ("i", "a"), ("a", ""), ("u", ""))  # fmt: skip
+_POLISH_LAST = tuple({end[-1] for end, _ in _POLISH_ENDINGS})
 _WINDOW = 80
 
 
-@lru_cache(maxsize=4)
+def word_start(text: str, pos: int) -> bool:
+    """Whether ``pos`` starts a word (what a leading ``\\b`` would check)."""
+    return pos == 0 or not text[pos - 1].isalnum()
+
+
+def needles(*substrings: str) -> re.Pattern[str]:
+    """One pattern that finds any of ``substrings``: a cheap test before a costly rule."""
+    return re.compile("|".join(re.escape(n) for n in substrings))
+
+
+@lru_cache(maxsize=16)
 def read_list(name: str) -> tuple[str, ...]:
     text = resources.files("tierlm.data").joinpath(name).read_text(encoding="utf-8")
     return tuple(
@@ -114,6 +126,8 @@ class NameRules:
         """A first name, also in a Polish case form ("Anny", "Piotra", "Janowi")."""
         if word in self.first_names:
             return True
+        if not word.endswith(_POLISH_LAST):
+            return False
         return any(
             word.endswith(end) and word[: len(word) - len(end)] + add in self.first_names
             for end, add in _POLISH_ENDINGS
@@ -134,8 +148,8 @@ class NameRules:
             strong = m.group(1) is not None or name.group(1) is not None
             if strong or name.group().lower() in self.first_names:
                 yield "person_name", name.start(), name.end()
-        caps = self._cap.findall(text)
-        if not any(self.known(w.lower()) for w in caps):
+        caps = {w.lower() for w in self._cap.findall(text)}
+        if self.first_names.isdisjoint(caps) and not any(map(self.known, caps)):
             return
         for m in self._pair.finditer(text):
             first, surname = m.group(1).lower(), m.group(3).lower()
@@ -156,40 +170,38 @@ class NameRules:
 
 class TermIndex:
     """Find any of many terms (words or phrases) in lower-cased text, fast: a set
-    intersection with the text's words first, then one regex over the terms present."""
+    intersection with the text's words first, then ``str.find`` for the few terms present
+    (each indexed by its first word; a match must start and end on word boundaries)."""
 
     def __init__(self, terms: Iterable[str]) -> None:
-        singles: set[str] = set()
-        phrases: dict[str, list[str]] = {}
+        self._by_key: dict[str, list[str]] = {}
         for term in terms:
             head = WORD.match(term)
-            if head is not None and head.group() != term:
-                phrases.setdefault(head.group(), []).append(term)
-            else:
-                singles.add(term)
-        for firsts in phrases.values():
-            firsts.sort(key=len, reverse=True)
-        self.singles = frozenset(singles)
-        self.phrases = phrases
-        self._keys = self.singles | frozenset(phrases)
+            if head is not None:
+                self._by_key.setdefault(head.group(), []).append(term)
+        for group in self._by_key.values():
+            group.sort(key=len, reverse=True)
+        self._keys = frozenset(self._by_key)
 
     def find(self, lower: str, words: set[str]) -> Iterator[tuple[int, int]]:
-        """Spans of the terms in ``lower``; ``words``: its words (``WORD.findall``)."""
-        present = self._keys.intersection(words)
-        if not present:
-            return
-        alternation = "|".join(re.escape(k) for k in sorted(present, key=len, reverse=True))
-        for m in re.finditer(rf"(?<![\w'’-])(?:{alternation})(?!\w)", lower):
-            term = self._match_term(lower, m.start(), m.group())
-            if term is not None:
-                yield m.start(), m.start() + len(term)
+        """Spans of the terms in ``lower``, in order; ``words``: its words (``WORD``)."""
+        spans: list[tuple[int, int]] = []
+        for key in self._keys.intersection(words):
+            pos = lower.find(key)
+            while pos >= 0:
+                if pos == 0 or not _TERM_EDGE.match(lower, pos - 1):
+                    end = self._term_end(lower, pos, key)
+                    if end is not None:
+                        spans.append((pos, end))
+                pos = lower.find(key, pos + len(key))
+        return iter(sorted(spans))
 
-    def _match_term(self, lower: str, start: int, word: str) -> str | None:
-        for phrase in self.phrases.get(word, ()):
-            end = start + len(phrase)
-            if lower.startswith(phrase, start) and (end == len(lower) or not lower[end].isalnum()):
-                return phrase
-        return word if word in self.singles else None
+    def _term_end(self, lower: str, start: int, key: str) -> int | None:
+        for term in self._by_key[key]:
+            end = start + len(term)
+            if lower.startswith(term, start) and (end == len(lower) or not lower[end].isalnum()):
+                return end
+        return None
 
 
 class HealthRules:

@@ -25,6 +25,7 @@ such as "the pump at station point de" is not an address.
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -50,14 +51,24 @@ def fold(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class View:
-    """A rewritten text and, per character, the ``(start, end)`` it came from."""
+    """A rewritten text made of segments ``(view_start, view_end, start, end)``: copied
+    text (same length in the view and the original) or a rewritten run (digits standing
+    for the whole spelled run). ``runs``: the view spans of the rewritten runs."""
 
     text: str
-    origin: tuple[tuple[int, int], ...]
+    segments: tuple[tuple[int, int, int, int], ...]
+    runs: tuple[tuple[int, int], ...]
 
     def span(self, start: int, end: int) -> tuple[int, int]:
         """The original span of ``text[start:end]``."""
-        return self.origin[start][0], self.origin[end - 1][1]
+        return self._at(start)[0], self._at(end - 1)[1]
+
+    def _at(self, pos: int) -> tuple[int, int]:
+        seg = self.segments[bisect_right(self.segments, (pos, len(self.text) + 1)) - 1]
+        v0, v1, o0, o1 = seg
+        if v1 - v0 == o1 - o0:  # copied text
+            return o0 + pos - v0, o0 + pos - v0 + 1
+        return o0, o1
 
 
 # value, and whether the word is a multiplier-free "tens" (20, 30, ...) or a hundred.
@@ -169,35 +180,51 @@ class SpelledNumbers:
         self.keys = frozenset(_WORDS) | frozenset(_REPEAT)
 
     def triggered(self, words: set[str]) -> bool:
-        """Whether the text's lower-cased words hold enough number words to look at."""
-        return len(words & self.keys) >= 2
+        """Whether the text's lower-cased words hold enough number words to look at (two
+        different ones, one of them not an everyday word such as "one" or "ten")."""
+        present = words & self.keys
+        return len(present) >= 2 and not present <= _WEAK
 
     def view(self, text: str, lower: str) -> View | None:
         """The text with each spelled run of >= 7 digits rewritten; None when there is none."""
         runs = list(self._runs(lower))
         if not runs:
             return None
-        chars: list[str] = []
-        origin: list[tuple[int, int]] = []
-        pos = 0
+        parts: list[str] = []
+        segments: list[tuple[int, int, int, int]] = []
+        spans: list[tuple[int, int]] = []
+        pos = size = 0
         for start, end, pieces in runs:
-            for i in range(pos, start):
-                chars.append(text[i])
-                origin.append((i, i + 1))
+            if start > pos:
+                parts.append(text[pos:start])
+                segments.append((size, size + start - pos, pos, start))
+                size += start - pos
+            run_start = size
             for digits, s, e in pieces:
-                for ch in digits:
-                    chars.append(ch)
-                    origin.append((s, e))
+                parts.append(digits)
+                segments.append((size, size + len(digits), s, e))
+                size += len(digits)
+            spans.append((run_start, size))
             pos = end
-        for i in range(pos, len(text)):
-            chars.append(text[i])
-            origin.append((i, i + 1))
-        return View("".join(chars), tuple(origin))
+        if pos < len(text):
+            parts.append(text[pos:])
+            segments.append((size, size + len(text) - pos, pos, len(text)))
+        return View("".join(parts), tuple(segments), tuple(spans))
 
     def _runs(self, lower: str) -> Iterator[tuple[int, int, list[tuple[str, int, int]]]]:
         tokens = [(m.group(), m.start(), m.end()) for m in _TOKEN.finditer(lower)]
+        keys = self.keys
         i = 0
         while i < len(tokens):
+            word = tokens[i][0]
+            if not (word in keys or word in _PLUS or ("-" in word and _value(word))) and not (
+                len(word) == 1
+                and word.isalpha()
+                and i + 2 < len(tokens)
+                and tokens[i + 2][0] in keys
+            ):
+                i += 1
+                continue
             run = self._run(lower, tokens, i)
             if run is None:
                 i += 1
@@ -268,7 +295,7 @@ _DOT = (
     r"(?:\s{0,2}\.\s{0,2}|\s{0,2}[(\[{<]\s?(?:dot|punkt|point|punto|punt|kropka|prick)\s?[)\]}>]"
     r"\s{0,2}|\s{1,2}(?:dot|punkt|point|punto|punt|kropka|prick)\s{1,2})"
 )
-_LABEL = r"[a-z0-9](?:[a-z0-9_-]{0,40}[a-z0-9])?"
+_LABEL = r"[a-z0-9][a-z0-9_-]{0,40}+(?<![_-])"
 _SPELLED_EMAIL = re.compile(
     rf"(?<![\w.@-])({_LABEL}(?:{_DOT}{_LABEL}){{0,3}})({_AT})"
     rf"({_LABEL}(?:{_DOT}{_LABEL}){{0,3}}?)({_DOT})([a-z]{{2,6}})(?![\w@])"
@@ -283,9 +310,16 @@ _STRONG_AT = re.compile(
 )
 
 
-def spelled_emails(lower: str) -> Iterator[tuple[int, int, str]]:
+_DOT_WORDS = frozenset({"dot", "punkt", "point", "punto", "punt", "kropka", "prick"})
+_BRACKETS = re.compile(r"[(\[{<] ?(?:at|@|ät|dot) ?[)\]}>]| @|@ ")
+
+
+def spelled_emails(lower: str, words: set[str]) -> Iterator[tuple[int, int, str]]:
     """(start, end, domain) of addresses written with words or spaces; ``lower`` is the
-    lower-cased text. Plain ``a@b.c`` addresses are left to the e-mail rule."""
+    lower-cased text, ``words`` its words. Plain ``a@b.c`` addresses are left to the
+    e-mail rule."""
+    if _DOT_WORDS.isdisjoint(words) and _BRACKETS.search(lower) is None:
+        return
     for m in _SPELLED_EMAIL.finditer(lower):
         raw = m.group()
         if " " not in raw and "(" not in raw and "[" not in raw and "{" not in raw:

@@ -38,12 +38,16 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 
+from tierlm.signals.sensitivity_lexicon import needles, word_start
+
 Hit = tuple[str, int, int]
 
+# Patterns searched over whole texts start with a literal (no \b): the regex engine then
+# skips to candidate characters; the word boundary is checked on the few matches.
 _PW_WORD = re.compile(
-    r"(?:passw(?:or)?d|passwort|kennwort|passcode|passphrase|mot de passe|\bmdp\b|"
+    r"(?:passw(?:or)?d|passwort|kennwort|passcode|passphrase|mot de passe|mdp\b|"
     r"contraseña|contrasena|parola d['’]ordine|wachtwoord|has[łl][oa]|l[öo]senord|"
-    r"\bpin(?:[ -]code)?\b)"
+    r"pin(?:[ -]code)?\b)"
 )
 _CONNECTORS = frozenset(
     """: = => is ist lautet est c'est c’est es era è é e to jest brzmi är blir wordt was war
@@ -57,12 +61,12 @@ _CODE_LIKE = re.compile(
     r"^(?:your|my|tu|votre|ton|dein|ihr|tuo|jouw|twoje|ditt)_"
 )
 _CRED_WORD = re.compile(
-    r"\b(?:api[ _-]?key|key|keys|token|secret|credentials?|bearer|auth|apikey|clé|cle|"
+    r"(?:api[ _-]?key|key|keys|token|secret|credentials?|bearer|auth|apikey|clé|cle|"
     r"schlüssel|schluessel|clave|chiave|sleutel|klucz|nyckel|nøgle|passwort|password)\b"
 )
-_HIGH_ENTROPY = re.compile(r"(?<![\w/+=-])[A-Za-z0-9+/_=-]{16,128}(?![\w/+=-])")
+_HIGH_ENTROPY = re.compile(r"(?<![\w/+=-])[A-Za-z0-9+/_=-]{16,128}+(?![\w/+=-])")
 _BASIC = re.compile(r"\b[Bb]asic[ :]{1,3}([A-Za-z0-9+/]{8,400}={0,2})(?![\w+/=])")
-_BLOB = re.compile(r"(?<![\w+/=-])[A-Za-z0-9+/]{20,4096}={0,2}(?![\w+/=-])")
+_BLOB = re.compile(r"(?<![\w+/=-])[A-Za-z0-9+/]{20,4096}+={0,2}+(?![\w+/=-])")
 _CALL = re.compile(
     r"(?:connect|login|log_in|authenticate|auth|credentials|Credentials|Client|session|bind)"
     r"\s{0,2}\(([^()\n]{3,400})\)"
@@ -82,9 +86,24 @@ def strong_password(value: str) -> bool:
     return digits > 0 or symbols > 0 or any(ch.isupper() for ch in value[1:])
 
 
-def password_statements(text: str, lower: str) -> Iterator[Hit]:
-    """``secret:password`` values stated in words in the eight languages."""
+_PW_WORDS = frozenset(
+    """password passwords passwort kennwort passcode passphrase passwd mot mdp contraseña
+    contrasena parola wachtwoord hasło haslo hasła lösenord lösenordet losenord pin""".split()  # noqa: SIM905
+)
+_CRED_NEEDLES = needles("key", "token", "secret", "cred", "bearer", "auth", "clé", "cle ", "clave",
+                 "schlüssel", "schluessel", "chiave", "sleutel", "klucz", "nyckel", "nøgle",
+                 "passw")  # fmt: skip
+_LONG_RUN = re.compile(r"[A-Za-z0-9+/]{20}")
+
+
+def password_statements(text: str, lower: str, words: set[str]) -> Iterator[Hit]:
+    """``secret:password`` values stated in words in the eight languages; ``words``: the
+    lower-cased text's words."""
+    if _PW_WORDS.isdisjoint(words):
+        return
     for m in _PW_WORD.finditer(lower):
+        if not word_start(lower, m.start()):
+            continue
         end = text.find("\n", m.end(), m.end() + 72)
         window = list(_TOKEN.finditer(text, m.end(), end if end >= 0 else m.end() + 72))
         value = _stated_value(window)
@@ -142,15 +161,18 @@ def basic_auth(text: str) -> Iterator[Hit]:
 
 def entropy_tokens(text: str, lower: str) -> Iterator[Hit]:
     """``secret:api_key``: high-entropy tokens shortly after a credential word."""
-    words = [m.end() for m in _CRED_WORD.finditer(lower)]
-    if not words:
+    if _CRED_NEEDLES.search(lower) is None:
         return
-    for m in _HIGH_ENTROPY.finditer(text, words[0]):
-        s = m.start()
-        if not any(0 <= s - w <= 80 for w in words):
+    end = 0
+    for word in _CRED_WORD.finditer(lower):
+        if not word_start(lower, word.start()):
             continue
-        if _high_entropy(m.group()):
-            yield "secret:api_key", s, m.end()
+        for m in _HIGH_ENTROPY.finditer(text, max(end, word.end()), word.end() + 80 + 128):
+            if m.start() - word.end() > 80:
+                break
+            end = m.end()
+            if _high_entropy(m.group()):
+                yield "secret:api_key", m.start(), m.end()
 
 
 def _high_entropy(value: str) -> bool:
@@ -166,7 +188,10 @@ def _high_entropy(value: str) -> bool:
 
 def encoded_blobs(text: str, scan: Callable[[str], list[str]]) -> Iterator[Hit]:
     """Base64 text blobs whose decoded text holds a finding: ``scan`` returns its kinds."""
-    for m in _BLOB.finditer(text):
+    first = _LONG_RUN.search(text)
+    if first is None:
+        return
+    for m in _BLOB.finditer(text, first.start()):
         raw = m.group()
         if len(raw) % 4:
             continue
