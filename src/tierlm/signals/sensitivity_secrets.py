@@ -57,7 +57,8 @@ _FILLERS = frozenset("nu now jetzt maintenant ahora ora adesso teraz nun".split(
 _TOKEN = re.compile(r"=>|[:=]|[^\s\"'`«»„“”,;()<>\[\]{}:=]+")
 _COMMON = re.compile(r"^(?:[a-zà-ÿ]+|\d+|[A-ZÀ-Ý][a-zà-ÿ]+|[A-Z]+)$")
 _CODE_LIKE = re.compile(
-    r"://|^[/~.]|[/\\]\w|^\$|^%|^\{|\w\(|^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+$|^[A-Z][A-Z0-9_]+$|"
+    r"://|^[/~.]|[/\\]\w|^\$\{?[A-Za-z_]\w*\}?$|^%\w+%$|^\{|\w\(|^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+$|"
+    r"^[A-Z][A-Z0-9_]+$|"
     r"^(?:your|my|tu|votre|ton|dein|ihr|tuo|jouw|twoje|ditt)_"
 )
 _CRED_WORD = re.compile(
@@ -128,7 +129,7 @@ def _stated_value(tokens: list[re.Match[str]]) -> tuple[int, int] | None:
 def _value_ok(tok: re.Match[str]) -> bool:
     s, e = _trimmed(tok)
     before = tok.string[s - 1] if s else " "
-    return before not in "<{[$%" and strong_password(tok.string[s:e])
+    return before not in "<{[" and strong_password(tok.string[s:e])
 
 
 def _trimmed(tok: re.Match[str]) -> tuple[int, int]:
