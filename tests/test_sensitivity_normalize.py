@@ -131,23 +131,24 @@ def test_a_few_number_words_in_prose_are_not_numbers() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "value"),
+    "value",
     [
-        ("Send it to john dot smith at gmail dot com", "john dot smith at gmail dot com"),
-        ("schick es an anna punkt weiss ät posteo punkt de.", "anna punkt weiss ät posteo punkt de"),
-        ("écris à claire point dubois arobase orange point fr", "claire point dubois arobase orange point fr"),
-        ("reach me at e . adeyemi @ outlook . com today", "e . adeyemi @ outlook . com"),
-        ("Kontakt: m.berger(at)stadtwerke-ulm(dot)de", "m.berger(at)stadtwerke-ulm(dot)de"),
-        ("contact: r.okafor [at] protonmail [dot] com", "r.okafor [at] protonmail [dot] com"),
-        ("correo lucia punto moreno arroba gmail punto com", "lucia punto moreno arroba gmail punto com"),
-        ("scrivi a giulia chiocciola libero punto it", "giulia chiocciola libero punto it"),
-        ("mail pieter punt jansen apenstaartje ziggo punt nl", "pieter punt jansen apenstaartje ziggo punt nl"),
-        ("e-mail tomasz kropka nowak małpa wp kropka pl", "tomasz kropka nowak małpa wp kropka pl"),
-        ("e-post erik punkt lund snabel-a telia punkt se", "erik punkt lund snabel-a telia punkt se"),
-        ("url-encoded john.doe%40gmail.com in the log", "john.doe%40gmail.com"),
+        "john dot smith at gmail dot com",
+        "anna punkt weiss ät posteo punkt de",
+        "claire point dubois arobase orange point fr",
+        "e . adeyemi @ outlook . com",
+        "m.berger(at)stadtwerke-ulm(dot)de",
+        "r.okafor [at] protonmail [dot] com",
+        "lucia punto moreno arroba gmail punto com",
+        "giulia chiocciola libero punto it",
+        "pieter punt jansen apenstaartje ziggo punt nl",
+        "tomasz kropka nowak małpa wp kropka pl",
+        "erik punkt lund snabel-a telia punkt se",
+        "john.doe%40gmail.com",
     ],
-)  # fmt: skip
-def test_addresses_written_with_at_and_dot_words(text: str, value: str) -> None:
+)
+def test_addresses_written_with_at_and_dot_words(value: str) -> None:
+    text = f"Please write to {value} today."
     assert found(text) == {value: "email"}
 
 
