@@ -29,6 +29,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from tierlm.signals.sensitivity_lexicon import (
     FIRST_PERSON,
+    PRONOUN_I,
     WORD,
     HealthRules,
     NameRules,
@@ -241,12 +242,14 @@ class SensitivityDetector:
         names: list[Hit] = list(self._names.scan(text, lower)) if self._names else []
         private = [(s, e) for kind, s, e in names if kind == "person_name"]
         hits.extend(h for h in names if h[0] == "person_name")
+        speaker = [m.span() for m in PRONOUN_I.finditer(text)]  # "I" anchors like a name
         if self._health is not None:
-            hits.extend(self._health.scan(lower, words, private))
+            hits.extend(self._health.scan(lower, words, private + speaker))
         if self._people is not None:
-            hits.extend(self._people.scan(text, lower, words, private))
-        if len(private) < len(names) and not private and FIRST_PERSON.search(lower) is None:
-            hits = [h for h in hits if h[0] not in _ABOUT_PERSON]
+            hits.extend(self._people.scan(text, lower, words, private + speaker))
+        if len(private) < len(names) and not private and not speaker:
+            if FIRST_PERSON.search(lower) is None:  # only public figures, nobody speaking
+                hits = [h for h in hits if h[0] not in _ABOUT_PERSON]
         return hits
 
     def redact(self, text: str) -> str:

@@ -54,8 +54,9 @@ _CONTEXT = re.compile(  # searched in the lower-cased text; group 1: a strong ph
     r"|mi chiamo)|name:|patient:|employee:|mitarbeiter(?:in)?:)[ \t]{1,3}"
 )
 _CONTEXT_NAME = re.compile(rf"{_NAME}(?:[ \t]{{1,3}}({_NAME}))?")
-_STRICT_ANCHOR = (  # personal pronouns and possessives in the eight languages
-    r"i|i'm|i've|i'd|me|my|myself|mine|he|she|his|her|him|he's|she's|ich|mein|meine|meinem|"
+_STRICT_ANCHOR = (  # personal pronouns and possessives in the eight languages (English "I":
+    # see PRONOUN_I, the lower-cased "i" is also an Italian article)
+    r"i'm|i've|i'd|me|my|myself|mine|he|she|his|her|him|he's|she's|ich|mein|meine|meinem|"
     r"meinen|meiner|mir|mich|er|sein|seine|seinem|seinen|seiner|ihr|ihre|ihrem|ihren|ihrer|"
     r"moi|mon|mes|elle|lui|sa|ses|j'ai|je suis|yo|mi|mis|él|ella|io|mio|mia|miei|mie|lei|"
     r"suo|sua|ik|mij|mijn|hij|zij|haar|ja|mój|moja|moje|mojego|mojej|mnie|jego|jej|ona|"
@@ -77,12 +78,13 @@ _ROLE_ANCHOR = (  # people by role, family tie or title
 )
 ANCHOR = re.compile(rf"\b(?:{_STRICT_ANCHOR}|{_ROLE_ANCHOR})\b")
 STRICT_ANCHOR = re.compile(rf"\b(?:{_STRICT_ANCHOR})\b")
+PRONOUN_I = re.compile(r"\bI\b")  # searched in the original text
 FIRST_PERSON = re.compile(
-    r"\b(?:i|i'm|me|my|ich|mein|meine|mir|mich|moi|mon|mes|j'ai|je|yo|mi|mis|io|mio|mia|"
+    r"\b(?:i'm|me|my|ich|mein|meine|mir|mich|moi|mon|mes|j'ai|je|yo|mi|mis|io|mio|mia|"
     r"ik|mij|mijn|ja|mój|moja|moje|mnie|jag|mitt|mina|mig)\b"
 )
 WORD = re.compile(r"\w+")
-_TERM_EDGE = re.compile(r"[\w'’-]")  # a character a term must not follow
+_TERM_EDGE = re.compile(r"[\w-]")  # a character a term must not follow (l'epilessia: ok)
 _POLISH_ENDINGS = (("owi", ""), ("em", ""), ("ie", ""), ("ą", "a"), ("y", "a"), ("ę", "a"),
                    ("i", "a"), ("a", ""), ("u", ""))  # fmt: skip
 _POLISH_LAST = tuple({end[-1] for end, _ in _POLISH_ENDINGS})

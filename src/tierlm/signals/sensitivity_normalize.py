@@ -17,9 +17,9 @@ Two kinds of views, both keeping every finding's span on the *original* text:
 :func:`spelled_emails` finds addresses written with at/dot words ("john dot smith at gmail
 dot com", "anna punkt weiss ät posteo punkt de", "(at)", "[dot]", "arobase", "arroba",
 "chiocciola", "apenstaartje", "małpa", "snabel-a") or with spaces around ``@`` and ``.``.
-The bare English "at" only counts with "dot" words or a literal dot; the other languages'
-"dot" words ("punkt", "point", "punto", ...) only with a non-English at-word, so that prose
-such as "the pump at station point de" is not an address.
+The bare English "at" only counts with "dot" words or a literal dot, or with another
+language's dot word ("punkt", "point", "punto", ...) on both sides of it, so that prose such
+as "the pump at station point de" is not an address.
 """
 
 from __future__ import annotations
@@ -327,8 +327,10 @@ def spelled_emails(lower: str, words: set[str]) -> Iterator[tuple[int, int, str]
         if m.group(5) not in _TLDS:
             continue
         at, dots = m.group(2), [*_DOT_SPLIT.findall(m.group(1) + m.group(3)), m.group(4)]
-        if not _STRONG_AT.search(at) and not all(_ENGLISH_DOT.match(d) for d in dots):
-            continue  # bare "at" needs English dots
+        if not _STRONG_AT.search(at) and not (
+            all(_ENGLISH_DOT.match(d) for d in dots) or len(dots) >= 2
+        ):
+            continue  # bare "at": English dots, or a dot word in both halves
         domain = _DOT_SPLIT.sub(".", m.group(3)) + "." + m.group(5)
         yield m.start(), m.end(), domain
 

@@ -166,7 +166,7 @@ class PersonalRules:
         self, text: str, lower: str, words: set[str], names: Sequence[tuple[int, int]]
     ) -> Iterator[Hit]:
         """Hits in ``text``; ``lower`` is it lower-cased (same length), ``words`` its
-        words; ``names``: the spans of private person names found in it."""
+        words; ``names``: the spans of private person names (and of the pronoun "I")."""
         if _DIGIT.search(text) is not None:
             yield from self._labelled_ids(text, lower, words)
             yield from self._birth_dates(lower, words)

@@ -57,13 +57,14 @@ _FILLERS = frozenset("nu now jetzt maintenant ahora ora adesso teraz nun".split(
 _TOKEN = re.compile(r"=>|[:=]|[^\s\"'`«»„“”,;()<>\[\]{}:=]+")
 _COMMON = re.compile(r"^(?:[a-zà-ÿ]+|\d+|[A-ZÀ-Ý][a-zà-ÿ]+|[A-Z]+)$")
 _CODE_LIKE = re.compile(
-    r"://|^[/~.]|[/\\]\w|^\$\{?[A-Za-z_]\w*\}?$|^%\w+%$|^\{|\w\(|^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+$|"
+    r"://|^[/~.]|[/\\]\w|^\$\{?[A-Za-z_]*[A-Za-z]{2}[A-Za-z_]*\d{0,2}\}?$|^%\w+%$|^\{|\w\(|"
+    r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+$|"
     r"^[A-Z][A-Z0-9_]+$|"
     r"^(?:your|my|tu|votre|ton|dein|ihr|tuo|jouw|twoje|ditt)_"
 )
-_CRED_WORD = re.compile(
+_CRED_WORD = re.compile(  # stems of the other languages take their endings (nyckeln, klucza)
     r"(?:api[ _-]?key|key|keys|token|secret|credentials?|bearer|auth|apikey|clé|cle|"
-    r"schlüssel|schluessel|clave|chiave|sleutel|klucz|nyckel|nøgle|passwort|password)\b"
+    r"passwort|password)\b|(?:schlüssel|schluessel|clave|chiave|sleutel|klucz|nyckel|nøgle)\w*"
 )
 _HIGH_ENTROPY = re.compile(r"(?<![\w/+=-])[A-Za-z0-9+/_=-]{16,128}+(?![\w/+=-])")
 _BASIC = re.compile(r"\b[Bb]asic[ :]{1,3}([A-Za-z0-9+/]{8,400}={0,2})(?![\w+/=])")
