@@ -247,9 +247,9 @@ class SensitivityDetector:
             hits.extend(self._health.scan(lower, words, private + speaker))
         if self._people is not None:
             hits.extend(self._people.scan(text, lower, words, private + speaker))
-        if len(private) < len(names) and not private and not speaker:
-            if FIRST_PERSON.search(lower) is None:  # only public figures, nobody speaking
-                hits = [h for h in hits if h[0] not in _ABOUT_PERSON]
+        public_only = len(private) < len(names) and not private and not speaker
+        if public_only and FIRST_PERSON.search(lower) is None:  # and nobody speaking
+            hits = [h for h in hits if h[0] not in _ABOUT_PERSON]
         return hits
 
     def redact(self, text: str) -> str:
