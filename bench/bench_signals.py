@@ -3,8 +3,9 @@
 Usage: ``python bench/bench_signals.py [--repeat N]``. Measures, on the labelled set
 (tests/data/sensitivity_prompts.jsonl): per-prompt latency of the sensitivity scan and the
 task signal together (p50/p99 over all prompts x repeats, wall and thread CPU time), recall
-on sensitive prompts, false-positive rate on the others, per-kind finding counts; and the
-latency on a 20 KB and a 1 MB prompt.
+on sensitive prompts, false-positive rate on the others, per-kind finding counts; the scan
+alone on 200-character, 2 KB and 20 KB prompts (slices of the labelled prompts joined: dense
+with sensitive values, a worst case); and the latency on a 1 MB prompt.
 With llama-cpp-python installed it also reports estimate_tokens' error against SmolLM2.
 """
 
@@ -18,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from tierlm.signals import SensitivityDetector, detect_task, estimate_tokens
-from tierlm.types import ChatRequest
+from tierlm.types import ChatRequest, Message
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "sensitivity_prompts.jsonl"
@@ -31,13 +32,22 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _time_ms(det: SensitivityDetector, request: ChatRequest) -> tuple[float, float]:
+def _time_ms(
+    det: SensitivityDetector, request: ChatRequest, task: bool = True
+) -> tuple[float, float]:
     """(wall ms, CPU ms of this thread): on a shared machine the CPU time shows the cost
     of the scan itself, the wall time also the waits for a core."""
     start, cpu = time.perf_counter(), time.thread_time()
     det.scan(request)
-    detect_task(request)
+    if task:
+        detect_task(request)
     return (time.perf_counter() - start) * 1000, (time.thread_time() - cpu) * 1000
+
+
+def _request(row: dict[str, object]) -> ChatRequest:
+    if isinstance(row.get("messages"), list):
+        return ChatRequest(messages=[Message(role="user", content=str(m)) for m in row["messages"]])  # type: ignore[union-attr]
+    return ChatRequest.from_prompt(str(row["prompt"]))
 
 
 def _row(label: str, samples: list[tuple[float, float]], digits: int) -> str:
@@ -65,7 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines()]
     det = SensitivityDetector(TERMS)
-    requests = [ChatRequest.from_prompt(r["prompt"]) for r in rows]
+    requests = [_request(r) for r in rows]
     hits, fps, kinds = 0, 0, Counter[str]()
     for row, request in zip(rows, requests, strict=True):
         findings = det.scan(request)
@@ -77,17 +87,22 @@ def main() -> None:
     sens = sum(1 for r in rows if r["sensitive"])
     gc.disable()  # time the scan, not the collector
     lat = [_time_ms(det, req) for _ in range(args.repeat) for req in requests]
-    text = " ".join(r["prompt"] for r in rows)
-    big20 = ChatRequest.from_prompt((text * (1 + 20_000 // len(text)))[:20_000])
+    text = " ".join(r["prompt"] for r in rows if "prompt" in r)
+    text = text * (1 + 40_000 // len(text))
+    sized = {}
+    for size, count in ((200, 200), (2048, 100), (20_000, 20)):
+        step = (len(text) - size) // count
+        slices = [ChatRequest.from_prompt(text[i * step : i * step + size]) for i in range(count)]
+        sized[size] = [_time_ms(det, r, task=False) for r in slices for _ in range(2)]
     big1m = ChatRequest.from_prompt((text * (1 + 1_000_000 // len(text)))[:1_000_000])
-    lat20 = [_time_ms(det, big20) for _ in range(max(5, args.repeat // 2))]
     lat1m = [_time_ms(det, big1m) for _ in range(3)]
     gc.enable()
-    print("| sensitivity scan + task signal, latency | wall p50 / p99 | CPU p50 / p99 |")
+    print("| latency | wall p50 / p99 | CPU p50 / p99 |")
     print("|---|---|---|")
-    print(_row(f"labelled set ({len(rows)} prompts x {args.repeat})", lat, 3))
-    print(_row(f"20 KB prompt (x {len(lat20)})", lat20, 2))
-    print(_row("1 MB prompt (x 3)", lat1m, 0))
+    print(_row(f"scan + task, labelled set ({len(rows)} prompts x {args.repeat})", lat, 3))
+    for size, samples in sized.items():
+        print(_row(f"scan, {size:,}-character prompts (x {len(samples)})", samples, 3))
+    print(_row("scan + task, 1 MB prompt (x 3)", lat1m, 0))
     print("\n| metric | value |\n|---|---|")
     print(f"| labelled prompts (sensitive / not) | {len(rows)} ({sens} / {len(rows) - sens}) |")
     print(
@@ -97,7 +112,7 @@ def main() -> None:
         f"| false-positive rate on non-sensitive prompts | {fps / (len(rows) - sens):.3f} "
         f"({fps}/{len(rows) - sens}) |"
     )
-    token_error = _token_error([r["prompt"] for r in rows])
+    token_error = _token_error([r["prompt"] for r in rows if "prompt" in r])
     print(f"| estimate_tokens error vs SmolLM2 tokenizer | {token_error} |")
     print("\n| kind | findings |\n|---|---|")
     for kind, count in sorted(kinds.items()):

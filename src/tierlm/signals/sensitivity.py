@@ -30,12 +30,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from tierlm.signals.sensitivity_lexicon import (
     FIRST_PERSON,
     PRONOUN_I,
-    WORD,
     HealthRules,
     NameRules,
     TermRules,
 )
-from tierlm.signals.sensitivity_normalize import SpelledNumbers, View, fold, spelled_emails
+from tierlm.signals.sensitivity_normalize import WORD, SpelledNumbers, View, fold, spelled_emails
 from tierlm.signals.sensitivity_people import PersonalRules
 from tierlm.signals.sensitivity_rules import Hit, PatternRules, reserved_mail
 from tierlm.signals.sensitivity_secrets import (
@@ -209,7 +208,7 @@ class SensitivityDetector:
             for s, e, domain in spelled_emails(lower, words)
             if not reserved_mail(domain)
         )
-        if self._numbers.triggered(words) and (view := self._numbers.view(folded, lower)):
+        if self._numbers.triggered(words) and (view := self._numbers.view(folded, lower, words)):
             hits.extend(self._spelled_numbers(view))
         hits.extend(self._terms.scan(lower))
         hits.extend(self._people_hits(folded, lower, words))

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
 from importlib import resources
 
-from tierlm.signals.sensitivity_normalize import fold
+from tierlm.signals.sensitivity_normalize import TermIndex, fold
 
 Hit = tuple[str, int, int]
 
@@ -83,8 +83,6 @@ FIRST_PERSON = re.compile(
     r"\b(?:i'm|me|my|ich|mein|meine|mir|mich|moi|mon|mes|j'ai|je|yo|mi|mis|io|mio|mia|"
     r"ik|mij|mijn|ja|mój|moja|moje|mnie|jag|mitt|mina|mig)\b"
 )
-WORD = re.compile(r"\w+")
-_TERM_EDGE = re.compile(r"[\w-]")  # a character a term must not follow (l'epilessia: ok)
 _POLISH_ENDINGS = (("owi", ""), ("em", ""), ("ie", ""), ("ą", "a"), ("y", "a"), ("ę", "a"),
                    ("i", "a"), ("a", ""), ("u", ""))  # fmt: skip
 _POLISH_LAST = tuple({end[-1] for end, _ in _POLISH_ENDINGS})
@@ -168,42 +166,6 @@ class NameRules:
     def _kind(self, lower: str, start: int, end: int) -> str:
         name = lower[start:end].removesuffix("'s").removesuffix("’s")
         return "public_figure" if name in self.public else "person_name"
-
-
-class TermIndex:
-    """Find any of many terms (words or phrases) in lower-cased text, fast: a set
-    intersection with the text's words first, then ``str.find`` for the few terms present
-    (each indexed by its first word; a match must start and end on word boundaries)."""
-
-    def __init__(self, terms: Iterable[str]) -> None:
-        self._by_key: dict[str, list[str]] = {}
-        for term in terms:
-            head = WORD.match(term)
-            if head is not None:
-                self._by_key.setdefault(head.group(), []).append(term)
-        for group in self._by_key.values():
-            group.sort(key=len, reverse=True)
-        self._keys = frozenset(self._by_key)
-
-    def find(self, lower: str, words: set[str]) -> Iterator[tuple[int, int]]:
-        """Spans of the terms in ``lower``, in order; ``words``: its words (``WORD``)."""
-        spans: list[tuple[int, int]] = []
-        for key in self._keys.intersection(words):
-            pos = lower.find(key)
-            while pos >= 0:
-                if pos == 0 or not _TERM_EDGE.match(lower, pos - 1):
-                    end = self._term_end(lower, pos, key)
-                    if end is not None:
-                        spans.append((pos, end))
-                pos = lower.find(key, pos + len(key))
-        return iter(sorted(spans))
-
-    def _term_end(self, lower: str, start: int, key: str) -> int | None:
-        for term in self._by_key[key]:
-            end = start + len(term)
-            if lower.startswith(term, start) and (end == len(lower) or not lower[end].isalnum()):
-                return end
-        return None
 
 
 class HealthRules:

@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-__all__ = ["SpelledNumbers", "View", "fold", "spelled_emails"]
+__all__ = ["WORD", "SpelledNumbers", "TermIndex", "View", "fold", "spelled_emails"]
+
+WORD = re.compile(r"\w+")
+_TERM_EDGE = re.compile(r"[\w-]")  # a character a term must not follow (l'epilessia: ok)
 
 _FOLD = str.maketrans(
     {
@@ -47,6 +50,52 @@ _FOLD = str.maketrans(
 def fold(text: str) -> str:
     """Unicode spaces/tabs to ``" "``, Unicode hyphens to ``"-"``: same length, same spans."""
     return text.translate(_FOLD)
+
+
+class TermIndex:
+    """Find any of many terms (words or phrases) in lower-cased text, fast: a set
+    intersection with the text's words first, then ``str.find`` for the few terms present.
+    Each term is indexed by its longest word ("arrêt" for "en arrêt maladie"), so that
+    everyday words do not send every "en" through the phrase checks; a match must start
+    and end on word boundaries."""
+
+    def __init__(self, terms: Iterable[str]) -> None:
+        self._by_key: dict[str, list[tuple[int, str]]] = {}
+        for term in terms:
+            words = WORD.findall(term)
+            if not words:
+                continue
+            key = max(words, key=len)
+            offset = next(m.start() for m in WORD.finditer(term) if m.group() == key)
+            self._by_key.setdefault(key, []).append((offset, term))
+        for group in self._by_key.values():
+            group.sort(key=lambda item: len(item[1]), reverse=True)
+        self._keys = frozenset(self._by_key)
+
+    def find(self, lower: str, words: set[str]) -> Iterator[tuple[int, int]]:
+        """Spans of the terms in ``lower``, in order; ``words``: its words (``WORD``)."""
+        spans: list[tuple[int, int]] = []
+        for key in self._keys.intersection(words):
+            pos = lower.find(key)
+            while pos >= 0:
+                span = self._term_at(lower, pos, key)
+                if span is not None:
+                    spans.append(span)
+                pos = lower.find(key, pos + len(key))
+        return iter(sorted(set(spans)))
+
+    def _term_at(self, lower: str, pos: int, key: str) -> tuple[int, int] | None:
+        """The longest term whose key word sits at ``pos``."""
+        for offset, term in self._by_key[key]:
+            start, end = pos - offset, pos - offset + len(term)
+            if (
+                start >= 0
+                and lower.startswith(term, start)
+                and (start == 0 or not _TERM_EDGE.match(lower, start - 1))
+                and (end == len(lower) or not lower[end].isalnum())
+            ):
+                return start, end
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +181,7 @@ _REPEAT = {"double": 2, "triple": 3, "doppel": 2, "doppelt": 2}
 _WEAK = frozenset({"one", "oh", "un", "une", "una", "en", "een", "sex", "elf", "tre", "sei",
                    "dos", "due", "sto", "cent", "ten", "tio", "nul", "null", "ett"})  # fmt: skip
 _TOKEN = re.compile(r"[^\W\d_]+(?:-[^\W\d_]+)*|\d|[+]")
+_WORD_TAIL = re.compile(r"[\w-]*")  # the rest of a compound ("soixante" -> "-dix-huit")
 _GAP = re.compile(r"[ ,;/.\n-]{0,3}")
 
 
@@ -178,6 +228,7 @@ class SpelledNumbers:
 
     def __init__(self) -> None:
         self.keys = frozenset(_WORDS) | frozenset(_REPEAT)
+        self._index = TermIndex(self.keys | _PLUS)
 
     def triggered(self, words: set[str]) -> bool:
         """Whether the text's lower-cased words hold enough number words to look at (two
@@ -185,9 +236,10 @@ class SpelledNumbers:
         present = words & self.keys
         return len(present) >= 2 and not present <= _WEAK
 
-    def view(self, text: str, lower: str) -> View | None:
-        """The text with each spelled run of >= 7 digits rewritten; None when there is none."""
-        runs = list(self._runs(lower))
+    def view(self, text: str, lower: str, words: set[str]) -> View | None:
+        """The text with each spelled run of >= 7 digits rewritten; None when there is none.
+        ``words``: the lower-cased text's words."""
+        runs = [run for lo, hi in self._clusters(lower, words) for run in self._runs(lower, lo, hi)]
         if not runs:
             return None
         parts: list[str] = []
@@ -211,8 +263,23 @@ class SpelledNumbers:
             segments.append((size, size + len(text) - pos, pos, len(text)))
         return View("".join(parts), tuple(segments), tuple(spans))
 
-    def _runs(self, lower: str) -> Iterator[tuple[int, int, list[tuple[str, int, int]]]]:
-        tokens = [(m.group(), m.start(), m.end()) for m in _TOKEN.finditer(lower)]
+    def _clusters(self, lower: str, words: set[str]) -> Iterator[tuple[int, int]]:
+        """Regions of three or more number words in a row: only these are tokenised."""
+        start = end = count = 0
+        for s, e in self._index.find(lower, words):
+            if count and s - end <= 12:  # "trente-quatre": the index finds "trente"
+                end, count = e, count + 1
+                continue
+            if count >= 3:
+                yield max(0, start - 4), _WORD_TAIL.match(lower, end).end()  # type: ignore[union-attr]
+            start, end, count = s, e, 1
+        if count >= 3:
+            yield max(0, start - 4), _WORD_TAIL.match(lower, end).end()  # type: ignore[union-attr]
+
+    def _runs(
+        self, lower: str, lo: int, hi: int
+    ) -> Iterator[tuple[int, int, list[tuple[str, int, int]]]]:
+        tokens = [(m.group(), m.start(), m.end()) for m in _TOKEN.finditer(lower, lo, hi)]
         keys = self.keys
         i = 0
         while i < len(tokens):
@@ -281,6 +348,8 @@ def _letters(lower: str, tokens: list[tuple[str, int, int]], i: int) -> tuple[st
     (a, s, _), (b, _, e) = tokens[i], tokens[i + 1]
     if len(a) != 1 or len(b) != 1 or not (a + b).isalpha() or lower[s + 1 : e - 1] != " ":
         return None
+    if s and lower[s - 1].isalnum():
+        return None  # the end of a word, not a spelled letter
     if _value(tokens[i + 2][0]) is None or tokens[i + 2][1] - e > 2:
         return None
     return (a + b).upper(), s, e

@@ -40,10 +40,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from tierlm.signals.sensitivity_lexicon import (
     ANCHOR,
     STRICT_ANCHOR,
-    TermIndex,
     read_list,
     word_start,
 )
+from tierlm.signals.sensitivity_normalize import TermIndex
 
 Hit = tuple[str, int, int]
 _WINDOW = 80
