@@ -139,18 +139,13 @@ class PatternRules:
         )
         self._pnr = c(r"\d(?<![\d-]\d)(?:\d{2})?\d{5}[-+]\d{4}(?![\d-])")
         self._hetu = c(r"\d(?<!\w\d)\d{5}[-+A-FU-Y]\d{3}[0-9A-FHJ-NPR-Y](?![\w])")
-        # (gate, pattern, check): the gate starts with a digit, so the regex engine skips
-        # to digits; the patterns that start with a letter only run when it matches.
-        gate = c(r"\d\d ?\d\d ?\d\d ?[A-D]|\d\d[A-EHLMPR-T]\d\d[A-Z]\d{3}[A-Z]|\d{7}-?[A-Z]")
-        self._simple_ids: tuple[
-            tuple[re.Pattern[str] | None, re.Pattern[str], Callable[[str], bool]], ...
-        ] = (
-            (gate, self._nino, lambda r: chk.nino_ok(r.replace(" ", ""))),
-            (None, self._nir, lambda r: chk.nir_ok(r.replace(" ", ""))),
-            (gate, self._dni, lambda r: chk.dni_ok(r.replace("-", ""))),
-            (gate, self._cf, chk.codice_fiscale_ok),
-            (None, self._pnr, lambda r: chk.personnummer_ok(r.replace("-", "").replace("+", ""))),
-            (None, self._hetu, chk.hetu_ok),
+        self._simple_ids: tuple[tuple[re.Pattern[str], Callable[[str], bool]], ...] = (
+            (self._nino, lambda r: chk.nino_ok(r.replace(" ", ""))),
+            (self._nir, lambda r: chk.nir_ok(r.replace(" ", ""))),
+            (self._dni, lambda r: chk.dni_ok(r.replace("-", ""))),
+            (self._cf, chk.codice_fiscale_ok),
+            (self._pnr, lambda r: chk.personnummer_ok(r.replace("-", "").replace("+", ""))),
+            (self._hetu, chk.hetu_ok),
         )
         self._ctx_digits = c(r"\d(?<![\w.-]\d)(?:[ .-]?\d){8,10}(?![\w]|[.-]\d)")
         self._providers = [(sub, needles, c(p)) for sub, needles, p in _PROVIDER_KEYS]
@@ -278,13 +273,7 @@ class PatternRules:
         for m in self._ssn.finditer(text):
             if chk.ssn_ok(m.group(1), m.group(2), m.group(3)):
                 yield "national_id", m.start(), m.end()
-        gated: dict[re.Pattern[str], bool] = {}
-        for gate, pattern, valid in self._simple_ids:
-            if gate is not None:
-                if gate not in gated:
-                    gated[gate] = gate.search(text) is not None
-                if not gated[gate]:
-                    continue
+        for pattern, valid in self._simple_ids:
             for m in pattern.finditer(text):
                 if valid(m.group()):
                     yield "national_id", m.start(), m.end()
