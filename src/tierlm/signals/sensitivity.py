@@ -4,20 +4,30 @@
 tool results, and tool-call arguments) and returns :class:`~tierlm.types.Finding` s: a kind
 and a span, never the matched value. Kinds (stable strings):
 
-``email``, ``phone``, ``payment_card``, ``iban``, ``national_id``, ``ip_address``,
-``secret:<sub-kind>`` (``openai_key``, ``anthropic_key``, ``aws_access_key``,
-``github_token``, ``slack_token``, ``google_api_key``, ``private_key``, ``jwt``,
-``password``, ``api_key``, ``token``, ``connection_string``, ...), ``person_name``,
-``health``, ``org_term``.
+``email``, ``phone``, ``payment_card``, ``iban``, ``national_id``, ``record_id``,
+``ip_address``, ``secret:<sub-kind>`` (``openai_key``, ``anthropic_key``,
+``aws_access_key``, ``github_token``, ``slack_token``, ``google_api_key``, ``private_key``,
+``jwt``, ``password``, ``api_key``, ``basic_auth``, ``token``, ``connection_string``, ...),
+``person_name``, ``health``, ``hr``, ``date_of_birth``, ``address``, ``personal``,
+``record``, ``org_term``.
 
-What each kind does and does not cover is documented in
-:mod:`tierlm.signals.sensitivity_rules` and :mod:`tierlm.signals.sensitivity_lexicon`.
+What each kind covers: :mod:`~tierlm.signals.sensitivity_rules` (identifiers, contact
+data, prefixed secrets), :mod:`~tierlm.signals.sensitivity_secrets` (secrets without a
+prefix), :mod:`~tierlm.signals.sensitivity_people` (identifiers by label, facts about
+people, records), :mod:`~tierlm.signals.sensitivity_lexicon` (names, health, configured
+terms), :mod:`~tierlm.signals.sensitivity_normalize` (separators, spelled digits, at/dot
+words). A person's name alone is not a finding: names are reported only when something
+else in the request is (then they are redacted with it).
+
 What a finding does to a request's privacy level, and what is redacted where, is
 :mod:`tierlm.privacy`'s to say; :meth:`SensitivityDetector.redact` replaces every finding of
 a text with ``[KIND]``.
 
 Spans of :meth:`SensitivityDetector.scan` index into :func:`scan_view` of the message: its
-text followed, for each tool call, by a newline and the call's arguments.
+text followed, for each tool call, by a newline and the call's arguments. The scan reads
+the end of each message together with the start of the next, so a value split across two
+messages ("4111 1111" then "1111 1111") gives one finding in each message, each span in
+its own message's coordinates; redacting both removes the whole value.
 """
 
 from __future__ import annotations

@@ -1,18 +1,23 @@
 """Lexicon rules of the sensitivity detector: person names, health data, organisation terms.
 
-Offline and fast by design: two small bundled word lists (``data/sensitivity_*.txt``, sources
+Offline and fast by design: small bundled word lists (``data/sensitivity_*.txt``, sources
 in their headers) and a set intersection as prefilter, so a prompt without a single known
 first name or health word costs one ``findall`` and one set operation.
 
-- ``person_name``: a known first name followed by a capitalised surname ("Anna Schmidt",
-  "Jan van der Berg"), a title plus a capitalised name ("Dr. Weber", "Frau Müller"), or a
-  capitalised name after "my name is" / "name:" / "patient". A first name alone ("Ask Anna",
-  "Thanks, John") is not reported: it rarely identifies a person outside its context.
-- ``health``: a health term (condition, medication, treatment, injury) with a personal
-  anchor within 80 characters (I, my, he, her, patient, employee, colleague, a title, a
-  person name found in the same text), or a term that is personal on its own ("diagnosed",
-  "sick note", "krankgeschrieben"). General medical questions are not health data.
-- ``org_term``: the configured organisation terms, case-insensitive, on word boundaries.
+- ``person_name``: a known first name (also in a Polish case form: "Anny", "Piotra")
+  followed by a capitalised surname ("Anna Schmidt", "Jan van der Berg"), a title plus a
+  capitalised name ("Dr. Weber", "Frau Müller", "Pani Kowalska"), or a capitalised name
+  after "my name is" / "name:" / "patient". A first name alone ("Ask Anna") is not reported;
+  names on the public-figure list ("Marie Curie") are reported as ``public_figure`` for the
+  caller to drop; and the caller drops names when nothing else in the request is sensitive.
+- ``health``: a health term (condition, medication, treatment, injury; eight languages)
+  with a personal anchor within 80 characters (a pronoun or possessive, a family, role or
+  title word, a person's name, the pronoun "I"), or a term that is personal on its own
+  ("diagnosed", "sick note", "krankgeschrieben", "sjukskriven"). General medical questions
+  are not health data.
+- ``org_term``: the configured organisation terms, case-insensitive, on word boundaries; a
+  space or dash in a term also matches a non-breaking space, two spaces, a dash or an
+  underscore ("Project Falcon" = "project-falcon").
 """
 
 from __future__ import annotations

@@ -8,20 +8,26 @@ become hits; overlaps are resolved by the caller.
 
 What counts (and what deliberately does not):
 
-- ``email``: any address except reserved example domains (RFC 2606/6761: example.com/.org/
-  .net, ``*.example``, ``*.test``, ``*.invalid``, ``*.localhost``) and ``git@host`` remotes.
+- ``email``: any address (also URL-encoded, ``%40``) except reserved and obvious example
+  domains (RFC 2606/6761: example.com/.org/.net, ``*.example``, ``*.test``, ``*.invalid``,
+  ``*.localhost``; example.fr, beispiel.de, ejemplo.es, esempio.it, voorbeeld.nl, ...) and
+  ``git@host`` remotes.
 - ``phone``: numbers written with ``+``/``00`` country code, US ``(NXX) NXX-XXXX`` shapes,
-  European trunk-prefix shapes (``0171 1234567``), or any 7-15 digit number after a phone
-  word (tel, phone, call, mobile, fax, Handy, ...). Dates, versions and numbers after
-  order/part/serial/ticket words are not phones.
+  European trunk-prefix shapes (``0171 1234567``, ``0171 / 482 93 05``), or any 7-15 digit
+  number after a phone word (tel, phone, call, mobile, Handy, portable, móvil, cellulare,
+  ...). Dates, versions and numbers after order/part/serial/ticket words are not phones;
+  nor are the reserved 555-0100..0199 and all-zero numbers (documentation placeholders).
 - ``ip_address``: IPv4/IPv6 addresses, private ranges included (plant network layout is
   sensitive); loopback, unspecified, netmasks and documentation ranges (192.0.2.0/24,
   198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32) are not; nor are ``v1.2.3.4`` versions.
-- ``payment_card`` (Luhn + network prefix), ``iban`` (length + mod 97), ``national_id``
-  (see :mod:`tierlm.signals.sensitivity_checks` for the countries and checks).
+- ``payment_card`` (Luhn + network prefix) in any grouping, with spaces, non-breaking
+  spaces, tabs, dots, dashes or a line break between the groups; ``iban`` (length + mod 97),
+  upper or lower case, with the same separators; ``national_id`` (see
+  :mod:`tierlm.signals.sensitivity_checks` for the countries and checks).
 - ``secret:*``: provider keys by their documented prefixes, private key blocks, JWTs,
   credentials in URLs and connection strings, ``password: ...`` and ``api_key = ...``
-  assignments whose value looks like a real secret (placeholders are skipped).
+  assignments whose value looks like a real secret (placeholders are skipped, and so are
+  keys that are mostly one character: ``AKIAXXXXXXXXXXXXXXXX``, ``ghp_xxxx...``).
 """
 
 from __future__ import annotations
