@@ -239,7 +239,7 @@ class SensitivityDetector:
         yield from call_arguments(text)
         if "asic" in text:
             yield from basic_auth(text)
-        yield from entropy_tokens(text, lower)
+        yield from entropy_tokens(text, lower, words)
         yield from encoded_blobs(text, self._decoded_kinds)
 
     def _decoded_kinds(self, decoded: str) -> list[str]:

@@ -99,11 +99,6 @@ def word_start(text: str, pos: int) -> bool:
     return pos == 0 or not text[pos - 1].isalnum()
 
 
-def needles(*substrings: str) -> re.Pattern[str]:
-    """One pattern that finds any of ``substrings``: a cheap test before a costly rule."""
-    return re.compile("|".join(re.escape(n) for n in substrings))
-
-
 @lru_cache(maxsize=16)
 def read_list(name: str) -> tuple[str, ...]:
     text = resources.files("tierlm.data").joinpath(name).read_text(encoding="utf-8")

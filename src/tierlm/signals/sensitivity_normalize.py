@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 __all__ = ["WORD", "SpelledNumbers", "TermIndex", "View", "fold", "spelled_emails"]
 
-WORD = re.compile(r"\w+")
+WORD = re.compile(r"[^\W_]+")  # letters and digits: "api_key" is "api" and "key"
 _TERM_EDGE = re.compile(r"[\w-]")  # a character a term must not follow (l'epilessia: ok)
 
 _FOLD = str.maketrans(
@@ -387,7 +387,9 @@ def spelled_emails(lower: str, words: set[str]) -> Iterator[tuple[int, int, str]
     """(start, end, domain) of addresses written with words or spaces; ``lower`` is the
     lower-cased text, ``words`` its words. Plain ``a@b.c`` addresses are left to the
     e-mail rule."""
-    if _DOT_WORDS.isdisjoint(words) and _BRACKETS.search(lower) is None:
+    if _DOT_WORDS.isdisjoint(words) and (
+        not any(ch in lower for ch in "([{<@") or _BRACKETS.search(lower) is None
+    ):
         return
     for m in _SPELLED_EMAIL.finditer(lower):
         raw = m.group()

@@ -38,7 +38,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 
-from tierlm.signals.sensitivity_lexicon import needles, word_start
+from tierlm.signals.sensitivity_lexicon import word_start
 
 Hit = tuple[str, int, int]
 
@@ -92,9 +92,11 @@ _PW_WORDS = frozenset(
     """password passwords passwort kennwort passcode passphrase passwd mot mdp contraseña
     contrasena parola wachtwoord hasło haslo hasła lösenord lösenordet losenord pin""".split()  # noqa: SIM905
 )
-_CRED_NEEDLES = needles("key", "token", "secret", "cred", "bearer", "auth", "clé", "cle ", "clave",
-                 "schlüssel", "schluessel", "chiave", "sleutel", "klucz", "nyckel", "nøgle",
-                 "passw")  # fmt: skip
+_CRED_WORDS = frozenset(
+    """key keys apikey token tokens secret secrets credential credentials bearer auth clé cle
+    clave chiave chiavi schlüssel schluessel sleutel sleutels klucz klucza kluczem nyckel
+    nyckeln nøgle nøglen passwort password""".split()  # noqa: SIM905
+)
 _LONG_RUN = re.compile(r"[A-Za-z0-9+/]{20}")
 
 
@@ -161,9 +163,10 @@ def basic_auth(text: str) -> Iterator[Hit]:
             yield "secret:basic_auth", m.start(1), m.end(1)
 
 
-def entropy_tokens(text: str, lower: str) -> Iterator[Hit]:
-    """``secret:api_key``: high-entropy tokens shortly after a credential word."""
-    if _CRED_NEEDLES.search(lower) is None:
+def entropy_tokens(text: str, lower: str, words: set[str]) -> Iterator[Hit]:
+    """``secret:api_key``: high-entropy tokens shortly after a credential word; ``words``:
+    the lower-cased text's words."""
+    if _CRED_WORDS.isdisjoint(words):
         return
     end = 0
     for word in _CRED_WORD.finditer(lower):
