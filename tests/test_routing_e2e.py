@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tierlm import Router
-from tierlm.types import Boundary, ChatRequest
+from tierlm.types import Boundary, ChatRequest, Message
 
 LABELLED = Path(__file__).parent / "data" / "sensitivity_prompts.jsonl"
 ORG_TERMS = ["Project Falcon", "Kestrel-7", "Northwind Pharma"]  # the labelled set's org terms
@@ -87,9 +87,11 @@ def test_no_labelled_sensitive_prompt_can_leave_the_site(full_stack: Router) -> 
     assert len(rows) >= 100 and len(sensitive) >= 50
     leaks = []
     for row in sensitive:
-        plan = full_stack.plan(ChatRequest.from_prompt(row["prompt"]))
+        messages = row.get("messages") or [row["prompt"]]  # split values: several messages
+        request = ChatRequest(messages=[Message(role="user", content=m) for m in messages])
+        plan = full_stack.plan(request)
         if any(c.boundary is Boundary.EXTERNAL for c in plan.candidates):
-            leaks.append(row["prompt"][:60])
+            leaks.append(messages[0][:60])
     assert leaks == []
 
 
