@@ -59,7 +59,7 @@ _COMMON = re.compile(r"^(?:[a-zà-ÿ]+|\d+|[A-ZÀ-Ý][a-zà-ÿ]+|[A-Z]+)$")
 _CODE_LIKE = re.compile(
     r"://|^[/~.]|[/\\]\w|^\$\{?[A-Za-z_]*[A-Za-z]{2}[A-Za-z_]*\d{0,2}\}?$|^%\w+%$|^\{|\w\(|"
     r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+$|"
-    r"^[A-Z][A-Z0-9_]+$|"
+    r"^[A-Z][A-Z0-9_]+$|^[a-z]+(?:_[a-z]+)+$|"
     r"^(?:your|my|tu|votre|ton|dein|ihr|tuo|jouw|twoje|ditt)_"
 )
 _CRED_WORD = re.compile(  # stems of the other languages take their endings (nyckeln, klucza)
@@ -67,6 +67,7 @@ _CRED_WORD = re.compile(  # stems of the other languages take their endings (nyc
     r"passwort|password)\b|(?:schlüssel|schluessel|clave|chiave|sleutel|klucz|nyckel|nøgle)\w*"
 )
 _HIGH_ENTROPY = re.compile(r"(?<![\w/+=-])[A-Za-z0-9+/_=-]{16,128}+(?![\w/+=-])")
+_PARTS = re.compile(r"[-_./]")
 _BASIC = re.compile(r"\b[Bb]asic[ :]{1,3}([A-Za-z0-9+/]{8,400}={0,2})(?![\w+/=])")
 _BLOB = re.compile(r"(?<![\w+/=-])[A-Za-z0-9+/]{20,4096}+={0,2}+(?![\w+/=-])")
 _CALL = re.compile(
@@ -110,12 +111,14 @@ def password_statements(text: str, lower: str, words: set[str]) -> Iterator[Hit]
             continue
         end = text.find("\n", m.end(), m.end() + 72)
         window = list(_TOKEN.finditer(text, m.end(), end if end >= 0 else m.end() + 72))
-        value = _stated_value(window)
+        value = _stated_value(window, m.group().startswith("pin"))
         if value is not None:
             yield "secret:password", value[0], value[1]
 
 
-def _stated_value(tokens: list[re.Match[str]]) -> tuple[int, int] | None:
+def _stated_value(tokens: list[re.Match[str]], pin: bool) -> tuple[int, int] | None:
+    """The value after a connector, or right after the word (not for "PIN": a PIN needs
+    "is"/":" before it)."""
     for i, tok in enumerate(tokens):
         if tok.group().lower() in _CONNECTORS:
             for nxt in tokens[i + 1 : i + 3]:
@@ -124,7 +127,7 @@ def _stated_value(tokens: list[re.Match[str]]) -> tuple[int, int] | None:
                 if nxt.group().lower() not in _FILLERS:
                     break
             return None
-        if i == 0 and _value_ok(tok):  # "mot de passe Lavande_93"
+        if i == 0 and not pin and _value_ok(tok):  # "mot de passe Lavande_93"
             return _trimmed(tok)
     return None
 
@@ -183,8 +186,11 @@ def entropy_tokens(text: str, lower: str, words: set[str]) -> Iterator[Hit]:
 def _high_entropy(value: str) -> bool:
     has_digit = any(ch.isdigit() for ch in value)
     has_alpha = any(ch.isalpha() for ch in value)
-    if not (has_digit and has_alpha) or value.count("-") > 4:
+    if not (has_digit and has_alpha) or value.count("-") > 4 or "=" in value.rstrip("="):
         return False
+    parts = _PARTS.split(value)
+    if len(parts) >= 3 and 2 * sum(len(p) >= 3 and p.isalpha() for p in parts) >= len(parts):
+        return False  # an identifier, path or model name: claude-3-5-haiku-latest, /v1/chat
     counts = Counter(value)
     entropy = -sum(c / len(value) * math.log2(c / len(value)) for c in counts.values())
     hexish = all(ch in "0123456789abcdefABCDEF" for ch in value)
