@@ -203,7 +203,10 @@ def _request() -> ChatRequest:
             Message(role="system", content="You help plant staff."),
             Message(
                 role="user",
-                content=[{"type": "text", "text": "Ask Thomas Becker"}, {"type": "text"}],
+                content=[
+                    {"type": "text", "text": "Ask Thomas Becker"},
+                    {"type": "text", "text": "ok"},
+                ],
             ),
             Message(
                 role="assistant",
@@ -243,7 +246,7 @@ def test_redact_request_is_a_redacted_copy(det: SensitivityDetector) -> None:
     redacted = det.redact_request(request)
     assert request.model_dump() == before  # the original is untouched
     assert det.scan(redacted) == []
-    assert redacted.messages[1].text == "Ask [PERSON_NAME]\n"
+    assert redacted.messages[1].text == "Ask [PERSON_NAME]\nok"
     args = json.loads(redacted.messages[2].tool_calls[0].function["arguments"])  # type: ignore[index]
     assert args == {"to": "[EMAIL]", "n": 3}
     assert redacted.messages[3].text == "sent from host [IP_ADDRESS]"

@@ -37,6 +37,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 
+from tierlm.privacy import redact_spans
 from tierlm.signals.sensitivity_lexicon import (
     FIRST_PERSON,
     PRONOUN_I,
@@ -296,18 +297,14 @@ def _split(
 
 
 def _replace(text: str, offset: int, findings: Sequence[Finding]) -> str:
-    """``text`` (at ``offset`` in its scan view) with the findings inside it replaced."""
-    out: list[str] = []
-    pos = 0
-    for f in findings:
-        s, e = max(0, f.start - offset), min(len(text), f.end - offset)
-        if e <= 0 or s >= len(text) or s < pos:
-            continue
-        out.append(text[pos:s])
-        out.append(f"[{f.kind.upper()}]")
-        pos = e
-    out.append(text[pos:])
-    return "".join(out)
+    """``text`` (at ``offset`` in its scan view) with the findings inside it replaced (by
+    :func:`tierlm.privacy.redact_spans`, the one owner of span replacement)."""
+    spans = [
+        (max(0, f.start - offset), min(len(text), f.end - offset), f.kind)
+        for f in findings
+        if f.end > offset and f.start < offset + len(text)
+    ]
+    return redact_spans(text, spans) if spans else text
 
 
 def _redact_message(message: Message, findings: Sequence[Finding]) -> None:

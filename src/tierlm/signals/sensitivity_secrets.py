@@ -58,9 +58,9 @@ _FILLERS = frozenset("nu now jetzt maintenant ahora ora adesso teraz nun".split(
 _TOKEN = re.compile(r"=>|[:=]|[^\s\"'`«»„“”,;()<>\[\]{}:=]+")
 _COMMON = re.compile(r"^(?:[a-zà-ÿ]+|\d+|[A-ZÀ-Ý][a-zà-ÿ]+|[A-Z]+)$")
 _CODE_LIKE = re.compile(
-    r"://|^[/~.]|[/\\]\w|^\$\{?[A-Za-z_]*[A-Za-z]{2}[A-Za-z_]*\d{0,2}\}?$|^%\w+%$|^\{|\w\(|"
+    r"://|^[/~.]|[/\\]\w|^\$\{?(?:[A-Z][A-Z0-9_]*|[a-z][a-z0-9_]*)\}?$|^%\w+%$|^\{|\w\(|"
     r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+$|"
-    r"^[A-Z][A-Z0-9_]+$|^[a-z]+(?:_[a-z]+)+$|"
+    r"^[A-Z][A-Z_]*_[A-Z0-9_]+$|^[A-Z]+$|^[a-z]+(?:_[a-z]+)+$|"
     r"^(?:your|my|tu|votre|ton|dein|ihr|tuo|jouw|twoje|ditt)_"
 )
 _CRED_WORD = re.compile(  # stems of the other languages take their endings (nyckeln, klucza)
