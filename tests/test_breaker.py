@@ -32,7 +32,6 @@ from tierlm.execute import (
     RetryPolicy,
     RoutedStream,
 )
-from tierlm.execute.streams import CONTINUE_INSTRUCTION, continuation_request
 from tierlm.types import Candidate, ChatRequest, ChatResponse, Message, Plan, StreamEvent, Usage
 
 
@@ -304,20 +303,3 @@ async def test_caller_errors_do_not_open_the_breaker() -> None:
         assert info.value.code == "context_length_exceeded"
     assert bad.calls == 3
     assert ex.breakers["bad"].state is BreakerState.CLOSED
-
-
-def test_continuation_request_carries_the_partial_answer() -> None:
-    req = ChatRequest(
-        messages=[
-            Message(role="system", content="be brief"),
-            Message(role="user", content="count"),
-        ],
-        max_tokens=100,
-    )
-    cont = continuation_request(req, "one two three " * 10)  # 140 characters: ~35 tokens
-    assert [m.role for m in cont.messages] == ["system", "user", "assistant", "user"]
-    assert cont.messages[2].content == "one two three " * 10
-    assert cont.messages[3].content == CONTINUE_INSTRUCTION
-    assert cont.max_tokens == 65
-    assert cont.request_id == req.request_id
-    assert req.messages[-1].content == "count"  # the original is untouched

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from fakes.faulty_upstream import FaultyUpstream, Scenario, expected_text, openai_error
+from fakes.faulty_upstream import FaultyUpstream, Scenario, expected_text, openai_error, word
 from tierlm.backends.openai_compat import OpenAIBackend
 from tierlm.config.settings import BackendConfig, Timeouts
 from tierlm.errors import (
@@ -29,7 +29,7 @@ from tierlm.errors import (
     TierlmError,
 )
 from tierlm.execute import BreakerConfig, BreakerState, ExecutionHooks, Executor, RetryPolicy
-from tierlm.execute.streams import CONTINUE_INSTRUCTION
+from tierlm.execute.rescue import CONTINUE_INSTRUCTION
 from tierlm.ledger.records import AttemptRecord
 from tierlm.types import Boundary, Candidate, ChatRequest, Plan, Privacy, StreamEvent, Usage
 
@@ -95,12 +95,13 @@ class Rig:
         boundary: str = "site",
         on: FaultyUpstream | None = None,
         claimed: Boundary | None = None,
+        provider: str = "sglang",  # an OpenAI-compatible server without prefill
     ) -> Rig:
         url = (on or self.up).add(name, scenario)
         cfg = BackendConfig(
             name=name,
             kind="openai",
-            provider="vllm",
+            provider=provider,
             url=url,
             model=scenario.model,
             boundary=boundary,
@@ -357,6 +358,44 @@ async def test_stream_dies_after_commit_is_continued(
     assert out.outcomes[0] != "ok" and out.outcomes[1] == "ok"
     assert out.attempts[0].tokens == 0
     assert out.attempts[1].tokens == out.usage.total_tokens
+
+
+@pytest.mark.parametrize(("kind", "after"), [("cut", 40), ("stall", 20), ("bad_json", 10)])
+@pytest.mark.parametrize("fallback", ["continue", "restart", "restart_nearly", "prefill"])
+async def test_a_rescued_stream_is_the_answer_exactly_once(
+    rig: Rig, up: FaultyUpstream, kind: str, after: int, fallback: str
+) -> None:
+    """Whatever the fallback does with the partial answer (follows the instruction, restarts
+    exactly or nearly, continues a prefill), the caller gets the answer once, no gap."""
+    rig.add("primary", Scenario(kind, after=after, tokens=60, model="primary-model"))
+    prefill = fallback == "prefill"
+    rig.add(
+        "fallback",
+        Scenario("healthy", model="fallback-model", on_continue=fallback),
+        provider="llama-server" if prefill else "sglang",
+    )
+    out = await rig.stream(rig.executor())
+    rest = "".join(" " + word(i, fallback) for i in range(after, 60))
+    out.assert_complete(expected_text(after) + rest)
+    assert out.final is not None and out.final.finish_reason == "stop"
+    assert out.continued and out.backend == "fallback"
+    messages = up.bodies("fallback")[0]["messages"]
+    assert messages[1] == {"role": "assistant", "content": expected_text(after)}
+    assert len(messages) == (2 if prefill else 3)  # a prefill has no instruction
+
+
+@pytest.mark.parametrize(("kind", "after"), [("cut", 40), ("stall", 20), ("bad_json", 10)])
+async def test_a_fallback_that_does_not_continue_ends_with_an_in_band_error(
+    rig: Rig, up: FaultyUpstream, kind: str, after: int
+) -> None:
+    rig.add("primary", Scenario(kind, after=after, tokens=60, model="primary-model"))
+    rig.add("fallback", Scenario("healthy", model="fallback-model", on_continue="chatty"))
+    out = await rig.stream(rig.executor())
+    assert out.final is None, "an answer that was not continued must not end as a success"
+    assert isinstance(out.error, ProtocolError) and "cut off" in out.error.message
+    assert out.text == expected_text(after)  # nothing of the reply reached the caller
+    assert out.outcomes[0] != "ok" and out.outcomes[1] == "upstream_protocol_error"
+    assert "did not continue" in str(out.error.__cause__)
 
 
 @pytest.mark.parametrize("kind", ["cut", "stall", "bad_json"])

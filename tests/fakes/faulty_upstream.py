@@ -12,9 +12,17 @@ Each test registers named scenarios and gets a base URL per name::
         assert up.count("primary") <= 3                           # never hammered
 
 A healthy answer is the words ``w0 w1 ... w{tokens-1}`` (one word a stream chunk, usage
-reported). When the request ends with an assistant turn and the executor's "continue"
-instruction, the answer goes on from the word after the last one of that turn, so a rescued
-stream can be checked word for word.
+reported). What a scenario does when asked to continue a partial answer (``on_continue``):
+
+- ``continue``: after an assistant turn and the executor's "continue" instruction, it goes on
+  from the word after the last one of that turn (a model that follows the instruction);
+- ``restart``: it ignores the instruction and answers from the start (most small models);
+- ``restart_nearly``: the same, but not word for word (case, punctuation, one word changed);
+- ``prefill``: it continues a trailing assistant turn (as llama-server does), and answers a
+  "continue" instruction from the start;
+- ``chatty``: it says "Sure! Here is the rest of the answer:" and then continues.
+
+So a rescued stream can be checked word for word.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from tierlm.execute.streams import CONTINUE_INSTRUCTION
+from tierlm.execute.rescue import CONTINUE_INSTRUCTION
 
 KINDS = (
     "healthy",  # a normal answer
@@ -46,11 +54,22 @@ KINDS = (
     "no_done",  # all tokens and finish_reason, no `[DONE]`; the body ends properly
     "no_finish",  # `after` tokens, no finish_reason, no `[DONE]`; the body ends properly
 )
+ON_CONTINUE = ("continue", "restart", "restart_nearly", "prefill", "chatty")
+CHATTY = "Sure! Here is the rest of the answer:"
 
 
 def expected_text(tokens: int) -> str:
     """The full healthy answer of ``tokens`` words."""
     return " ".join(f"w{i}" for i in range(tokens))
+
+
+def word(i: int, on_continue: str = "continue") -> str:
+    """Word ``i`` of an answer: ``w{i}``, or a near miss of it for ``restart_nearly``."""
+    if on_continue != "restart_nearly":
+        return f"w{i}"
+    if i == 3:
+        return "x3"  # one word changed
+    return f"W{i}," if i % 7 == 6 else f"w{i}"  # case and punctuation
 
 
 def openai_error(message: str, type_: str, code: str | None) -> dict[str, Any]:
@@ -69,10 +88,13 @@ class Scenario:
     tokens: int = 60
     model: str = "upstream-model"
     text: str | None = None  # a healthy answer with these words instead of w0 w1 ...
+    on_continue: str = "continue"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown scenario kind {self.kind!r}")
+        if self.on_continue not in ON_CONTINUE:
+            raise ValueError(f"unknown on_continue {self.on_continue!r}")
 
 
 @dataclass
@@ -221,7 +243,8 @@ class _Reply:
         self.reader = reader
         self.stream = bool(body.get("stream"))
         self.usage_wanted = bool((body.get("stream_options") or {}).get("include_usage"))
-        self.start = _continuation_start(body.get("messages") or [])
+        self.start = _continuation_start(body.get("messages") or [], sc.on_continue)
+        self.chatty = sc.on_continue == "chatty" and self.start > 0
         self.prompt_tokens = sum(
             len(str(m.get("content") or "").split()) for m in body.get("messages") or []
         )
@@ -249,10 +272,12 @@ class _Reply:
         given = self.sc.text.split(" ") if self.sc.text is not None else None
         total = len(given) if given is not None else self.sc.tokens
         end = total if upto is None else min(upto, total)
-        return [
-            ("" if i == 0 else " ") + (given[i] if given is not None else f"w{i}")
+        words = [
+            ("" if i == 0 else " ")
+            + (given[i] if given is not None else word(i, self.sc.on_continue))
             for i in range(self.start, end)
         ]
+        return [CHATTY, *words] if self.chatty else words
 
     def _usage(self, completion: int) -> dict[str, int]:
         return {
@@ -347,10 +372,14 @@ class _Reply:
         }
 
 
-def _continuation_start(messages: list[dict[str, Any]]) -> int:
-    """Where a continuation goes on: the number of words in the partial assistant turn."""
+def _continuation_start(messages: list[dict[str, Any]], on_continue: str) -> int:
+    """Where the answer starts: 0, or the number of words of the partial assistant turn that
+    this scenario continues (see the module doc)."""
+    if on_continue == "prefill" and messages and messages[-1].get("role") == "assistant":
+        return len(str(messages[-1].get("content") or "").split())
     if (
-        len(messages) >= 2
+        on_continue in ("continue", "chatty")
+        and len(messages) >= 2
         and messages[-1].get("content") == CONTINUE_INSTRUCTION
         and messages[-2].get("role") == "assistant"
     ):

@@ -182,7 +182,9 @@ def to_anthropic_choice(choice: str | dict[str, Any]) -> dict[str, Any]:
 
 
 class AnthropicBackend(HttpBackend):
-    """Claude models over the Messages API."""
+    """Claude models over the Messages API (a trailing assistant turn is continued)."""
+
+    supports_prefill = True
 
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
@@ -209,6 +211,8 @@ class AnthropicBackend(HttpBackend):
 
     def body(self, req: ChatRequest, *, stream: bool) -> dict[str, Any]:
         system, messages = to_anthropic(req.messages)
+        if messages and messages[-1]["role"] == "assistant":
+            _trim_prefill(messages[-1]["content"])
         body: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
@@ -331,6 +335,12 @@ class AnthropicBackend(HttpBackend):
         return BackendHealth(
             ok=True, detail="ok", models=models, latency_ms=latency, in_flight=self._in_flight
         )
+
+
+def _trim_prefill(blocks: list[dict[str, Any]]) -> None:
+    """The API refuses a final assistant turn that ends with whitespace (it is a prefill)."""
+    if blocks and blocks[-1].get("type") == "text":
+        blocks[-1]["text"] = blocks[-1]["text"].rstrip()
 
 
 def _block_event(ev: dict[str, Any], tool_index: dict[int, int], model: str) -> StreamEvent | None:

@@ -78,7 +78,14 @@ class BackendHealth:
 
 
 class Backend(ABC):
-    """One model at one endpoint."""
+    """One model at one endpoint.
+
+    ``supports_prefill``: a request whose last message is an assistant turn is answered by
+    continuing that turn (the mid-stream rescue of :mod:`tierlm.execute.rescue` relies on it),
+    not by starting a new one.
+    """
+
+    supports_prefill: bool = False
 
     def __init__(self, config: BackendConfig) -> None:
         self.config = config

@@ -4,6 +4,8 @@
   :mod:`tierlm.models`) and loaded on first use, after a RAM check that fails with
   "needs ~X GB, Y GB free" instead of crashing the process.
 - The chat template comes from the GGUF (llama-cpp-python reads ``tokenizer.chat_template``).
+  A request that ends with an assistant turn is a prefill: the template renders the turns
+  before it, the turn's text follows, and the model goes on from there.
 - Tokens stream for real: generation runs in a worker thread and each token is handed to the
   event loop as it is sampled.
 - At most ``max_concurrency`` generations run at once per model (one llama.cpp context each);
@@ -57,6 +59,8 @@ _DEFAULT_MAX_TOKENS = 1024
 
 
 class LlamaCppBackend(Backend):
+    supports_prefill = True
+
     def __init__(self, config: BackendConfig, models_dir: Path | None = None) -> None:
         super().__init__(config)
         self._models_dir = models_dir or default_models_dir()
@@ -284,7 +288,7 @@ class LlamaCppBackend(Backend):
         usage = out.get("usage") or {}
         return ChatResponse(
             model=self.model,
-            message=Message(role="assistant", content=choice["message"].get("content") or ""),
+            message=Message(role="assistant", content=_answer_text(choice)),
             finish_reason=choice.get("finish_reason") or "stop",
             usage=Usage(
                 prompt_tokens=usage.get("prompt_tokens", 0),
@@ -305,7 +309,7 @@ class LlamaCppBackend(Backend):
         finally:
             with self._lock:
                 self._idle.append(llm)
-        return str(out["choices"][0]["message"].get("content") or "")
+        return _answer_text(out["choices"][0])
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         if prompt_tools.wants_prompt_tools(request):  # buffered; tool_calls deltas at the end
@@ -344,12 +348,54 @@ class LlamaCppBackend(Backend):
 
 
 def _call(llm: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = llm.create_chat_completion(**kwargs)
+    out: dict[str, Any] = _generate(llm, kwargs, stream=False)
     return out
 
 
+def _generate(llm: Any, kwargs: dict[str, Any], *, stream: bool) -> Any:
+    """A chat completion; for a trailing assistant turn, a raw completion that continues it."""
+    last = kwargs["messages"][-1]
+    if last["role"] != "assistant" or last.get("tool_calls"):
+        return llm.create_chat_completion(stream=stream, **kwargs)
+    prompt, stops = _prefill_prompt(llm, kwargs["messages"])
+    rest = {k: v for k, v in kwargs.items() if k not in ("messages", "response_format")}
+    rest["stop"] = [*(rest.get("stop") or ()), *stops]
+    return llm.create_completion(prompt, stream=stream, **rest)
+
+
+def _prefill_prompt(llm: Any, messages: list[dict[str, Any]]) -> tuple[list[int], list[str]]:
+    """The GGUF's chat template over the turns before the last, opened for the assistant, and
+    the last turn's text after it; with the template's stop strings."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        raise ModelError("the model has no chat template, so it cannot continue an answer")
+    eos, bos = llm.token_eos(), llm.token_bos()
+    render: Any = Jinja2ChatFormatter(
+        template=template,
+        eos_token=_token_text(llm, eos),
+        bos_token=_token_text(llm, bos),
+        add_generation_prompt=True,
+    )
+    head = render(messages=messages[:-1])
+    text = head.prompt + (messages[-1].get("content") or "")
+    tokens = llm.tokenize(text.encode("utf-8"), add_bos=not head.added_special, special=True)
+    stops = [head.stop] if isinstance(head.stop, str) else list(head.stop or ())
+    return tokens, stops
+
+
+def _token_text(llm: Any, token: int) -> str:
+    return "" if token < 0 else llm.detokenize([token], special=True).decode("utf-8", "replace")
+
+
+def _answer_text(choice: dict[str, Any]) -> str:
+    """The text of a chat choice or of a raw (prefill) completion choice."""
+    return str((choice.get("message") or {}).get("content") or choice.get("text") or "")
+
+
 def _stream(llm: Any, kwargs: dict[str, Any], stop: threading.Event) -> Iterator[dict[str, Any]]:
-    gen = llm.create_chat_completion(stream=True, **kwargs)
+    gen = _generate(llm, kwargs, stream=True)
     try:
         for chunk in gen:
             if stop.is_set():
@@ -369,7 +415,7 @@ async def _events(queue: asyncio.Queue[tuple[str, Any]], model: str) -> AsyncIte
         if kind == "end":
             break
         choice = item["choices"][0]
-        text = (choice.get("delta") or {}).get("content") or ""
+        text = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
         if text:
             completion += 1
             yield StreamEvent(text=text)

@@ -116,7 +116,10 @@ def _finish(d: dict[str, Any], had_tools: bool) -> FinishReason:
 
 
 class OllamaBackend(HttpBackend):
-    """A model served by Ollama, spoken to in its native API."""
+    """A model served by Ollama, spoken to in its native API (``/api/chat`` continues a
+    trailing assistant turn)."""
+
+    supports_prefill = True
 
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)

@@ -12,6 +12,10 @@ Quirks (provider row, or ``options.quirks`` in config):
 - ``top_k``: send ``top_k`` to an external provider (always sent to self-hosted servers).
 - ``developer_role``: keep the ``developer`` role (else it is sent as ``system``).
 
+Prefill (the provider row's ``prefill``): ``llama-server`` continues a trailing assistant turn
+by itself, vLLM when asked with ``continue_final_message``; other providers answer a new turn,
+so ``supports_prefill`` is false for them.
+
 Other options: ``headers`` (extra request headers), ``extra_body`` (merged into every body),
 ``metrics`` (false: do not read a self-hosted server's Prometheus ``/metrics`` in ``health``),
 ``constrain_tools`` (``json_object`` or ``json_schema``: constrain prompt-tool replies).
@@ -132,6 +136,8 @@ class OpenAIBackend(HttpBackend):
             else (self.provider.tools if self.provider else True)
         )
         self.native_tools: bool = native
+        self.prefill = self.provider.prefill if self.provider else None
+        self.supports_prefill = self.prefill is not None
         self._chat_url = self.base_url + "/chat/completions"
 
     # ------------------------------------------------------------------ headers and body
@@ -193,6 +199,8 @@ class OpenAIBackend(HttpBackend):
             body["tools"] = [tool_spec(t) for t in req.tools]
             if req.tool_choice is not None:
                 body["tool_choice"] = req.tool_choice
+        if self.prefill == "continue_final_message" and req.messages[-1].role == "assistant":
+            body["continue_final_message"], body["add_generation_prompt"] = True, False
         body.update(self.config.options.get("extra_body") or {})
         body.update({k: v for k, v in req.extra.items() if k in _PASS_ON})
         return body

@@ -7,8 +7,11 @@ variable, boundary, quirks). Adding a provider is adding a row here, not code.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from tierlm.types import Boundary
+
+Prefill = Literal["native", "continue_final_message"] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +24,9 @@ class Provider:
     default_model: str | None = None  # used by presets when the provider's key is set
     tools: bool = True  # native tool calling
     quirks: frozenset[str] = field(default_factory=frozenset)
+    # How the server continues a trailing assistant turn: "native" (it just does),
+    # "continue_final_message" (vLLM's request flags), None (it answers a new turn).
+    prefill: Prefill = None
 
 
 _P = Provider
@@ -95,9 +101,17 @@ PROVIDERS: dict[str, Provider] = {
             "openai/gpt-4o-mini",
         ),
         # self-hosted (boundary declared by the deployment; site by default)
-        _P("vllm", "openai", None, "VLLM_API_KEY", Boundary.SITE),
+        _P("vllm", "openai", None, "VLLM_API_KEY", Boundary.SITE, prefill="continue_final_message"),
         _P("sglang", "openai", None, None, Boundary.SITE),
-        _P("llama-server", "openai", "http://127.0.0.1:8080/v1", None, Boundary.HOST, tools=False),
+        _P(
+            "llama-server",
+            "openai",
+            "http://127.0.0.1:8080/v1",
+            None,
+            Boundary.HOST,
+            tools=False,
+            prefill="native",
+        ),
         _P("lmstudio", "openai", "http://127.0.0.1:1234/v1", None, Boundary.HOST),
         _P("ollama-openai", "openai", "http://127.0.0.1:11434/v1", None, Boundary.HOST),
         _P("ollama", "ollama", "http://127.0.0.1:11434", None, Boundary.HOST),

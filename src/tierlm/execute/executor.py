@@ -23,11 +23,13 @@ For each candidate of the plan, in order:
    A ``Retry-After`` beyond the cap moves on at once and holds the backend's breaker open for
    that long, so later requests leave it alone too.
 
-Streams: before commit every failure fails over silently. After commit, the answer so far is
-handed to the next candidate as an assistant turn with a short "continue exactly where the
-answer stopped" instruction, and its continuation is streamed on. If no candidate can continue
-(or the partial answer holds tool calls), the stream raises :class:`ProtocolError` after the
-pieces already sent, and never yields a final event for a truncated answer.
+Streams: before commit every failure fails over silently. After commit, the next candidate is
+asked for the rest of the answer (by prefill where its backend supports it, else by
+instruction) and what it sends is checked before it is forwarded (:mod:`tierlm.execute.rescue`:
+a restart has its repeated part dropped, a reply that is no continuation is refused). If no
+candidate can continue (or the partial answer holds tool calls), the stream raises
+:class:`ProtocolError` after the pieces already sent, and never yields a final event for a
+truncated or duplicated answer.
 
 Accounting: every attempt becomes an :class:`AttemptRecord` (in the caller's ``attempts`` list,
 or ``RoutedStream.attempts``), with the SHA-256 of the exact body the adapter sent upstream
@@ -62,13 +64,9 @@ from tierlm.errors import (
     TierlmError,
 )
 from tierlm.execute.breaker import BreakerBoard, BreakerConfig, Clock
+from tierlm.execute.rescue import Splice, continuation_request
 from tierlm.execute.retry import RetryPolicy, counts_against_backend, retry_after
-from tierlm.execute.streams import (
-    TimedStream,
-    add_usage,
-    continuation_request,
-    estimate_usage,
-)
+from tierlm.execute.streams import TimedStream, add_usage, estimate_usage
 from tierlm.ledger.audit import digest
 from tierlm.ledger.records import AttemptRecord
 from tierlm.privacy import ceiling, needs_redaction
@@ -200,6 +198,24 @@ def _commit(run: _Run, rs: RoutedStream, cand: Candidate, backend: Backend) -> N
     rs.tier, rs.backend, rs.model = cand.tier, cand.backend, backend.model
 
 
+def _through(splice: Splice | None, ev: StreamEvent) -> list[StreamEvent]:
+    """What of ``ev`` goes on to the caller before any final event: the piece itself, or (a
+    continuation after a mid-stream failure) only what the splice accepts of it."""
+    if ev.finish_reason is not None:
+        rest = splice.finish() if splice is not None and ev.finish_reason != "error" else ""
+        return [StreamEvent(text=rest)] if rest else []
+    if not (ev.text or ev.tool_calls):
+        return []
+    if splice is None:
+        return [ev]
+    if ev.tool_calls:
+        raise ProtocolError(
+            "the fallback answered a text continuation with a tool call", backend=splice.backend
+        )
+    text = splice.feed(ev.text)
+    return [StreamEvent(text=text, model=ev.model)] if text else []
+
+
 def _host_key(backend: Backend) -> str:
     url = getattr(backend, "base_url", None) or backend.config.url or ""
     return f"{backend.config.kind}:{urlsplit(url).netloc or backend.name}"
@@ -297,24 +313,33 @@ class Executor:
             backend = self._eligible(run, cand)
             if backend is None:
                 continue
-            whole = continuation_request(run.request, "".join(sent)) if rs.committed else None
-            req = self._outbound(run, cand, backend, whole or run.request)
+            splice: Splice | None = None  # after commit: checks the continuation (rescue.py)
+            whole = run.request
+            if rs.committed:
+                so_far, prefill = "".join(sent), backend.supports_prefill
+                whole = continuation_request(run.request, so_far, prefill=prefill)
+                splice = Splice(so_far, prefill=prefill, backend=cand.backend)
+            req = self._outbound(run, cand, backend, whole)
             if req is None:
                 continue
             got = await self._with_retries(run, cand, backend, partial(self._open, req))
             if got is None:
                 continue
             (timed, ev), tr = got
-            part: list[str] = []
+            part: list[str] = []  # what this backend generated (its usage estimate)
+            handed = False  # has anything of this backend's reached the caller?
             try:
-                while ev.finish_reason is None:
-                    if ev.text or ev.tool_calls:
-                        if not part:  # the first piece this backend hands over: commit
+                while True:
+                    for out in _through(splice, ev):
+                        if not handed:  # the first piece this backend hands over: commit
                             _commit(run, rs, cand, backend)
-                        part.append(ev.text)
-                        sent.append(ev.text)
-                        tools_sent = tools_sent or bool(ev.tool_calls)
-                        yield ev
+                            handed = True
+                        sent.append(out.text)
+                        tools_sent = tools_sent or bool(out.tool_calls)
+                        yield out
+                    if ev.finish_reason is not None:
+                        break
+                    part.append(ev.text)
                     ev = await timed.next()
                 if ev.finish_reason == "error":
                     raise ProtocolError(
@@ -331,7 +356,7 @@ class Executor:
                 await timed.aclose()
                 if not tr.settled:  # the caller went away (or we were cancelled)
                     await self._abandon(run, tr)
-            if not part:
+            if not handed:
                 _commit(run, rs, cand, backend)
             usage = add_usage(usage, part_usage)
             rs.usage, rs.finish_reason = usage, ev.finish_reason

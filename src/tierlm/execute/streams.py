@@ -1,4 +1,4 @@
-"""Stream helpers of the executor: per-chunk deadlines, continuation requests, usage sums.
+"""Stream helpers of the executor: per-chunk deadlines and usage sums.
 
 :class:`TimedStream` enforces the attempt's limits on any backend's event stream, whatever the
 adapter does itself: the first event must come within ``first_token`` seconds of the start,
@@ -15,12 +15,10 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from tierlm.errors import BackendTimeout, ProtocolError
-from tierlm.types import ChatRequest, Message, StreamEvent, Usage
+from tierlm.types import ChatRequest, StreamEvent, Usage
 
 if TYPE_CHECKING:
     from tierlm.config.settings import Timeouts
-
-CONTINUE_INSTRUCTION = "Continue exactly where the answer stopped; do not repeat anything."
 
 
 class TimedStream:
@@ -90,21 +88,6 @@ class TimedStream:
         close = getattr(self._events, "aclose", None)
         if close is not None:
             await close()
-
-
-def continuation_request(request: ChatRequest, partial: str) -> ChatRequest:
-    """The original conversation, the partial answer as an assistant turn, and a short
-    instruction to go on from exactly there (works with any chat backend). ``max_tokens`` is
-    reduced by the (estimated) tokens already sent."""
-    messages = [
-        *request.messages,
-        Message(role="assistant", content=partial),
-        Message(role="user", content=CONTINUE_INSTRUCTION),
-    ]
-    update: dict[str, object] = {"messages": messages}
-    if request.max_tokens is not None:
-        update["max_tokens"] = max(1, request.max_tokens - estimate_tokens(partial))
-    return request.model_copy(update=update)
 
 
 def estimate_tokens(text: str) -> int:
