@@ -96,7 +96,7 @@ async def test_abandoned_stream_stops_generation(tiny_model: Path) -> None:
         assert first.text
         await gen.aclose()  # the worker sees the stop event at its next token
         again = await b.complete(ChatRequest.from_prompt("hi", max_tokens=3))
-        assert again.usage.completion_tokens <= 3
+        assert 0 < again.usage.completion_tokens <= 3  # the backend answers again
     finally:
         await b.aclose()
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -95,26 +98,85 @@ def test_models_list_shows_where_the_default_resolves(models_dir: Path) -> None:
     assert "smollm2-135m-instruct" in r.stdout and "stories260K" in r.stdout
 
 
-def test_ctrl_c_stops_an_answer_and_the_repl_goes_on(models_dir: Path) -> None:
-    import signal
-    import time
+class _Pipe:
+    """Reads a child's pipe in a thread, so a test can wait for given output (bounded)."""
 
-    p = subprocess.Popen(
-        [TIERLM, "chat", "--max-tokens", "400"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert p.stdin is not None and p.stdout is not None
-    p.stdin.write("Write a long story about a pump.\n")
-    p.stdin.flush()
-    assert p.stdout.read(3).startswith("> ")  # the prompt, then the answer's first character
-    time.sleep(0.2)
-    p.send_signal(signal.SIGINT)
-    time.sleep(0.5)
-    p.stdin.write("/exit\n")
-    p.stdin.flush()
-    _out, err = p.communicate(timeout=60)
-    assert p.returncode == 0, err
-    assert "stopped" in err and "Traceback" not in err
+    def __init__(self, stream: IO[str]) -> None:
+        self.text = ""
+        self._stream = stream
+        self._chunks: queue.Queue[str] = queue.Queue()
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: IO[str]) -> None:
+        while chunk := stream.read(1):
+            self._chunks.put(chunk)
+        self._chunks.put("")
+
+    def wait_for(self, needle: str, timeout: float = 60) -> None:
+        while needle not in self.text:
+            chunk = self._chunks.get(timeout=timeout)
+            assert chunk, f"the pipe closed before {needle!r} appeared: {self.text!r}"
+            self.text += chunk
+
+    def close(self) -> str:
+        """Everything the child wrote, once it has closed the pipe."""
+        self._thread.join(timeout=60)
+        while chunk := self._chunks.get_nowait() if not self._chunks.empty() else "":
+            self.text += chunk
+        self._stream.close()
+        return self.text
+
+
+def _stalling_config(tmp_path: Path, url: str) -> Path:
+    """One backend on ``url``; generous timeouts, so only Ctrl-C ends its answer."""
+    backend = {
+        "name": "slow",
+        "kind": "openai",
+        "provider": "sglang",
+        "url": url,
+        "model": "upstream-model",
+        "boundary": "site",
+        "timeouts": {"first_token": 60, "stall": 120, "total": 300},
+    }
+    config = {
+        "backends": [backend],
+        "tiers": [{"name": "site", "backends": ["slow"], "strength": 1.0}],
+        "ledger": {"url": "off"},
+        "routing": {"complexity_method": "length"},
+    }
+    path = tmp_path / "tierlm.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
+def test_ctrl_c_stops_an_answer_and_the_repl_goes_on(tmp_path: Path) -> None:
+    import signal
+
+    from fakes.faulty_upstream import FaultyUpstream, Scenario
+
+    with FaultyUpstream() as up:
+        # five words, then the stream stays open and silent: the answer cannot finish first
+        config = _stalling_config(tmp_path, up.add("slow", Scenario("stall", after=5)))
+        p = subprocess.Popen(
+            [TIERLM, "chat", "--config", str(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert p.stdin is not None and p.stdout is not None and p.stderr is not None
+        out, err = _Pipe(p.stdout), _Pipe(p.stderr)
+        p.stdin.write("Say the words.\n")
+        p.stdin.flush()
+        out.wait_for("w4")  # the answer is under way, and stalled
+        p.send_signal(signal.SIGINT)
+        err.wait_for("stopped")  # the dim line of an interrupted answer
+        p.stdin.write("/help\n/exit\n")
+        p.stdin.close()
+        assert p.wait(timeout=60) == 0, err.close()
+        out.close()
+        err.close()
+    assert "/exit, /quit" in err.text  # /help was answered by the REPL, not sent to the model
+    assert "Traceback" not in err.text
+    assert up.count("slow") == 1

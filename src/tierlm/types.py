@@ -46,7 +46,7 @@ class Boundary(IntEnum):
 
 
 class Privacy(StrEnum):
-    """Privacy level of a request; see ARCHITECTURE.md."""
+    """Privacy level of a request; see docs/architecture.md."""
 
     PUBLIC = "public"  # external backends allowed
     ENHANCED = "enhanced"  # external only after redaction

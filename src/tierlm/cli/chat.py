@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from tierlm.cli.common import CONFIG_HELP, PRESET_HELP, load
+from tierlm.cli.common import CONFIG_HELP, PRESET_HELP, PRIVACY_HELP, PrivacyLevel, load
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -30,7 +30,7 @@ def chat(
         "auto", "--model", "-m", help="auto (route), or a tier or backend name (pin)."
     ),
     system: str | None = typer.Option(None, "--system", "-s", help="A system prompt."),
-    privacy: str | None = typer.Option(None, "--privacy", help="public, enhanced or private."),
+    privacy: PrivacyLevel | None = typer.Option(None, "--privacy", help=PRIVACY_HELP),
     max_tokens: int | None = typer.Option(None, "--max-tokens", min=1),
     temperature: float | None = typer.Option(None, "--temperature", min=0.0, max=2.0),
     json_out: bool = typer.Option(False, "--json", help="With --once: print the answer as JSON."),
@@ -133,8 +133,21 @@ def _turn(
     first = f" · first token {ttft:.2f} s" if ttft is not None else ""
     stop = " · stopped" if interrupted else ""
     where = f"{rs.tier} · {rs.backend} ({rs.model})" if rs is not None else "not started"
-    err.print(f"[dim]{where} · {toks} · {took:.2f} s{first}{stop}[/dim]")
+    # one line however narrow the terminal (or 80 columns when piped): never wrapped
+    err.print(f"[dim]{where} · {toks} · {took:.2f} s{first}{stop}[/dim]", soft_wrap=True)
     return "".join(parts)
+
+
+REPL_HELP = """commands:
+  /help          this list
+  /exit, /quit   leave (Ctrl-D too)
+Ctrl-C stops an answer; anything else is sent to the model (the conversation is kept)."""
+
+
+def _command(line: str) -> str | None:
+    """The REPL command on ``line`` (one word starting with '/'), or None for a prompt."""
+    word = line.strip()
+    return word if word.startswith("/") and len(word.split()) == 1 and "/" not in word[1:] else None
 
 
 def _repl(
@@ -142,7 +155,7 @@ def _repl(
 ) -> None:
     from tierlm.types import Message
 
-    err.print("[dim]tierlm chat: Ctrl-C stops an answer, Ctrl-D (or /exit) quits.[/dim]")
+    err.print("[dim]tierlm chat: Ctrl-C stops an answer, Ctrl-D (or /exit) quits, /help.[/dim]")
     while True:
         try:
             prompt = input("> ")
@@ -154,8 +167,12 @@ def _repl(
             continue
         if not prompt.strip():
             continue
-        if prompt.strip() in ("/exit", "/quit"):
+        command = _command(prompt)
+        if command in ("/exit", "/quit"):
             return
+        if command is not None:
+            err.print(REPL_HELP if command == "/help" else f"unknown command {command}; try /help")
+            continue
         try:
             answer = _turn(router, history, prompt, opts, out, err)
         except Exception as e:

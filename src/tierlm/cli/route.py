@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import typer
 
-from tierlm.cli.common import CONFIG_HELP, PRESET_HELP, fail, load
+from tierlm.cli.common import (
+    CONFIG_HELP,
+    PRESET_HELP,
+    PRIVACY_HELP,
+    PrivacyLevel,
+    fail,
+    invalid_value,
+    load,
+)
 
 if TYPE_CHECKING:
     from tierlm.policy import Conditions
@@ -29,10 +37,11 @@ def route(
     jsonl: str | None = typer.Option(
         None,
         "--jsonl",
-        help='Route each line of FILE (\'-\' = stdin): {"prompt": ...} or {"messages": [...]}.',
+        help='Route each line of FILE (\'-\' = stdin): {"prompt": ...} or {"messages": [...]}. '
+        'A line that cannot be routed gets {"line": N, "error": ...}; then exit status 2.',
     ),
     live: bool = typer.Option(False, "--live", help="Ask every backend for its health first."),
-    privacy: str | None = typer.Option(None, "--privacy", help="public, enhanced or private."),
+    privacy: PrivacyLevel | None = typer.Option(None, "--privacy", help=PRIVACY_HELP),
     quality: float | None = typer.Option(
         None, "--quality", min=0.0, max=1.0, help="The quality bar for this request."
     ),
@@ -52,8 +61,8 @@ def route(
         hints: dict[str, Any] = {"privacy": privacy, "quality": quality}
         try:
             req = _request({"prompt": prompt, **hints})
-        except ValueError as e:
-            raise fail(str(e).splitlines()[0], 2) from None
+        except ValueError as e:  # pydantic's ValidationError is one
+            raise fail(_why(e), 2) from None
         plan = router.plan(req, cond)
         if json_out:
             typer.echo(json.dumps(plan.to_dict(), ensure_ascii=False))
@@ -78,12 +87,11 @@ def _request(obj: dict[str, Any]) -> ChatRequest:
 
 
 def _route_lines(router: Router, source: str, cond: Conditions | None) -> None:
-    from pydantic import ValidationError
-
     from tierlm.errors import TierlmError
 
     stream: TextIO = sys.stdin if source == "-" else _open(source)
     out = sys.stdout
+    bad: list[int] = []
     for n, line in enumerate(stream, start=1):
         if not line.strip():
             continue
@@ -92,11 +100,24 @@ def _route_lines(router: Router, source: str, cond: Conditions | None) -> None:
             if not isinstance(obj, dict):
                 raise ValueError("each line must be a JSON object")
             result: dict[str, Any] = router.plan(_request(obj), cond).to_dict()
-        except (ValueError, ValidationError, TierlmError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            result = {"line": n, "error": msg}
+        except (ValueError, TierlmError) as e:
+            result = {"line": n, "error": _why(e)}
+        if "error" in result:
+            bad.append(n)
         out.write(json.dumps(result, ensure_ascii=False) + "\n")
     out.flush()
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
+        raise fail(f"{len(bad)} line(s) could not be routed (line {shown})", 2)
+
+
+def _why(e: Exception) -> str:
+    """One line for a bad line or prompt."""
+    from pydantic import ValidationError
+
+    if isinstance(e, ValidationError):
+        return invalid_value(e)
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def _open(path: str) -> TextIO:

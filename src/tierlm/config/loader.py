@@ -118,4 +118,4 @@ def _format_errors(e: ValidationError, source: str | None) -> str:
         msg = err["msg"].removeprefix("Value error, ")
         lines.append(f"config key `{key}`: {msg}")
     where = f" in {source}" if source else ""
-    return f"invalid configuration{where}:\n  " + "\n  ".join(lines)
+    return f"invalid configuration{where}: " + "; ".join(lines)  # one line, for the CLI

@@ -23,15 +23,17 @@ def serve(settings: Settings) -> None:
 
     import uvicorn
 
+    from tierlm.router import Router
     from tierlm.server.auth import KeyRing
 
     s = settings.server
     KeyRing(s.api_keys)  # a bad key hash is a config error now, not a failed start-up
+    router = Router(settings)  # so is a bad backend (the app closes the router at shutdown)
     # A long-running server allocates many short-lived objects per request: collect the
     # youngest generation less often (the start-up heap is frozen once loaded).
     gc.set_threshold(10_000, 50, 50)
     config = uvicorn.Config(
-        create_app(settings, freeze_gc=True),
+        create_app(router, freeze_gc=True, owns_router=True),
         host=s.host,
         port=s.port,
         lifespan="on",

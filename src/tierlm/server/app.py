@@ -41,9 +41,11 @@ _HTTP_CODES = {
 }
 
 
-def create_app(source: Router | Settings, *, freeze_gc: bool = False) -> Starlette:
-    """The gateway app over a ready Router (the caller closes it) or over settings (the app
-    builds the Router at start-up and closes it at shutdown).
+def create_app(
+    source: Router | Settings, *, freeze_gc: bool = False, owns_router: bool = False
+) -> Starlette:
+    """The gateway app over a ready Router (the caller closes it, unless ``owns_router``) or
+    over settings (the app builds the Router at start-up and closes it at shutdown).
 
     ``freeze_gc`` (``serve()`` sets it; it is process-wide): once started, move everything
     loaded so far out of the garbage collector's sight, so collections stay short.
@@ -68,7 +70,7 @@ def create_app(source: Router | Settings, *, freeze_gc: bool = False) -> Starlet
         from tierlm.config.settings import Settings
         from tierlm.router import Router
 
-        owns = isinstance(source, Settings)
+        owns = owns_router or isinstance(source, Settings)
         router = Router(source) if isinstance(source, Settings) else source
         gw = Gateway(router)
         app.state.gateway = gw
