@@ -387,16 +387,16 @@ async def test_native_tool_calls_stream_and_complete(fake_url: str, fake_app: St
 
 
 async def test_first_token_and_stall_timeouts(fake_url: str) -> None:
-    timeouts = {"connect": 1.0, "first_token": 0.5, "stall": 0.5, "total": 10.0}
+    # The fake waits 2 s (then answers): a timeout raised at all was raised by the 0.5 s limit
+    # of that phase, so no wall-clock margin is needed; `total` is out of reach.
+    timeouts = {"connect": 1.0, "first_token": 0.5, "stall": 0.5, "total": 3600.0}
     for scenario, phase in (("slow-first", "first_token"), ("stall", "stall")):
         backend = _fake(fake_url, scenario, timeouts=timeouts)
-        start = time.perf_counter()
         try:
             with pytest.raises(BackendTimeout) as info:
                 await collect(backend.stream(_req()), model="x")
         finally:
             await backend.aclose()
-        assert time.perf_counter() - start < 1.8
         assert phase in info.value.message
     backend = _fake(
         fake_url,

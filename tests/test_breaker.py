@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -32,6 +31,7 @@ from tierlm.execute import (
     RetryPolicy,
     RoutedStream,
 )
+from tierlm.ledger.records import AttemptRecord
 from tierlm.types import Candidate, ChatRequest, ChatResponse, Message, Plan, StreamEvent, Usage
 
 
@@ -217,6 +217,9 @@ class Scripted(Backend):
 
 
 FAST = Timeouts(connect=0.1, first_token=0.3, stall=0.2, total=5.0)
+# Per-chunk deadlines only: a test that reached `total` would hit its hang guard first.
+NO_TOTAL = Timeouts(connect=0.1, first_token=0.3, stall=0.2, total=3600.0)
+HANG_GUARD = 30.0  # seconds; far above every deadline under test, so never a margin
 
 
 def _executor(*backends: Backend, threshold: int = 3) -> tuple[Executor, Plan]:
@@ -244,30 +247,33 @@ async def _stream_text(rs: RoutedStream) -> tuple[str, StreamEvent | None, Excep
 async def test_executor_deadlines_guard_any_backend(step: str) -> None:
     """No adapter deadlines here: the executor alone must stop a hang, a stall or a stream
     that just ends, and rescue the answer on the next candidate."""
-    bad, good = Scripted("bad", [step], FAST), Scripted("good", ["ok"], FAST)
+    bad, good = Scripted("bad", [step], NO_TOTAL), Scripted("good", ["ok"], FAST)
     ex, plan = _executor(bad, good)
-    t0 = time.monotonic()
     rs = ex.stream(ChatRequest.from_prompt("hi"), plan)
-    text, final, error = await _stream_text(rs)
+    async with asyncio.timeout(HANG_GUARD):  # the first-token / stall limits fire, or we hang
+        text, final, error = await _stream_text(rs)
     assert error is None and final is not None
     # A hang or an error before the first token fails over silently (nothing was committed);
-    # after "a" was sent the answer is continued by "good" (a toy: it starts again, "ab").
+    # after "a" was sent the answer is continued by "good", which starts again ("ab"): the
+    # repeated "a" is dropped, so the caller gets the answer once.
     before_commit = step in ("hang", "error_first")
-    assert text == ("ab" if before_commit else "aab")
+    assert text == "ab"
     assert rs.continued is not before_commit
     assert rs.backend == "good"
     assert rs.ttft_ms is not None
     assert final.usage is not None and final.usage.completion_tokens > 0  # estimated
-    assert time.monotonic() - t0 < 1.5  # first-token / stall limits, well before `total`
     assert bad.calls == 1
 
 
 async def test_complete_total_timeout_of_any_backend() -> None:
     bad = Scripted("bad", ["hang"], Timeouts(first_token=0.3, stall=0.2, total=1.0))
     ex, plan = _executor(bad, Scripted("good", ["ok"], FAST))
-    t0 = time.monotonic()
-    resp = await ex.complete(ChatRequest.from_prompt("hi"), plan)
-    assert resp.backend == "good" and 0.9 < time.monotonic() - t0 < 2.0
+    attempts: list[AttemptRecord] = []
+    async with asyncio.timeout(HANG_GUARD):
+        resp = await ex.complete(ChatRequest.from_prompt("hi"), plan, attempts)
+    assert resp.backend == "good"
+    assert [a.outcome for a in attempts] == ["backend_timeout", "ok"]
+    assert attempts[0].latency_ms >= 990.0  # `total` (1 s) ended it, not an earlier limit
 
 
 async def test_concurrent_requests_send_one_probe() -> None:

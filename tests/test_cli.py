@@ -128,14 +128,14 @@ class _Pipe:
         return self.text
 
 
-def _stalling_config(tmp_path: Path, url: str) -> Path:
-    """One backend on ``url``; generous timeouts, so only Ctrl-C ends its answer."""
+def _upstream_config(tmp_path: Path, url: str, model: str = "upstream-model") -> Path:
+    """One backend on ``url``; generous timeouts, so only Ctrl-C ends a stalled answer."""
     backend = {
         "name": "slow",
         "kind": "openai",
         "provider": "sglang",
         "url": url,
-        "model": "upstream-model",
+        "model": model,
         "boundary": "site",
         "timeouts": {"first_token": 60, "stall": 120, "total": 300},
     }
@@ -157,7 +157,7 @@ def test_ctrl_c_stops_an_answer_and_the_repl_goes_on(tmp_path: Path) -> None:
 
     with FaultyUpstream() as up:
         # five words, then the stream stays open and silent: the answer cannot finish first
-        config = _stalling_config(tmp_path, up.add("slow", Scenario("stall", after=5)))
+        config = _upstream_config(tmp_path, up.add("slow", Scenario("stall", after=5)))
         p = subprocess.Popen(
             [TIERLM, "chat", "--config", str(config)],
             stdin=subprocess.PIPE,
@@ -180,3 +180,16 @@ def test_ctrl_c_stops_an_answer_and_the_repl_goes_on(tmp_path: Path) -> None:
     assert "/exit, /quit" in err.text  # /help was answered by the REPL, not sent to the model
     assert "Traceback" not in err.text
     assert up.count("slow") == 1
+
+
+def test_the_status_line_is_one_line_when_piped(tmp_path: Path) -> None:
+    from fakes.faulty_upstream import FaultyUpstream, Scenario
+
+    model = "a-model-with-a-rather-long-name-as-self-hosted-servers-often-have-q4_k_m"
+    with FaultyUpstream() as up:
+        config = _upstream_config(tmp_path, up.add("slow", Scenario(model=model)), model)
+        r = run("chat", "--once", "Say the words.", "--config", str(config), env={"COLUMNS": "80"})
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and len(lines[0]) > 80, r.stderr  # longer than the terminal...
+    assert lines[0].startswith("site · slow") and "first token" in lines[0]  # ...not wrapped

@@ -222,13 +222,20 @@ def test_llm_method_with_the_real_tiny_model() -> None:
         pytest.skip(f"{SMOLLM2} not found")
     llm = llama_cpp.Llama(model_path=str(SMOLLM2), n_ctx=2048, verbose=False)
 
+    answers: list[str] = []
+
     def rate(messages: list[dict[str, str]]) -> str:
         out = llm.create_chat_completion(messages=messages, max_tokens=4, temperature=0.0)
-        return str(out["choices"][0]["message"]["content"] or "")
+        answers.append(str(out["choices"][0]["message"]["content"] or ""))
+        return answers[-1]
 
     s = cx.load_scorer("llm", llm_rate=rate)
-    scores = {s.score(req(p)) for p in ("Turn on pump 3", "Prove that sqrt(2) is irrational.")}
-    assert scores <= {0.15, 0.5, 0.85}
+    for prompt in ("Turn on pump 3", "Prove that sqrt(2) is irrational."):
+        score = s.score(req(prompt))
+        rating = cx.parse_rating(answers[-1])
+        # the real model gives a rating the parser reads (not the "undecided" fallback)
+        assert rating is not None, answers[-1]
+        assert score == cx.RATING_SCORES[rating]
 
 
 def test_conversation_window_keeps_the_start_and_the_latest_text() -> None:

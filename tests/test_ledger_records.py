@@ -189,9 +189,11 @@ def test_full_queue_blocks_and_never_drops(tmp_path: Path) -> None:
 
     t = threading.Thread(target=produce)
     t.start()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 30  # a hang guard: wait for the producer to block
+    while ledger.stats()["blocked"] < 1:
+        assert time.monotonic() < deadline, "the producer never had to wait"
+        time.sleep(0.01)
     assert not done.is_set()  # the producer waits for room in the queue
-    assert ledger.stats()["blocked"] >= 1
     store.gate.set()
     t.join(30)
     ledger.close()

@@ -180,13 +180,34 @@ def test_missing_model_says_exactly_what_to_do(
     assert "tierlm models pull smollm2-135m-instruct" in msg
 
 
-def test_hub_download_failure_is_a_clear_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Online mode, but the network is closed in tests: the real hub client fails, and we say so.
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(models, "_package_file", lambda *_: None)
-    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "2")
-    monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "2")
-    with pytest.raises(ModelNotFound, match=r"could not download SmolLM2-135M-Instruct\.Q4_1"):
-        models.pull("smollm2-135m-instruct", tmp_path)
+def test_hub_download_failure_is_a_clear_error(tmp_path: Path) -> None:
+    """Online mode against a local hub that has no such file (``HF_ENDPOINT``): the real hub
+    client fails at once (no retries to wait out), and the CLI says so in one message."""
+    import os
+    import subprocess
+
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from fakes import serve
+
+    async def missing(request: object) -> JSONResponse:
+        headers = {"x-error-code": "EntryNotFound", "x-error-message": "Entry not found"}
+        return JSONResponse({"error": "Entry not found"}, status_code=404, headers=headers)
+
+    hub = Starlette(routes=[Route("/{path:path}", missing, methods=["GET", "HEAD"])])
+    with serve(hub) as url:
+        env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+        env.update(HF_ENDPOINT=url, TIERLM_MODELS_DIR=str(tmp_path))
+        r = subprocess.run(
+            [str(Path(sys.executable).with_name("tierlm")), "models", "pull", "hf:acme/x/x.gguf"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+    assert r.returncode == 1, r.stderr
+    assert "could not download x.gguf from huggingface.co/acme/x" in r.stderr
+    assert "Traceback" not in r.stderr

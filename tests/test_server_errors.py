@@ -29,14 +29,15 @@ OTHER_KEY = "tlm-test-other-key-0123456789"
 
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[str]:
-    with serve(make_app()) as upstream:
+    app = make_app()  # its gate stays closed: the "stall" backend never finishes by itself
+    with serve(app) as upstream:
         s = settings(
             [
                 upstream_backend("site", upstream, "plain"),
                 upstream_backend("cut", upstream, "sse-truncated"),
                 upstream_backend("errs", upstream, "sse-error"),
                 upstream_backend("down", upstream, "server"),
-                upstream_backend("stall", upstream, "stall"),
+                upstream_backend("stall", upstream, "gated"),
             ],
             [
                 {"name": "site", "backends": ["site"]},
@@ -60,6 +61,7 @@ def gateway() -> Iterator[str]:
         )
         with serve_gateway(s) as url:
             yield url
+        app.state.gate.set()
 
 
 @pytest.fixture
@@ -306,11 +308,12 @@ def test_models_list_follows_the_key(gateway: str) -> None:
 
 
 def test_client_gone_mid_stream_frees_everything(gateway: str, client: httpx.Client) -> None:
-    body = {"model": "stall", "messages": MSG, "stream": True}  # the upstream stalls 2 s
+    body = {"model": "stall", "messages": MSG, "stream": True}  # the upstream never finishes
     with client.stream("POST", "/v1/chat/completions", json=body) as r:
         assert r.status_code == 200
         next(r.iter_lines())  # the first chunk, then hang up
-    deadline = time.monotonic() + 1.2  # well before the upstream would have finished
+    # only freeing the abandoned stream can bring in-flight to 0; the deadline is a hang guard
+    deadline = time.monotonic() + 30
     with httpx.Client(base_url=gateway, headers={"x-api-key": ADMIN_KEY}) as c:
         while "tierlm_requests_in_flight 0\n" not in c.get("/metrics").text:
             assert time.monotonic() < deadline, "the abandoned stream is still in flight"

@@ -3,12 +3,17 @@
 The request's ``model`` names the scenario (see ``ERRORS`` and the stream scenarios below),
 so one server covers every documented error of OpenAI, vLLM and llama.cpp's servers. The last
 request (headers and body) is kept in ``app.state.requests`` for assertions.
+
+The ``gated`` scenario answers (non-stream), or sends its first chunk and then the rest
+(stream), only once the test sets ``app.state.gate`` (a ``threading.Event``): a test waits on
+what it controls instead of racing a fixed delay.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import AsyncIterator
 from email.utils import formatdate
@@ -155,13 +160,21 @@ def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> str:
     return "data: " + json.dumps(data) + "\n\n"
 
 
-async def _stream(scenario: str, served: str) -> AsyncIterator[str]:
+async def _opened(gate: threading.Event) -> None:
+    # a threading.Event set by the test thread; polled, so cancelling the request still works
+    while not gate.is_set():  # noqa: ASYNC110 - polling another thread's event
+        await asyncio.sleep(0.01)
+
+
+async def _stream(scenario: str, served: str, gate: threading.Event) -> AsyncIterator[str]:
     if scenario == "slow-first":
         await asyncio.sleep(2.0)
     yield _chunk(served, {"role": "assistant"})
     yield _chunk(served, {"content": "Hel"})
     if scenario == "stall":
         await asyncio.sleep(2.0)
+    if scenario == "gated":
+        await _opened(gate)
     if scenario == "sse-malformed":
         yield 'data: {"choices": [\n\n'
         return
@@ -230,9 +243,13 @@ async def chat(request: Request) -> Response:
     if scenario == "embedded-error":
         return JSONResponse({"error": {"message": "model overloaded", "code": 503}})
     if body.get("stream"):
-        return StreamingResponse(_stream(scenario, served), media_type="text/event-stream")
+        return StreamingResponse(
+            _stream(scenario, served, request.app.state.gate), media_type="text/event-stream"
+        )
     if scenario == "slow-first":
         await asyncio.sleep(2.0)
+    if scenario == "gated":
+        await _opened(request.app.state.gate)
     message: dict[str, Any] = {"role": "assistant", "content": "Hello"}
     finish = "stop"
     if scenario == "tools":
@@ -284,4 +301,5 @@ def make_app() -> Starlette:
     )
     app.state.requests = []
     app.state.raw = []  # the exact request bodies, in order
+    app.state.gate = threading.Event()
     return app
