@@ -102,12 +102,16 @@ class Splice:
         self._sent_words = _words(sent)
         self._buf = ""
         self._decided = False
+        self._check_at = 0  # buffer length at which to look again (amortised: O(n) in all)
 
     def feed(self, text: str) -> str:
         if self._decided:
             return text
         self._buf += text
+        if len(self._buf) < self._check_at:
+            return ""
         out = self._decide(done=False)
+        self._check_at = len(self._buf) + len(self._buf) // 8
         return "" if out is None else out
 
     def finish(self) -> str:
