@@ -129,3 +129,46 @@ async def test_the_in_process_model_continues_a_prefill() -> None:
     # the same greedy answer goes on at the seam (later, batching may shift a logit)
     assert (half + rest)[: len(half) + 8] == whole[: len(half) + 8]
     assert events[-1].usage is not None and events[-1].usage.completion_tokens > 0
+
+
+PREFILL = [  # (backend config, supports prefill)
+    ({"kind": "llama_cpp", "model": "m.gguf"}, True),
+    ({"kind": "openai", "provider": "llama-server", "model": "m"}, True),
+    ({"kind": "openai", "provider": "vllm", "url": "http://127.0.0.1:9/v1", "model": "m"}, True),
+    ({"kind": "anthropic", "model": "claude"}, True),
+    ({"kind": "ollama", "model": "llama3"}, True),
+    ({"kind": "openai", "provider": "openai", "model": "gpt"}, False),
+    ({"kind": "openai", "provider": "sglang", "url": "http://127.0.0.1:9/v1", "model": "m"}, False),
+]
+
+
+@pytest.mark.parametrize(("cfg", "prefill"), PREFILL, ids=[str(c) for c, _ in PREFILL])
+def test_which_backends_continue_a_prefill(cfg: dict[str, str], prefill: bool) -> None:
+    from tierlm.backends import create_backend
+    from tierlm.config.settings import BackendConfig
+
+    b = create_backend(BackendConfig.model_validate({"name": "b", "boundary": "site", **cfg}), None)
+    assert b.supports_prefill is prefill
+
+
+def test_prefill_bodies() -> None:
+    """vLLM is asked to continue the final message; Anthropic gets it without trailing space
+    (its API refuses a final assistant turn that ends with whitespace)."""
+    from tierlm.backends.anthropic import AnthropicBackend
+    from tierlm.backends.openai_compat import OpenAIBackend
+    from tierlm.config.settings import BackendConfig
+
+    req = continuation_request(ChatRequest.from_prompt("hi"), "Hello, I am ", prefill=True)
+    vllm = OpenAIBackend(
+        BackendConfig(name="v", kind="openai", provider="vllm", url="http://h:1/v1", model="m")
+    )
+    body = vllm.body(req, stream=True)
+    assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+    assert "continue_final_message" not in vllm.body(ChatRequest.from_prompt("hi"), stream=True)
+    claude = AnthropicBackend(
+        BackendConfig(name="a", kind="anthropic", model="claude", boundary="external")
+    )
+    assert claude.body(req, stream=True)["messages"][-1] == {
+        "role": "assistant",
+        "content": [{"type": "text", "text": "Hello, I am"}],
+    }
