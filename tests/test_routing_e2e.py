@@ -108,7 +108,8 @@ def test_route_jsonl_keeps_order_and_reports_bad_lines(tmp_path: Path) -> None:
     f = tmp_path / "in.jsonl"
     f.write_text("\n".join(lines) + "\n")
     r = _route("--preset", "full-stack", "--jsonl", str(f))
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 2  # every line is answered, then the bad ones are named
+    assert r.stderr.strip() == "error: 2 line(s) could not be routed (line 2, 4)"
     out = [json.loads(x) for x in r.stdout.splitlines()]
     assert len(out) == 5
     assert out[0]["tier"] == "tiny"
