@@ -22,7 +22,8 @@ TIERLM = str(Path(sys.executable).with_name("tierlm"))
 
 # (arguments, what the one line must say)
 BAD_FLAGS = [
-    (("judge",), "No such command 'judge'"),
+    (("frobnicate",), "No such command 'frobnicate'"),
+    (("judge", "--bogus"), "No such option: --bogus"),
     (("chat", "--bogus"), "No such option: --bogus"),
     (("chat", "--once", "hi", "--privacy", "secret"), "'secret' is not one of"),
     (("route", "--privacy", "secret", "hi"), "'secret' is not one of"),

@@ -17,6 +17,7 @@ from tierlm.cli.common import (
     fail,
     invalid_value,
     load,
+    open_text,
 )
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ def _request(obj: dict[str, Any]) -> ChatRequest:
 def _route_lines(router: Router, source: str, cond: Conditions | None) -> None:
     from tierlm.errors import TierlmError
 
-    stream: TextIO = sys.stdin if source == "-" else _open(source)
+    stream: TextIO = open_text(source)
     out = sys.stdout
     bad: list[int] = []
     for n, line in enumerate(stream, start=1):
@@ -118,13 +119,6 @@ def _why(e: Exception) -> str:
     if isinstance(e, ValidationError):
         return invalid_value(e)
     return str(e).splitlines()[0] if str(e) else type(e).__name__
-
-
-def _open(path: str) -> TextIO:
-    try:
-        return open(path, encoding="utf-8", errors="replace")
-    except OSError as e:
-        raise fail(f"cannot read {path}: {e.strerror}", 2) from None
 
 
 def _explain(plan: Plan) -> None:
