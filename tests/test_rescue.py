@@ -62,9 +62,10 @@ def test_a_space_already_sent_is_not_doubled() -> None:
         "Certainly. The city has many museums.",
     ],
 )
-def test_a_reply_to_the_instruction_is_refused(reply: str) -> None:
+@pytest.mark.parametrize("prefill", [False, True])
+def test_a_reply_to_the_instruction_is_refused(reply: str, prefill: bool) -> None:
     with pytest.raises(ProtocolError, match="did not continue the answer"):
-        _splice(ANSWER[:60], reply)
+        _splice(ANSWER[:60], reply, prefill=prefill)
 
 
 def test_a_restart_that_departs_before_the_end_is_refused() -> None:

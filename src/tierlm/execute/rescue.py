@@ -11,8 +11,9 @@ Two ways to ask, chosen by the backend's typed capability ``supports_prefill``:
 - **Prefill.** The partial answer is sent as a trailing assistant turn and the backend goes on
   generating that same turn (llama.cpp in process and ``llama-server``, vLLM's
   ``continue_final_message``, Anthropic's Messages API, Ollama's ``/api/chat``). What comes
-  back starts where the answer stopped; it is still checked for a restart (below: a server
-  whose template ignores the prefill answers from the start), and a doubled space is trimmed.
+  back starts where the answer stopped; it is still checked as below for a restart or a reply
+  (a server whose template ignores the prefill answers a new turn), and a doubled space is
+  trimmed.
 - **Instruction.** Other backends (OpenAI and most OpenAI-compatible APIs) get the partial
   answer as an assistant turn and a user turn asking to continue exactly there. Models often
   ignore that and answer from the start, so the reply is buffered and checked first:
@@ -133,10 +134,10 @@ class Splice:
             return None  # the words compared may still be growing
         if a and _aligned_end(a[:window], b[: window + _slack(window)]) is not None:
             return self._after_restart(buf, a, b, done)
+        if _OPENER.match(_norm_text(b[:4])):  # a new turn, not the rest of this one
+            raise self._refuse("it replied instead of continuing")
         if self.prefill:
             return self._forward(buf)
-        if _OPENER.match(_norm_text(b[:4])):
-            raise self._refuse("it replied to the instruction instead of continuing")
         return self._forward(buf[_overlap(a, b) :] if b else buf)
 
     def _after_restart(self, buf: str, a: list[_Word], b: list[_Word], done: bool) -> str | None:
