@@ -11,9 +11,9 @@ Two ways to ask, chosen by the backend's typed capability ``supports_prefill``:
 - **Prefill.** The partial answer is sent as a trailing assistant turn and the backend goes on
   generating that same turn (llama.cpp in process and ``llama-server``, vLLM's
   ``continue_final_message``, Anthropic's Messages API, Ollama's ``/api/chat``). What comes
-  back starts where the answer stopped; it is still checked as below for a restart or a reply
-  (a server whose template ignores the prefill answers a new turn), and a doubled space is
-  trimmed.
+  back starts where the answer stopped; it is still checked as below for a restart or a reply,
+  and a doubled space is trimmed. A server that answers a prefill with an unrelated new turn
+  (llama-cpp-python's ``llama_cpp.server``) is not caught: it must not claim prefill.
 - **Instruction.** Other backends (OpenAI and most OpenAI-compatible APIs) get the partial
   answer as an assistant turn and a user turn asking to continue exactly there. Models often
   ignore that and answer from the start, so the reply is buffered and checked first:
