@@ -245,7 +245,7 @@ async def test_429_retry_after_beyond_the_cap_moves_on(rig: Rig, up: FaultyUpstr
     out = await rig.complete(ex)
     out.assert_complete()
     assert out.backend == "fallback"
-    assert out.elapsed < 2.0  # did not wait 30 s
+    assert out.elapsed < HANG_GUARD  # did not wait the 30 s it was asked to
     assert up.count("primary") == 1
     # The backend asked for 30 s of quiet: the next requests leave it alone.
     again = await rig.stream(ex)
