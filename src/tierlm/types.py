@@ -159,6 +159,7 @@ class Hints(BaseModel):
     tier_ceiling: str | None = None
     optimize: Literal["privacy", "cost", "quality", "latency"] | None = None
     cascade: bool | CascadeHint | None = None  # true/false, or {"threshold", "mode"}
+    consensus: int | None = Field(default=None, ge=2, le=7)  # ask k candidates, compare
 
 
 # Chat fields tierlm passes on without interpreting them (``ChatRequest.extra``); each

@@ -28,6 +28,9 @@ is returned after all (``keep``).
   flow on and the full judgement is recorded when the answer ends (``late_fail`` when it is
   below the threshold: what was sent cannot be taken back). Faster first token, weaker check.
 
+A request with the hint ``tierlm.consensus: k`` is answered by k candidates in parallel
+instead (:mod:`tierlm.execute.consensus`; streams are buffered).
+
 Every judged attempt carries ``judge_score`` and ``judge_decision`` (``accept``, ``escalate``,
 ``keep``, ``late_fail``) in its :class:`AttemptRecord`; the answer carries the same trail in
 ``ChatResponse.cascade`` (the ``tierlm.cascade`` object of the gateway's reply).
@@ -42,6 +45,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from tierlm.errors import TierlmError
+from tierlm.execute.consensus import consensus
 from tierlm.execute.executor import Executor, RoutedStream
 from tierlm.judge import Judge, Verdict, case_for
 from tierlm.types import CascadeHint, ChatRequest, ChatResponse, Plan, StreamEvent
@@ -99,13 +103,19 @@ class Cascade:
         return Rule(threshold, h.mode or base.mode, base.check_chars)
 
     def _active(self, request: ChatRequest, plan: Plan) -> bool:
-        return any(self.rule(request, c.tier) for c in plan.candidates)
+        return bool(request.hints.consensus) or any(
+            self.rule(request, c.tier) for c in plan.candidates
+        )
 
     def stronger(self, plan: Plan, tier: str) -> Plan | None:
         """The plan's candidates from tiers stronger than ``tier``, in plan order."""
         rank = self.order.get(tier, len(self.order))
         cands = [c for c in plan.candidates if self.order.get(c.tier, -1) > rank]
         return replace(plan, candidates=cands) if cands else None
+
+    def _above(self, plan: Plan, tiers: list[str]) -> Plan | None:
+        """The plan's candidates stronger than every tier in ``tiers``."""
+        return self.stronger(plan, max(tiers, key=lambda t: self.order.get(t, -1)))
 
     def verdict(self, request: ChatRequest, resp: ChatResponse) -> Verdict:
         calls = [tc.model_dump() for tc in resp.message.tool_calls or []]
@@ -121,6 +131,10 @@ class Cascade:
     ) -> ChatResponse:
         """The accepted answer (or the best one there is); every attempt is recorded."""
         attempts = attempts if attempts is not None else []
+        if request.hints.consensus:
+            return await consensus(
+                self.executor, request, plan, attempts, request.hints.consensus, self._above
+            )
         resp = await self.executor.complete(request, plan, attempts)
         if not self._active(request, plan):
             return resp
@@ -159,6 +173,12 @@ class Cascade:
     ) -> AsyncIterator[StreamEvent]:
         first = plan.candidates[0].tier if plan.candidates else ""
         rule = self.rule(request, first)
+        if request.hints.consensus:  # k whole answers to compare: always buffered
+            t0 = time.perf_counter()
+            whole = request.model_copy(update={"stream": False})
+            async for ev in _replay(await self.complete(whole, plan, rs.attempts), rs, t0):
+                yield ev
+            return
         if rule is not None and rule.mode == "stream":
             async for ev in self._stream_through(request, plan, rs, rule):
                 yield ev
