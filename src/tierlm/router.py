@@ -20,6 +20,8 @@ from tierlm.config import Settings, load_settings
 from tierlm.errors import ConfigError, TierlmError
 from tierlm.execute.cascade import Cascade
 from tierlm.execute.executor import Executor, RoutedStream
+from tierlm.learn import read_calibration
+from tierlm.paths import data_dir
 from tierlm.policy import Conditions, Policy, Signals
 from tierlm.types import ChatRequest, ChatResponse, Finding, Message, Plan, StreamEvent
 
@@ -78,7 +80,11 @@ class Router:
         self.accounting = Accounting(settings, ledger, scan_text=self._scan_text)
         self._signals: SignalReader | None = None
         self.executor = Executor(self.backends, hooks=self.accounting, redact=self._redact)
-        self.cascade = Cascade(self.executor, [(t.name, t.cascade) for t in settings.tiers])
+        self.cascade = Cascade(
+            self.executor,
+            [(t.name, t.cascade) for t in settings.tiers],
+            learned=read_calibration(data_dir(settings)),
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 

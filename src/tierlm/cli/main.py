@@ -29,6 +29,7 @@ _GROUPS = (
     "audit",
     "keys",
     "judge",
+    "learn",
 )
 
 

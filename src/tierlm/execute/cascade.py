@@ -5,7 +5,9 @@ the bar goes to the next stronger tier of the plan.
 A tier cascades when its configuration has ``cascade:`` (``threshold``, ``mode``,
 ``check_chars``; :class:`~tierlm.config.settings.CascadeConfig`) or the request carries the
 hint ``tierlm.cascade`` (``true``, ``false``, or ``{"threshold", "mode"}``, overriding the
-tier's values). Without either, both calls are the executor's, unchanged.
+tier's values). A tier without a configured threshold uses the one ``tierlm learn --write``
+stored (:mod:`tierlm.learn`), else the judge's default. Without a ``cascade:`` or the hint,
+both calls are the executor's, unchanged.
 
 ``complete()``: the executor answers from the plan as always (retries and fallbacks
 included). If the tier that answered cascades, :class:`~tierlm.judge.Judge` scores the answer;
@@ -67,6 +69,24 @@ class Rule:
     check_chars: int
 
 
+def threshold_for(
+    cfg: CascadeConfig | None,
+    learned: float | None,
+    default: float,
+    hint: CascadeHint | None = None,
+) -> float:
+    """The bar for a tier's answers: the request's hint, the tier's configured threshold,
+    the learned one (``tierlm learn --write``), else the judge's default."""
+    for t in (
+        hint.threshold if hint else None,
+        cfg.threshold if cfg else None,
+        learned,
+    ):
+        if t is not None:
+            return t
+    return default
+
+
 class Cascade:
     """The executor with answer-checked escalation (see module docstring)."""
 
@@ -75,8 +95,10 @@ class Cascade:
         executor: Executor,
         tiers: Sequence[tuple[str, CascadeConfig | None]],
         judge: Judge | None = None,
+        learned: Mapping[str, float] | None = None,
     ) -> None:
         self.executor = executor
+        self.learned = dict(learned or {})  # tier -> threshold from `tierlm learn --write`
         self.order = {name: i for i, (name, _) in enumerate(tiers)}  # cheapest first
         self.configs: Mapping[str, CascadeConfig | None] = dict(tiers)
         self._judge = judge
@@ -97,9 +119,7 @@ class Cascade:
             return None
         h = hint if isinstance(hint, CascadeHint) else CascadeHint()
         base = cfg or CascadeConfig()
-        threshold = next(
-            t for t in (h.threshold, base.threshold, self.judge.threshold) if t is not None
-        )
+        threshold = threshold_for(cfg, self.learned.get(tier), self.judge.threshold, h)
         return Rule(threshold, h.mode or base.mode, base.check_chars)
 
     def _active(self, request: ChatRequest, plan: Plan) -> bool:
