@@ -11,10 +11,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from fakes.faulty_upstream import FaultyUpstream
 
 # The throwaway PostgreSQL server fixture (started by the tests themselves).
 pytest_plugins = ["pg_fixture"]
@@ -100,3 +104,15 @@ def models_dir(monkeypatch: pytest.MonkeyPatch) -> Path:
         pytest.fail(f"test model missing: {SMOLLM2}")
     monkeypatch.setenv("TIERLM_MODELS_DIR", str(MODELS))
     return MODELS
+
+
+@pytest.fixture
+def upstream() -> Iterator[FaultyUpstream]:
+    """A started :class:`FaultyUpstream` (fake OpenAI-wire server), stopped afterwards."""
+    from fakes.faulty_upstream import FaultyUpstream
+
+    up = FaultyUpstream().start()
+    try:
+        yield up
+    finally:
+        up.stop()

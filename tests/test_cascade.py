@@ -5,7 +5,6 @@ limits hold; both stream modes; the ledger and the gateway show the decisions.""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,15 +24,6 @@ QUESTION = "What is the capital of France?"
 STRONG = expected_text(20)
 pytestmark = pytest.mark.slow  # the real tiny model answers
 REFUSAL = "I'm sorry, but I cannot help with that request because it is not allowed for me."
-
-
-@pytest.fixture
-def upstream() -> Iterator[FaultyUpstream]:
-    up = FaultyUpstream().start()
-    try:
-        yield up
-    finally:
-        up.stop()
 
 
 def _settings(

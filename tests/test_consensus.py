@@ -5,11 +5,8 @@ agreement, and a disagreement escalated to the next stronger tier or flagged."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from fakes.faulty_upstream import FaultyUpstream, Scenario
 from tierlm import Router
@@ -17,15 +14,6 @@ from tierlm.config import load_settings
 from tierlm.types import ChatRequest
 
 QUESTION = "Which way does the river flow?\nA) west\nB) east\nC) north\nAnswer with the letter."
-
-
-@pytest.fixture
-def upstream() -> Iterator[FaultyUpstream]:
-    up = FaultyUpstream().start()
-    try:
-        yield up
-    finally:
-        up.stop()
 
 
 def _router(tmp_path: Path, up: FaultyUpstream, answers: dict[str, str]) -> Router:
