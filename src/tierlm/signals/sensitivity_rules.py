@@ -79,8 +79,8 @@ _PROVIDER_KEYS: tuple[tuple[str, tuple[str, ...], str], ...] = (
 
 _SECRET_WORD = (
     r"api[_-]?key|apikey|secret|token|passw(?:or)?d|passwort|kennwort|passphrase|pwd|"
-    r"\bpw\b|credentials?|accountkey|sharedaccesskey|access[_-]?key|private[_-]?key|auth"
-)
+    r"pw\b|credentials?|accountkey|sharedaccesskey|access[_-]?key|private[_-]?key|auth"
+)  # literals first, no \b: the regex engine skips to their letters ("pw" checked per match)
 _PASSWORD_WORDS = ("pass", "pw", "kennwort")
 _PHONE_WORDS = re.compile(
     r"(?:\btel|phone|\bcall|mobile|\bcell|\bfax|handy|telefon|t[ée]l[ée]phone|whatsapp|\bsms|"
@@ -94,9 +94,10 @@ _NOT_PHONE_WORDS = re.compile(
 )
 _ID_WORDS = re.compile(
     r"(?:ssn|social security|bsn|burgerservice|sofinummer|steuer|idnr|identifikationsnummer|"
-    r"tax id|tax number|\btin\b|pesel|national id|personal id|id number|id no|identity)"
-)
+    r"tax id|tax number|tin\b|pesel|national id|personal id|id number|id no|identity)"
+)  # literals first (fast); "tin" must start a word, checked in _id_word
 _WORDISH = re.compile(r"[\w-]")
+_HEX_COLON = re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f:]")  # some IPv6 shape before the full pattern
 _VERSION_BEFORE = re.compile(r"(?:\bv|\bver\.?|version|release|firmware|build)\s{0,2}$")
 _DATE = re.compile(r"^\d{1,4}([./-])\d{1,2}\1\d{1,4}$")
 _US_PHONE = re.compile(r"^(?:\+?1[ .-]?)?\(?[2-9]\d{2}\)?[ .-]?[2-9]\d{2}[ .-]\d{4}$")
@@ -127,8 +128,10 @@ class PatternRules:
             r"\d(?<![\w.,/-]\d)\d{0,18}(?:(?:[ .-]{1,3}| {0,3}\r?\n {0,3})\d{1,19}){0,9}"
         )
         self._digit_group = c(r"\d+")
+        # starts on the check digits (the engine then only tries digits); the country code
+        # is checked by the look-behind, and the match is extended back over it
         self._iban = c(
-            r"[A-Za-z](?<![A-Za-z0-9][A-Za-z])[A-Za-z]\d{2}"
+            r"\d(?<=(?<![A-Za-z0-9])[A-Za-z]{2}\d)\d"
             r"(?:(?:[ .-]{0,2}| ?\r?\n ?)[A-Za-z0-9]){10,34}"
         )
         self._ssn = c(r"(\d(?<![\d-]\d)\d{2})-(\d{2})-(\d{4})(?![\d-])")
@@ -139,7 +142,8 @@ class PatternRules:
         self._nir = c(
             r"[12](?<!\w[12]) ?\d{2} ?\d{2} ?(?:\d{2}|2[AB]) ?\d{3} ?\d{3} ?\d{2}(?![\w])"
         )
-        self._dni = c(r"(?:\d(?<!\w\d)\d{7}|[XYZ](?<!\w[XYZ])-?\d{7})-?[A-Z](?![\w])")
+        self._dni = c(r"\d(?<!\w\d)\d{7}-?[A-Z](?![\w])")  # one start class each: fast
+        self._nie = c(r"[XYZ](?<!\w[XYZ])-?\d{7}-?[A-Z](?![\w])")
         self._cf = c(
             r"[A-Z](?<![A-Za-z0-9][A-Z])[A-Z]{5}\d{2}[A-EHLMPR-T]\d{2}[A-Z]\d{3}[A-Z](?![A-Za-z0-9])"
         )
@@ -149,6 +153,7 @@ class PatternRules:
             (self._nino, lambda r: chk.nino_ok(r.replace(" ", ""))),
             (self._nir, lambda r: chk.nir_ok(r.replace(" ", ""))),
             (self._dni, lambda r: chk.dni_ok(r.replace("-", ""))),
+            (self._nie, lambda r: chk.dni_ok(r.replace("-", ""))),
             (self._cf, chk.codice_fiscale_ok),
             (self._pnr, lambda r: chk.personnummer_ok(r.replace("-", "").replace("+", ""))),
             (self._hetu, chk.hetu_ok),
@@ -180,7 +185,7 @@ class PatternRules:
         hits.extend(self._secrets(text, lower))
         if self._digit.search(text) is not None:
             hits.extend(self.numbers(text, lower))
-        if text.count(":") >= 2:
+        if text.count(":") >= 2 and _HEX_COLON.search(text) is not None:
             hits.extend(self._ipv6s(text))
         return hits
 
@@ -264,14 +269,15 @@ class PatternRules:
 
     def _ibans(self, text: str) -> Iterator[Hit]:
         for m in self._iban.finditer(text):
-            raw = m.group()
+            start = m.start() - 2
+            raw = text[start : m.end()]
             length = chk.IBAN_LENGTHS.get(raw[:2].upper())
             if length is None:
                 continue
             keep = [i for i, ch in enumerate(raw) if ch.isalnum()][:length]
             compact = "".join(raw[i] for i in keep).upper()
             if len(compact) == length and chk.iban_ok(compact):
-                yield "iban", m.start(), m.start() + keep[-1] + 1
+                yield "iban", start, start + keep[-1] + 1
 
     # -- national identifiers -----------------------------------------------------------
 
@@ -283,11 +289,11 @@ class PatternRules:
             for m in pattern.finditer(text):
                 if valid(m.group()):
                     yield "national_id", m.start(), m.end()
-        if _ID_WORDS.search(lower) is None:
+        if not _id_word(lower, 0, len(lower)):
             return
         for m in self._ctx_digits.finditer(text):
             s = m.start()
-            if _ID_WORDS.search(lower[max(0, s - 48) : s]) is None:
+            if not _id_word(lower, max(0, s - 48), s):
                 continue
             digits = re.sub(r"[ .-]", "", m.group())
             if _context_id_ok(digits):
@@ -334,6 +340,8 @@ class PatternRules:
         if not any(w in lower for w in ("pass", "pw", "key", "secret", "token", "cred", "auth")):
             return
         for m in self._secret_word.finditer(lower):
+            if m.group() == "pw" and m.start() and lower[m.start() - 1].isalnum():
+                continue  # "pw" must start a word
             tail = self._assign_tail.match(text, m.end())
             if tail is None:
                 continue
@@ -401,6 +409,14 @@ def _filler(value: str) -> bool:
     """A placeholder key: one character (x, X, 0, *) makes up most of it."""
     body = value[-16:]
     return max(body.count(ch) for ch in set(body)) >= 12
+
+
+def _id_word(lower: str, start: int, end: int) -> bool:
+    """An identifier word in ``lower[start:end]`` ("tin" only as a word of its own)."""
+    for m in _ID_WORDS.finditer(lower, start, end):
+        if m.group() != "tin" or not m.start() or not lower[m.start() - 1].isalpha():
+            return True
+    return False
 
 
 def _context_id_ok(digits: str) -> bool:
