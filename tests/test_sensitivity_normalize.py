@@ -81,7 +81,7 @@ def test_spans_always_index_the_original_text(noise: str, value: str) -> None:
     for f in findings:
         assert previous_end <= f.start < f.end <= len(text)
         previous_end = f.end
-    if value and value not in noise + noise[::-1]:
+    if value and not any(ch.isdigit() or ch in "@%" for ch in noise):  # noise cannot extend it
         assert any(text[f.start : f.end] == value for f in findings)
         assert value not in DET.redact(text)
 
