@@ -52,3 +52,22 @@ def settings(backends: list[dict[str, Any]], tiers: list[dict[str, Any]], **extr
             **extra,
         }
     )
+
+
+@contextmanager
+def serve_hardened(settings: Settings) -> Iterator[str]:
+    """The gateway as ``tierlm serve`` configures uvicorn (connection cap, header timeout
+    and size limit), on a free port in a thread; yield its URL."""
+    from fakes import free_port, run_server
+    from tierlm.server import uvicorn_config
+
+    config = uvicorn_config(
+        settings,
+        create_app(settings),
+        host="127.0.0.1",
+        port=free_port(),
+        log_level="warning",
+        timeout_graceful_shutdown=2,
+    )
+    with run_server(config, start_within=60) as url:
+        yield url

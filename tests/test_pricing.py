@@ -11,10 +11,12 @@ import pytest
 from tierlm.config.settings import BackendConfig, Price
 from tierlm.pricing import (
     DEFAULT_OUTPUT_CAP,
+    IMAGE_TOKENS,
     PRICES_FILE,
     UNKNOWN_EXTERNAL,
     cost_usd,
     estimate_usd,
+    input_tokens_bound,
     lookup,
     price_for,
     price_source,
@@ -106,14 +108,50 @@ def test_estimate_is_an_upper_bound() -> None:
     cfg = _cfg(model="gpt-4o")
     p = price_for(cfg)
     req = ChatRequest.from_prompt("hi", max_tokens=100)
-    assert estimate_usd(cfg, req, 50) == pytest.approx((50 * p.input + 100 * p.output) / 1e6)
+    bound = input_tokens_bound(req)
+    assert bound >= len("hi")
+    assert estimate_usd(cfg, req) == pytest.approx((bound * p.input + 100 * p.output) / 1e6)
     open_ended = ChatRequest.from_prompt("hi")
-    assert estimate_usd(cfg, open_ended, 50) == pytest.approx(
-        (50 * p.input + DEFAULT_OUTPUT_CAP * p.output) / 1e6
+    assert estimate_usd(cfg, open_ended) == pytest.approx(
+        (bound * p.input + DEFAULT_OUTPUT_CAP * p.output) / 1e6
     )
     small = _cfg(model="gpt-4o", context_window=1000)
-    assert estimate_usd(small, open_ended, 400) == pytest.approx(
-        (400 * p.input + 600 * p.output) / 1e6
+    assert estimate_usd(small, open_ended) == pytest.approx(
+        (bound * p.input + 1000 * p.output) / 1e6
+    )
+    capped = _cfg(model="gpt-4o", context_window=1000, max_output_tokens=300)
+    assert estimate_usd(capped, open_ended) == pytest.approx(
+        (bound * p.input + 300 * p.output) / 1e6
     )
     actual = cost_usd(cfg, Usage(prompt_tokens=50, completion_tokens=100))
-    assert estimate_usd(cfg, req, 50) >= actual
+    assert estimate_usd(cfg, ChatRequest.from_prompt("x" * 200, max_tokens=100)) >= actual
+
+
+def test_estimate_counts_everything_billed() -> None:
+    """Tools and their descriptions, every content part, images and the per-request minimum
+    all raise the bound; text alone would have missed them."""
+    plain = ChatRequest.from_prompt("hi", max_tokens=1)
+    tools = plain.model_copy(
+        update={
+            "tools": [{"type": "function", "function": {"name": "f", "description": "d" * 40_000}}]
+        }
+    )
+    assert input_tokens_bound(tools) >= 40_000 > input_tokens_bound(plain)
+    parts = ChatRequest.model_validate(
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_text", "text": "x" * 5000},
+                        {"type": "image_url", "image_url": {"url": "https://example.test/a.png"}},
+                    ],
+                }
+            ],
+            "max_tokens": 1,
+        }
+    )
+    assert input_tokens_bound(parts) >= 5000 + IMAGE_TOKENS
+    fee = _cfg(model="gpt-4o", price=Price(input=1.0, output=1.0, per_request_min=0.01))
+    assert estimate_usd(fee, plain) == pytest.approx(0.01)
+    assert cost_usd(fee, Usage(prompt_tokens=1, completion_tokens=1)) == pytest.approx(0.01)

@@ -294,11 +294,14 @@ def test_keys_hash_command_matches_the_gateway() -> None:
 
 
 def test_client_request_id_is_kept(client: httpx.Client) -> None:
+    """A client's x-request-id is echoed as a correlation field; the id is the gateway's."""
     r = _chat(client, {"model": "site", "messages": MSG}, headers={"x-request-id": "abc-123"})
-    assert r.headers["x-tierlm-request-id"] == "abc-123"
-    assert r.json()["tierlm"]["request_id"] == "abc-123"
+    assert r.headers["x-tierlm-request-id"].startswith("req-")
+    assert r.headers["x-request-id"] == "abc-123"
+    assert r.json()["tierlm"]["client_request_id"] == "abc-123"
     r = _chat(client, {"model": "site", "messages": MSG}, headers={"x-request-id": "bad id\t!"})
     assert r.headers["x-tierlm-request-id"].startswith("req-")
+    assert "x-request-id" not in r.headers
 
 
 def test_models_list_follows_the_key(gateway: str) -> None:

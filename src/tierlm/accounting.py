@@ -1,7 +1,8 @@
 """Money and records around execution: the executor's hooks, backed by the ledger.
 
-- Before an attempt on a backend that costs money, its estimated cost is reserved against
-  every budget in force (``BudgetExceeded`` skips that candidate; the plan goes on, to local
+- Before an attempt on a backend that costs money, an upper bound of its cost (everything
+  it can bill: :func:`~tierlm.pricing.estimate_usd`) is reserved against every budget in
+  force (``BudgetExceeded`` skips that candidate; the plan goes on, to local
   tiers in the end); after it, the reservation is settled at the real cost, or released when
   the attempt failed (failed attempts are never billed).
 - After the request, one :class:`~tierlm.ledger.RequestRecord` is queued: the decision,
@@ -75,10 +76,8 @@ class Accounting:
         if not self._budgets:
             return None
         from tierlm.pricing import estimate_usd
-        from tierlm.signals.task import estimate_tokens
 
-        cfg = self._configs[candidate.backend]
-        usd = estimate_usd(cfg, request, estimate_tokens(request.prompt_text))
+        usd = estimate_usd(self._configs[candidate.backend], request)  # an upper bound
         if usd <= 0:
             return None
         reservation = await self.ledger.areserve(
@@ -94,8 +93,7 @@ class Accounting:
         if token is None:
             return
         reservation, backend = token
-        usd = self.cost(backend, usage) if ok and usage is not None else 0.0
-        await self.ledger.asettle(reservation, usd)
+        await self.ledger.asettle(reservation, self.cost(backend, usage))  # what was billed
 
     def cost(self, backend: str, usage: Usage | None) -> float:
         if usage is None:
@@ -172,9 +170,10 @@ class Accounting:
                 reasons=list(plan.reasons) if plan else [],
                 findings=sorted({f.kind for f in plan.findings}) if plan else [],
                 attempts=attempts,
-                prompt_tokens=usage.prompt_tokens if usage and ok else 0,
-                completion_tokens=usage.completion_tokens if usage and ok else 0,
-                cost_usd=self.cost(backend, usage) if backend and ok else 0.0,
+                # what was billed: an answer, or what a cut or abandoned stream generated
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                completion_tokens=usage.completion_tokens if usage else 0,
+                cost_usd=self.cost(backend, usage) if backend else 0.0,
                 outcome=error.code if error is not None else (outcome or "ok"),
                 latency_ms=latency_ms,
                 ttft_ms=ttft_ms,
@@ -182,6 +181,7 @@ class Accounting:
                 escalated=ok
                 and self._tier_index.get(tier or "", -1) > self._tier_index.get(planned or "", 99),
                 stream=request.stream,
+                client_request_id=request.client_request_id,
                 **texts,
             )
         )

@@ -10,7 +10,8 @@
     ├── AuthError                    missing/unknown API key (401) ...
     │   └── PermissionDenied         ... or a key not allowed to do this (403)
     ├── PolicyError                  routing cannot satisfy the request's constraints
-    │   ├── NoEligibleBackend        nothing may answer (privacy, capabilities, tier pins)
+    │   ├── NoEligibleBackend        nothing may answer (privacy, capabilities, tier pins; 403:
+    │   │                            a refusal, never a retryable status)
     │   └── BudgetExceeded           a money budget forbids a pinned external call (HTTP 402)
     ├── ModelError                   a local model cannot be found, fetched or loaded
     │   ├── ModelNotFound
@@ -136,7 +137,7 @@ class PolicyError(TierlmError):
 
 
 class NoEligibleBackend(PolicyError):
-    status = 503
+    status = 403
     code = "no_eligible_backend"
 
 

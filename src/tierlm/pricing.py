@@ -28,7 +28,12 @@ if TYPE_CHECKING:
 
 PRICES_FILE = Path(__file__).parent / "data" / "prices.json"
 UNKNOWN_EXTERNAL = Price(input=5.0, output=15.0)
-DEFAULT_OUTPUT_CAP = 4096  # output tokens assumed when a request sets no max_tokens
+DEFAULT_OUTPUT_CAP = 16384  # output tokens assumed when neither request nor backend says
+# The most one image part is billed, in input tokens: the costliest image pricing known
+# (gpt-4o-mini bills an image's tiles at about 37k token equivalents).
+IMAGE_TOKENS = 40_000
+MESSAGE_OVERHEAD = 8  # tokens a provider adds around each message (role, separators)
+_IMAGE_PARTS = ("image_url", "input_image", "image")
 PriceSource = Literal["config", "table", "unknown", "local"]
 
 
@@ -87,17 +92,53 @@ def price_for(config: BackendConfig) -> Price:
 
 
 def cost_usd(config: BackendConfig, usage: Usage, *, seconds: float = 0.0) -> float:
-    """What an answer cost: tokens at the backend's price, plus ``per_hour`` for its time."""
+    """What an answer cost: tokens at the backend's price (never under its per-request
+    minimum), plus ``per_hour`` for its time."""
     p = price_for(config)
-    tokens = usage.prompt_tokens * p.input + usage.completion_tokens * p.output
-    return tokens / 1e6 + p.per_hour * max(seconds, 0.0) / 3600.0
+    tokens = (usage.prompt_tokens * p.input + usage.completion_tokens * p.output) / 1e6
+    return max(tokens, p.per_request_min) + p.per_hour * max(seconds, 0.0) / 3600.0
 
 
-def estimate_usd(config: BackendConfig, request: ChatRequest, prompt_tokens_estimate: int) -> float:
-    """An upper bound of what ``request`` may cost (for budget reservations): the prompt plus
-    ``max_tokens`` (or :data:`DEFAULT_OUTPUT_CAP`, within the context window) of output."""
+def estimate_usd(config: BackendConfig, request: ChatRequest) -> float:
+    """An upper bound of what ``request`` may cost (for budget reservations): every input
+    token the provider can bill (:func:`input_tokens_bound`) plus the most output it may
+    generate (``max_tokens``, else the backend's ``max_output_tokens``, else its context
+    window, else :data:`DEFAULT_OUTPUT_CAP`), never under the price's per-request minimum."""
     p = price_for(config)
-    out = request.max_tokens if request.max_tokens is not None else DEFAULT_OUTPUT_CAP
-    if request.max_tokens is None and config.context_window is not None:
-        out = max(0, min(out, config.context_window - prompt_tokens_estimate))
-    return (max(prompt_tokens_estimate, 0) * p.input + out * p.output) / 1e6
+    out = request.max_tokens
+    if out is None:
+        out = config.max_output_tokens or config.context_window or DEFAULT_OUTPUT_CAP
+    tokens = (input_tokens_bound(request) * p.input + out * p.output) / 1e6
+    return max(tokens, p.per_request_min)
+
+
+def input_tokens_bound(request: ChatRequest) -> int:
+    """The most input tokens a provider can bill for ``request``: one per UTF-8 byte of all
+    it sends (every message and content part, names, tool calls, tool definitions and
+    descriptions, ``tool_choice`` and the fields passed through, such as a response schema;
+    a byte-level tokenizer never makes more tokens than bytes), each image part at
+    :data:`IMAGE_TOKENS` instead of its bytes, plus :data:`MESSAGE_OVERHEAD` a message."""
+    images = 0
+
+    def part(p: dict[str, Any]) -> dict[str, Any]:
+        nonlocal images
+        if p.get("type") in _IMAGE_PARTS:
+            images += 1
+            return {"type": p.get("type")}
+        return p
+
+    messages = [
+        {**m.model_dump(exclude_none=True), "content": [part(p) for p in m.content]}
+        if isinstance(m.content, list)
+        else m.model_dump(exclude_none=True)
+        for m in request.messages
+    ]
+    sent = {
+        "messages": messages,
+        "tools": request.tools,
+        "tool_choice": request.tool_choice,
+        "stop": request.stop,
+        "extra": request.extra,
+    }
+    size = len(json.dumps(sent, ensure_ascii=False, default=str).encode("utf-8", "replace"))
+    return size + images * IMAGE_TOKENS + MESSAGE_OVERHEAD * (len(request.messages) + 1)

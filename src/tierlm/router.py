@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
+
 from tierlm.accounting import Accounting
 from tierlm.config import Settings, load_settings
 from tierlm.errors import ConfigError, TierlmError
@@ -29,30 +31,38 @@ if TYPE_CHECKING:
     from tierlm.backends.base import Backend
     from tierlm.config.settings import ApiKeyConfig
     from tierlm.ledger import AttemptRecord, Ledger
+    from tierlm.signals.offload import Scanned, ScanPool
 
 T = TypeVar("T")
+# Requests with more text than this are scanned in a worker process (below it, the scan
+# costs less than the hop: ~30 ms at this size); SCAN_WORKERS processes.
+INLINE_SCAN_CHARS = 32_768
+SCAN_WORKERS = 2
 
 
 class SignalReader:
     """Runs every signal on a request; detectors and models are built once."""
 
     def __init__(self, settings: Settings, llm_rate: Any = None) -> None:
-        from tierlm.privacy import PrivacyGuard
         from tierlm.signals.complexity import load_scorer
-        from tierlm.signals.sensitivity import SensitivityDetector
+        from tierlm.signals.offload import build_privacy
 
         r = settings.routing
-        self.privacy = PrivacyGuard(SensitivityDetector(terms=r.sensitive_terms))
+        self.privacy = build_privacy(r)
         self.scorer = load_scorer(r.complexity_method, llm_rate=llm_rate)
         self.long_context_tokens = r.long_context_tokens
 
-    def read(self, request: ChatRequest) -> Signals:
-        from tierlm.signals.task import detect_task
+    def read(self, request: ChatRequest, scanned: Scanned | None = None) -> Signals:
+        """The signals of ``request``; ``scanned``: its findings and task, when a scan
+        worker has read them already."""
+        from tierlm.signals.offload import scan_request
 
-        task = detect_task(request, long_context_tokens=self.long_context_tokens)
+        if scanned is None:
+            scanned = scan_request(self.privacy, request, self.long_context_tokens)
+        findings, task = scanned
         return Signals(
             complexity=float(self.scorer.score(request)),
-            findings=self.privacy.scan(request),
+            findings=findings,
             tokens=task.tokens,
             task=task.to_dict(),
         )
@@ -87,6 +97,7 @@ class Router:
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._scan_pool: ScanPool | None = None
 
     @classmethod
     def from_config(
@@ -112,6 +123,24 @@ class Router:
     def plan(self, request: ChatRequest, conditions: Conditions | None = None) -> Plan:
         """The decision for ``request``, without calling any model."""
         return self.policy.plan(request, self.signals.read(request), conditions or Conditions())
+
+    async def asignals(self, request: ChatRequest, *, processes: bool = False) -> Signals:
+        """The request's signals. A large request (more than :data:`INLINE_SCAN_CHARS` of
+        text) is read off the event loop: in a worker thread, or, with ``processes`` (the
+        gateway), its text scanned in a worker process (:class:`~tierlm.signals.offload.
+        ScanPool`, :data:`SCAN_WORKERS` of them), which also frees the loop from the
+        interpreter lock that long scans hold. A small one is read inline, where that is
+        cheaper than the hop."""
+        if _text_size(request) <= INLINE_SCAN_CHARS:
+            return self.signals.read(request)
+        if not processes:
+            return await anyio.to_thread.run_sync(self.signals.read, request)
+        if self._scan_pool is None:
+            from tierlm.signals.offload import ScanPool
+
+            self._scan_pool = ScanPool(self.settings.routing, SCAN_WORKERS)
+        scanned = await self._scan_pool.scan(request)
+        return await anyio.to_thread.run_sync(self.signals.read, request, scanned)
 
     async def live_conditions(self, api_key: ApiKeyConfig | None = None) -> Conditions:
         """Conditions from every backend's health check (``route --live``, the gateway)."""
@@ -146,10 +175,18 @@ class Router:
         """``text`` with every finding replaced by ``[KIND]`` (what the ledger may store)."""
         return self.signals.privacy.redact_text(text)
 
-    def _decide(self, request: ChatRequest, cond: Conditions, held: list[Plan]) -> Plan:
-        """The plan for ``request``; when the policy refuses it, ``held`` gets a plan without
-        candidates that keeps the privacy level and findings for the record."""
-        signals = self.signals.read(request)
+    def _decide(
+        self,
+        request: ChatRequest,
+        cond: Conditions,
+        held: list[Plan],
+        signals: Signals | None = None,
+    ) -> Plan:
+        """The plan for ``request`` (on ``signals`` when already read); when the policy
+        refuses it, ``held`` gets a plan without candidates that keeps the privacy level and
+        findings for the record."""
+        if signals is None:
+            signals = self.signals.read(request)
         try:
             return self.policy.plan(request, signals, cond)
         except TierlmError:
@@ -165,9 +202,14 @@ class Router:
         return resp
 
     async def achat_planned(
-        self, request: ChatRequest, conditions: Conditions | None = None
+        self,
+        request: ChatRequest,
+        conditions: Conditions | None = None,
+        *,
+        signals: Signals | None = None,
     ) -> tuple[ChatResponse, Plan]:
-        """:meth:`achat`, also returning the plan it followed (the gateway reports it)."""
+        """:meth:`achat`, also returning the plan it followed (the gateway reports it);
+        ``signals`` when the caller has read them (:meth:`asignals`)."""
         cond = conditions or Conditions()
         attempts: list[AttemptRecord] = []
         plan: Plan | None = None
@@ -175,7 +217,9 @@ class Router:
         t0 = time.perf_counter()
         try:
             await self.accounting.apply_budget(request, cond)
-            plan = self._decide(request, cond, held)
+            if signals is None:
+                signals = await self.asignals(request)
+            plan = self._decide(request, cond, held, signals)
             resp = await self.cascade.complete(request, plan, attempts)
         except TierlmError as e:
             plan = plan or (held[0] if held else None)
@@ -184,14 +228,21 @@ class Router:
         self.accounting.record(request, plan, attempts, response=resp, latency_ms=_ms(t0))
         return resp, plan
 
-    def astream(self, request: ChatRequest, conditions: Conditions | None = None) -> RoutedStream:
-        """Plan now; stream on iteration. The record is written when the stream ends."""
+    def astream(
+        self,
+        request: ChatRequest,
+        conditions: Conditions | None = None,
+        *,
+        signals: Signals | None = None,
+    ) -> RoutedStream:
+        """Plan now (on ``signals`` when the caller has read them: :meth:`asignals`); stream
+        on iteration. The record is written when the stream ends."""
         cond = conditions or Conditions()
         t0 = time.perf_counter()
         held: list[Plan] = []
         try:
             self.accounting.local_only(request, cond)
-            plan = self._decide(request, cond, held)
+            plan = self._decide(request, cond, held, signals)
         except TierlmError as e:
             refused = held[0] if held else None
             self.accounting.record(request, refused, [], error=e, latency_ms=_ms(t0))
@@ -260,6 +311,8 @@ class Router:
     async def aclose(self) -> None:
         for b in self.backends.values():
             await b.aclose()
+        if self._scan_pool is not None:
+            await anyio.to_thread.run_sync(self._scan_pool.close)
         self.accounting.close()
 
     def close(self) -> None:
@@ -298,6 +351,16 @@ def _as_request(prompt: str | ChatRequest | list[dict[str, Any]], **kwargs: Any)
     if isinstance(prompt, str):
         return ChatRequest.from_prompt(prompt, **kwargs)
     return ChatRequest(messages=[Message.model_validate(m) for m in prompt], **kwargs)
+
+
+def _text_size(request: ChatRequest) -> int:
+    """About how much text the signals read: messages, tool-call arguments and tools."""
+    size = 0
+    for m in request.messages:
+        size += len(m.content) if isinstance(m.content, str) else len(m.text)
+        for call in m.tool_calls or ():
+            size += len(str(call.function.get("arguments") or ""))
+    return size + (len(str(request.tools)) if request.tools else 0)
 
 
 async def _wrap(aw: Awaitable[T]) -> T:

@@ -228,6 +228,7 @@ class ChatRequest(BaseModel):
     hints: Hints = Field(default_factory=Hints)
     api_key_id: str | None = None
     request_id: str = Field(default_factory=lambda: "req-" + uuid.uuid4().hex[:20])
+    client_request_id: str | None = None  # the caller's own id (a correlation field only)
     extra: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("messages")

@@ -27,18 +27,24 @@ def serve(
     app: Any, *, lifespan: str = "off", start_within: float = 10.0, grace: int = 1
 ) -> Iterator[str]:
     """Serve ``app`` on 127.0.0.1 in a thread; yield ``http://127.0.0.1:PORT``."""
-    port = free_port()
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
-        port=port,
+        port=free_port(),
         log_level="warning",
         lifespan=lifespan,
         ws="none",
         timeout_graceful_shutdown=grace,
     )
+    with run_server(config, start_within=start_within) as url:
+        yield url
+
+
+@contextmanager
+def run_server(config: uvicorn.Config, *, start_within: float = 10.0) -> Iterator[str]:
+    """Run a uvicorn ``config`` (on 127.0.0.1) in a thread until the context exits."""
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"server-{port}", daemon=True)
+    thread = threading.Thread(target=server.run, name=f"server-{config.port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + start_within
     while not server.started:
@@ -46,10 +52,10 @@ def serve(
             raise RuntimeError("server did not start")
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{config.port}"
     finally:
         server.should_exit = True
-        thread.join(timeout=grace + 8)
+        thread.join(timeout=(config.timeout_graceful_shutdown or 0) + 8)
 
 
 @contextmanager

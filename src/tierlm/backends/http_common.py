@@ -21,6 +21,7 @@ fields are used.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -50,6 +51,8 @@ from tierlm.backends.http_stream import (
     sse_stream,
 )
 from tierlm.errors import BackendTimeout
+
+LARGE_BODY = 1 << 20  # bytes; aiohttp sends larger bodies as a stream
 
 if TYPE_CHECKING:
     from tierlm.config.settings import BackendConfig
@@ -209,8 +212,14 @@ async def fetch(
 ) -> tuple[int, Mapping[str, str], bytes]:
     """One whole request: (status, headers, body). Transport failures propagate as aiohttp
     or socket errors (map them with :func:`error_from_transport`)."""
-    async with session.request(method, url, data=data, timeout=limits) as resp:
+    async with session.request(method, url, data=payload(data), timeout=limits) as resp:
         return resp.status, resp.headers, await resp.read()
+
+
+def payload(body: bytes | None) -> bytes | io.BytesIO | None:
+    """A request body as aiohttp sends it without copying: bodies over a megabyte as a
+    stream (aiohttp warns that it would otherwise write them in one go)."""
+    return io.BytesIO(body) if body is not None and len(body) > LARGE_BODY else body
 
 
 async def open_stream(
@@ -224,7 +233,7 @@ async def open_stream(
     within the first-token limit; the caller releases it."""
     try:
         async with asyncio.timeout_at(deadlines.due()):
-            return await session.post(url, data=body)
+            return await session.post(url, data=payload(body))
     except TRANSPORT_ERRORS as e:
         if type(e) is TimeoutError:  # ours (asyncio.timeout), not aiohttp's
             raise BackendTimeout(

@@ -59,9 +59,10 @@ class Deadlines:
 
 class _Watchdog:
     """One timer per stall window (not one per chunk): when it fires while the stream is
-    waiting for data past its due time, it cancels the waiting task; the reader turns that
-    cancellation into :class:`BackendTimeout`. Between reads (the consumer holds control)
-    it only re-arms, so a slow consumer is never cancelled."""
+    waiting for data past its due time, it cancels the waiting task (the task of that read:
+    a stream opened in one task may be read on in another, as a web server's response task
+    does); the reader turns that cancellation into :class:`BackendTimeout`. Between reads
+    (the consumer holds control) it only re-arms, so a slow consumer is never cancelled."""
 
     __slots__ = ("deadlines", "fired", "handle", "loop", "reading", "task")
 
@@ -99,6 +100,7 @@ async def read_with_deadlines(
     try:
         while True:
             deadlines.read_start = loop_time()
+            watch.task = asyncio.current_task()
             watch.reading = True
             try:
                 item = await anext(it)

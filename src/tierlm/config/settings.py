@@ -41,6 +41,7 @@ class Price(_Strict):
     input: float = Field(default=0.0, ge=0)
     output: float = Field(default=0.0, ge=0)
     per_hour: float = Field(default=0.0, ge=0)  # e.g. energy or amortised hardware, local tiers
+    per_request_min: float = Field(default=0.0, ge=0)  # the least one request is billed, USD
 
 
 class BackendConfig(_Strict):
@@ -55,6 +56,7 @@ class BackendConfig(_Strict):
     api_key: SecretStr | None = None  # prefer api_key_env; never logged
     boundary: Boundary | None = None  # required for HTTP kinds: how far the data travels
     context_window: int | None = Field(default=None, gt=0)
+    max_output_tokens: int | None = Field(default=None, gt=0)  # the model's output ceiling
     price: Price | None = None  # None: the bundled price table, or zero for local backends
     tools: bool | None = None  # native tool calling; None: known per kind/provider
     timeouts: Timeouts = Field(default_factory=Timeouts)
@@ -144,6 +146,9 @@ class ServerConfig(_Strict):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     api_keys: list[ApiKeyConfig] = Field(default_factory=list)
     drain_seconds: float = Field(default=20.0, ge=0)
+    max_connections: int = Field(default=2048, ge=1)  # more are refused (503) at once
+    header_timeout: float = Field(default=10.0, gt=0)  # seconds for a request's headers
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)  # request line and headers
 
 
 class LedgerConfig(_Strict):

@@ -34,9 +34,13 @@ truncated or duplicated answer.
 Accounting: every attempt becomes an :class:`AttemptRecord` (in the caller's ``attempts`` list,
 or ``RoutedStream.attempts``), with the SHA-256 of the exact body the adapter sent upstream
 (``sent_digest``, :func:`~tierlm.backends.base.capture_sent`); failed attempts carry no
-tokens and are settled with ``after_attempt(token, None, False)``. Usage of a success is what
-the backend reported (a continued stream: the sum over the parts that finished), or an
-estimate (~4 characters a token) where a backend reports none.
+tokens and are settled with ``after_attempt(token, None, False)``, except a stream cut or
+abandoned after it generated text: the provider bills that, so it is settled at the estimated
+usage of what was streamed (``after_attempt(token, usage, False)``), whatever cancelled it
+(settling is shielded from cancellation). Usage of a success is what the backend reported (a
+continued stream: the sum over its parts, cut ones included), or an estimate (~4 characters a
+token) where a backend reports none; ``RoutedStream.usage`` of a cut or abandoned stream is
+what was billed.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Protocol, TypeVar
 from urllib.parse import urlsplit
+
+import anyio
 
 from tierlm.backends.base import capture_sent
 from tierlm.errors import (
@@ -94,7 +100,8 @@ class ExecutionHooks(Protocol):
 
     ``before_attempt`` may raise :class:`BudgetExceeded` to skip the candidate; what it returns
     (e.g. a reservation) comes back to ``after_attempt`` exactly once, with the usage of a
-    success or ``None`` and ``ok=False`` for a failed or abandoned attempt.
+    success, or with ``ok=False`` and the usage billed for a failed or abandoned attempt
+    (``None`` when nothing was generated).
     """
 
     async def before_attempt(self, request: ChatRequest, candidate: Candidate) -> object | None:
@@ -216,6 +223,12 @@ def _through(splice: Splice | None, ev: StreamEvent) -> list[StreamEvent]:
     return [StreamEvent(text=text, model=ev.model)] if text else []
 
 
+def _generated(request: ChatRequest, part: list[str]) -> Usage | None:
+    """What a provider bills for a stream cut after ``part`` was generated (``None``: nothing
+    was generated, nothing is billed)."""
+    return estimate_usage(request, "".join(part)) if part else None
+
+
 def _host_key(backend: Backend) -> str:
     url = getattr(backend, "base_url", None) or backend.config.url or ""
     return f"{backend.config.kind}:{urlsplit(url).netloc or backend.name}"
@@ -306,7 +319,7 @@ class Executor:
     async def _stream(self, run: _Run, rs: RoutedStream) -> AsyncIterator[StreamEvent]:
         sent: list[str] = []  # text handed to the caller so far
         tools_sent = False
-        usage: Usage | None = None
+        usage: Usage | None = None  # what the providers billed so far (finished and cut parts)
         for cand in run.plan.candidates:
             if rs.committed and tools_sent:
                 break  # a half-sent tool call cannot be continued by another model
@@ -350,12 +363,19 @@ class Executor:
                 part_usage = ev.usage or estimate_usage(req, "".join(part))
                 await self._settle_ok(run, tr, part_usage)
             except BackendError as e:
-                await self._settle_fail(run, tr, e)
+                cut = _generated(req, part)  # the provider bills what it generated
+                usage = rs.usage = add_usage(usage, cut) if cut else usage
+                await self._settle_fail(run, tr, e, cut)
                 continue
             finally:
-                await timed.aclose()
-                if not tr.settled:  # the caller went away (or we were cancelled)
-                    await self._abandon(run, tr)
+                # The caller went away (or we were cancelled): settle even while cancelled,
+                # billing what was generated, so no reservation is left to the next start-up.
+                with anyio.CancelScope(shield=True):
+                    await timed.aclose()
+                    if not tr.settled:
+                        cut = _generated(req, part)
+                        rs.usage = add_usage(usage, cut) if cut else usage
+                        await self._abandon(run, tr, cut)
             if not handed:
                 _commit(run, rs, cand, backend)
             usage = add_usage(usage, part_usage)
@@ -490,7 +510,9 @@ class Executor:
         run.attempts.append(self._record(tr, "ok", None, usage.total_tokens))
         await self.hooks.after_attempt(tr.token, usage, True)
 
-    async def _settle_fail(self, run: _Run, tr: _Try, err: BackendError) -> None:
+    async def _settle_fail(
+        self, run: _Run, tr: _Try, err: BackendError, billed: Usage | None = None
+    ) -> None:
         tr.settled = True
         cand, backend = tr.cand, tr.backend
         err.backend, err.tier = cand.backend, cand.tier
@@ -508,7 +530,8 @@ class Executor:
         elif isinstance(err, ContentPolicyError):
             run.refused_hosts.add(_host_key(backend))
         run.errors.append(err)
-        run.attempts.append(self._record(tr, err.code, type(err).__name__, 0))
+        tokens = billed.total_tokens if billed else 0
+        run.attempts.append(self._record(tr, err.code, type(err).__name__, tokens))
         log.info(
             "attempt on %s failed for %s: %s %s",
             cand.backend,
@@ -516,13 +539,16 @@ class Executor:
             type(err).__name__,
             err.message,
         )
-        await self.hooks.after_attempt(tr.token, None, False)
+        await self.hooks.after_attempt(tr.token, billed, False)
 
-    async def _abandon(self, run: _Run, tr: _Try) -> None:
+    async def _abandon(self, run: _Run, tr: _Try, billed: Usage | None = None) -> None:
+        """Settle an attempt the caller gave up on (shielded: this runs while cancelled)."""
         tr.settled = True
         self.breakers[tr.cand.backend].release()
-        run.attempts.append(self._record(tr, "cancelled", "Cancelled", 0))
-        await self.hooks.after_attempt(tr.token, None, False)
+        tokens = billed.total_tokens if billed else 0
+        run.attempts.append(self._record(tr, "cancelled", "Cancelled", tokens))
+        with anyio.CancelScope(shield=True):
+            await self.hooks.after_attempt(tr.token, billed, False)
 
     @staticmethod
     def _record(tr: _Try, outcome: str, kind: str | None, tokens: int) -> AttemptRecord:

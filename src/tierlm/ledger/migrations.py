@@ -112,6 +112,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE attempts ADD COLUMN judge_decision TEXT",
         ),
     ),
+    Migration(
+        # The gateway's own id is the primary key; a client's x-request-id is kept beside it.
+        "007_client_request_id",
+        (
+            "ALTER TABLE requests ADD COLUMN client_request_id TEXT",
+            "CREATE INDEX requests_client_request_id ON requests (client_request_id)",
+        ),
+    ),
 )
 
 

@@ -66,6 +66,7 @@ class RequestRecord:
     escalated: bool = False  # an answer failed its check and a stronger tier answered
     fallback: bool = False  # an attempt failed and another backend answered
     stream: bool = False
+    client_request_id: str | None = None  # the caller's x-request-id (correlation only)
     # Only stored when ledger.store_prompts is on; spans are (start, end, kind) in the text.
     prompt: str | None = None
     completion: str | None = None

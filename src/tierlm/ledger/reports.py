@@ -32,13 +32,17 @@ _Q = "CASE WHEN f.score IS NOT NULL THEN f.score WHEN f.thumbs = 'up' THEN 1.0 E
 
 
 def parse_since(text: str) -> timedelta:
-    """``30d``, ``12h``, ``90m``, ``2w``, ``45s``; ``all`` for everything."""
+    """``30d``, ``12h``, ``90m``, ``2w``, ``45s``; ``all`` (or any span past 100 years) for
+    everything."""
+    everything = timedelta(days=365 * 100)
     if text.strip().lower() == "all":
-        return timedelta(days=365 * 100)
+        return everything
     m = _SPAN.match(text.lower())
     if not m:
         raise ValueError(f"expected a span like 30d, 12h, 90m, 2w or 'all', got {text!r}")
-    return timedelta(seconds=float(m.group(1)) * _UNIT[m.group(2)])
+    seconds = float(m.group(1)) * _UNIT[m.group(2)]
+    # a span longer than everything is everything (and never overflows a timedelta)
+    return min(timedelta(seconds=seconds), everything) if seconds < 1e12 else everything
 
 
 @dataclass(slots=True)

@@ -1,15 +1,17 @@
 """The gateway: OpenAI- and Ollama-compatible HTTP over one Router (``tierlm serve``).
 
 ``create_app(router_or_settings)`` gives the ASGI app; ``serve(settings)`` runs it with
-uvicorn (the asyncio loop; the httptools parser when installed), bound to ``server.host``
-(127.0.0.1 by default), and on SIGTERM stops accepting connections and drains the requests
-in flight for at most ``server.drain_seconds`` before it exits.
+uvicorn (the asyncio loop, the httptools parser), bound to ``server.host`` (127.0.0.1 by
+default), with the connection cap, header read timeout and header size limit of
+:mod:`tierlm.server.limits` and rate-limited logs, and on SIGTERM stops accepting
+connections and drains the requests in flight for at most ``server.drain_seconds`` before it
+exits.
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tierlm.server.app import create_app
 
@@ -25,29 +27,48 @@ def serve(settings: Settings) -> None:
 
     from tierlm.router import Router
     from tierlm.server.auth import KeyRing
+    from tierlm.server.limits import rate_limit_logs
 
-    s = settings.server
-    KeyRing(s.api_keys)  # a bad key hash is a config error now, not a failed start-up
+    KeyRing(settings.server.api_keys)  # a bad key hash is a config error now, not a failed start
     router = Router(settings)  # so is a bad backend (the app closes the router at shutdown)
     # A long-running server allocates many short-lived objects per request: collect the
     # youngest generation less often (the start-up heap is frozen once loaded).
     gc.set_threshold(10_000, 50, 50)
-    config = uvicorn.Config(
-        create_app(router, freeze_gc=True, owns_router=True),
-        host=s.host,
-        port=s.port,
-        lifespan="on",
-        # Measured (bench/bench_gateway.py): the asyncio loop with the httptools parser keeps
-        # p99 near p50 under saturation; uvloop gave the same p50 but a p99 10-20x higher.
-        loop="asyncio",
-        http="auto",  # httptools when installed, else h11
-        access_log=False,
-        server_header=False,
-        backlog=4096,
-        timeout_graceful_shutdown=s.drain_seconds,  # type: ignore[arg-type]  # a float works
-        log_level=os.environ.get("TIERLM_LOG_LEVEL", "info").lower(),
-    )
+    config = uvicorn_config(settings, create_app(router, freeze_gc=True, owns_router=True))
+    rate_limit_logs()
     uvicorn.Server(config).run()
 
 
-__all__ = ["create_app", "serve"]
+def uvicorn_config(settings: Settings, app: Any, **overrides: Any) -> Any:
+    """The uvicorn configuration ``serve`` runs ``app`` with (tests run it on other ports)."""
+    import uvicorn
+
+    from tierlm.server.limits import guarded_protocol
+
+    s = settings.server
+    options: dict[str, Any] = {
+        "host": s.host,
+        "port": s.port,
+        "lifespan": "on",
+        # Measured (bench/bench_gateway.py): the asyncio loop with the httptools parser keeps
+        # p99 near p50 under saturation; uvloop gave the same p50 but a p99 10-20x higher.
+        "loop": "asyncio",
+        # httptools, with a connection cap, a header read timeout and a header size limit
+        "http": guarded_protocol(
+            max_connections=s.max_connections,
+            header_timeout=s.header_timeout,
+            max_header_bytes=s.max_header_bytes,
+        ),
+        "ws": "none",
+        "timeout_keep_alive": 5,
+        "access_log": False,
+        "server_header": False,
+        "backlog": 4096,
+        "timeout_graceful_shutdown": s.drain_seconds,
+        "log_level": os.environ.get("TIERLM_LOG_LEVEL", "info").lower(),
+        **overrides,
+    }
+    return uvicorn.Config(app, **options)
+
+
+__all__ = ["create_app", "serve", "uvicorn_config"]

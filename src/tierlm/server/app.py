@@ -7,13 +7,18 @@ method 405, an unknown route 404.
 
 Routes: ``/v1/chat/completions``, ``/v1/models``, the Ollama API (``/api/chat``,
 ``/api/generate``, ``/api/tags``, ``/api/show``, ``/api/version``), ``/health`` (open),
-``/metrics`` and ``/admin/*`` (an admin key when keys are configured), and, when the Router
-has a ledger, ``POST /v1/feedback`` and ``GET /admin/report``.
+``/metrics`` and ``/admin/*`` (an admin key when keys are configured), ``/openapi.json``
+(open), and, when the Router has a ledger, ``POST /v1/feedback`` and ``GET /admin/report``.
+Every body is read incrementally under ``server.max_body_bytes`` (feedback: 64 KiB) and
+nests at most ``MAX_JSON_DEPTH`` deep; a string that is not valid Unicode (a lone surrogate)
+is a 400 naming the field. Such a request is refused at the edge, before it becomes a
+request of the Router, so the ledger holds no row for it (as for any unparseable body).
 """
 
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -24,16 +29,25 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Message
 
 from tierlm import __version__
 from tierlm.errors import TierlmError
 from tierlm.server import ollama, openai
-from tierlm.server.gateway import Gateway, error_response, json_response
+from tierlm.server.gateway import (
+    Gateway,
+    error_response,
+    json_response,
+    parse_json,
+    read_body,
+)
+from tierlm.server.openapi import openapi_document
 
 if TYPE_CHECKING:
     from tierlm.config.settings import Settings
     from tierlm.router import Router
 
+log = logging.getLogger("tierlm.server")
 Endpoint = Callable[[Request], Awaitable[Response]]
 _HTTP_CODES = {
     404: ("not_found_error", "not_found"),
@@ -63,6 +77,7 @@ def create_app(
         Route("/admin/health", admin_health, methods=["GET"]),
         Route("/v1/feedback", feedback, methods=["POST"]),
         Route("/admin/report", report, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
     ]
 
     @asynccontextmanager
@@ -133,10 +148,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _tierlm_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TierlmError)
+    if request.url.path.startswith("/api/"):
+        return ollama.ollama_error(exc)
     return error_response(exc)
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    if request.url.path.startswith("/api/"):
+        return json_response({"error": "internal error in the gateway"}, 500)
     return json_response(
         {
             "error": {
@@ -178,6 +198,12 @@ async def health(request: Request) -> Response:
     return json_response(body, 503 if status == "down" else 200)
 
 
+async def openapi_json(request: Request) -> Response:
+    """The gateway's OpenAPI document (:mod:`tierlm.server.openapi`); open, like ``/health``."""
+    gw: Gateway = request.app.state.gateway
+    return json_response(openapi_document(keys=gw.keys.enabled))
+
+
 async def admin_health(request: Request) -> Response:
     """Every detail of every backend's health (admin)."""
     gw: Gateway = request.app.state.gateway
@@ -193,9 +219,29 @@ async def metrics(request: Request) -> Response:
 
 
 async def feedback(request: Request) -> Response:
+    """Read (bounded, incrementally) and check the body here, so the ledger's endpoint only
+    ever sees a small, well-formed one."""
+    from tierlm.ledger.http import MAX_BODY
+
     gw: Gateway = request.app.state.gateway
-    request.state.api_key = gw.keys.identify(request.headers)
-    return await _ledger_route(request, "feedback")
+    request.state.api_key = gw.keys.identify(request.headers)  # scope state: kept below
+    body = await read_body(request, min(gw.max_body, MAX_BODY))
+    parse_json(body)
+    return await _ledger_route(_replayed(request, body), "feedback")
+
+
+def _replayed(request: Request, body: bytes) -> Request:
+    """``request`` again, with ``body`` (already read from it) as its body."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return await request.receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(request.scope, receive)
 
 
 async def report(request: Request) -> Response:

@@ -57,6 +57,8 @@ HINT_HEADERS = {
 }
 log = logging.getLogger("tierlm.server")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# pydantic's names of union members and validators in an error's location (not fields).
+_TYPE_TAG = re.compile(r"^(str|int|float|bool|none|list|dict|literal\[.*|function-.*|.*\[.*\])$")
 # ChatRequest field -> the name the client used for it (for error messages).
 _PARAM_NAMES = {"hints": "tierlm", "include_usage": "stream_options.include_usage"}
 
@@ -97,7 +99,7 @@ def error_response(e: TierlmError, headers: dict[str, str] | None = None) -> Res
 def validation_error(e: ValidationError) -> FieldError:
     """The first problem of a pydantic error, naming the field as the client named it."""
     err = e.errors(include_url=False)[0]
-    loc = list(err.get("loc") or ())
+    loc = [p for p in err.get("loc") or () if not (isinstance(p, str) and _TYPE_TAG.match(p))]
     if loc and isinstance(loc[0], str):
         loc[0] = _PARAM_NAMES.get(loc[0], loc[0])
     param = ""
@@ -107,8 +109,15 @@ def validation_error(e: ValidationError) -> FieldError:
     return FieldError(f"{param}: {msg}" if param else msg, param or None)
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The request body as JSON; 413 past ``limit`` bytes (checked while reading), 400 if bad."""
+MAX_JSON_DEPTH = 64  # nesting levels of a request body (objects and arrays)
+INLINE_BYTES = 64 * 1024  # bodies up to this size are parsed on the event loop, larger in a thread
+# A JSON string escape that may encode a lone UTF-16 surrogate (checked properly when seen).
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw request body, read incrementally; 413 as soon as it passes ``limit`` bytes
+    (a declared ``content-length`` over the limit is refused before reading anything)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit}")
@@ -119,16 +128,68 @@ async def read_json(request: Request, limit: int) -> Any:
             raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
     if not body:
         raise InvalidRequest("request body is empty: send a JSON object")
+    return bytes(body)
+
+
+def parse_json(body: bytes) -> Any:
+    """``body`` as JSON: 400 when it is not JSON, nests deeper than :data:`MAX_JSON_DEPTH`,
+    or holds a string that is not valid Unicode (a lone surrogate such as ``\\ud800``)."""
     try:
-        return json.loads(body)
+        data = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise InvalidRequest(f"request body is not valid JSON: {e}") from None
+        reason = "it nests too deeply" if isinstance(e, RecursionError) else str(e)
+        raise InvalidRequest(f"request body is not valid JSON: {reason}") from None
+    _check_json(data, surrogates=_SURROGATE_ESCAPE.search(body) is not None)
+    return data
+
+
+def _check_json(data: Any, *, surrogates: bool) -> None:
+    """Depth (iteratively, so no recursion limit is reached) and, when the raw body had an
+    escape that may encode one, lone surrogates in keys and strings."""
+    stack: list[tuple[Any, int, str]] = [(data, 1, "")]
+    while stack:
+        node, depth, path = stack.pop()
+        if isinstance(node, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise FieldError(
+                    f"request body nests deeper than {MAX_JSON_DEPTH} levels", path or None
+                )
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            for k, v in items:
+                sub = f"{path}[{k}]" if isinstance(k, int) else (f"{path}.{k}" if path else k)
+                if surrogates and isinstance(k, str):
+                    _check_text(k, sub)
+                if isinstance(v, dict | list) or (surrogates and isinstance(v, str)):
+                    stack.append((v, depth + 1, sub))
+        elif isinstance(node, str):
+            _check_text(node, path)
+
+
+def _check_text(text: str, path: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FieldError(
+            f"{path or 'request body'}: not valid Unicode (a lone surrogate escape such as "
+            "\\ud800); send UTF-8 text",
+            path or None,
+        ) from None
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The request body as JSON (:func:`read_body`, then :func:`parse_json`); a large body
+    is parsed in a worker thread, so the event loop never stalls on it."""
+    body = await read_body(request, limit)
+    if len(body) <= INLINE_BYTES:
+        return parse_json(body)
+    return await anyio.to_thread.run_sync(parse_json, body)
 
 
 def client_request_id(request: Request) -> dict[str, str]:
-    """``{"request_id": ...}`` from a sane ``x-request-id`` header, else nothing."""
+    """``{"client_request_id": ...}`` from a sane ``x-request-id`` header, else nothing: a
+    correlation field only; the gateway always assigns its own request id."""
     rid = request.headers.get("x-request-id")
-    return {"request_id": rid} if rid and _REQUEST_ID.match(rid) else {}
+    return {"client_request_id": rid} if rid and _REQUEST_ID.match(rid) else {}
 
 
 def chat_request(data: dict[str, Any], request: Request) -> ChatRequest:
@@ -178,7 +239,7 @@ class Gateway:
             return name
         if name in self._by_model:
             return self._by_model[name]
-        if name.endswith(":latest"):
+        if name.endswith(":latest") and name != ":latest":
             return self.resolve_model(name.removesuffix(":latest"))
         raise ModelNotFound(
             f"model {name!r} does not exist: use 'auto', a tier ({', '.join(self.tiers)}) or a "
@@ -222,25 +283,21 @@ class Gateway:
     async def complete(
         self, req: ChatRequest, key: ApiKeyConfig | None
     ) -> tuple[ChatResponse, Plan]:
-        """Answer the whole request (planned, executed and recorded by the Router)."""
+        """Answer the whole request (planned, executed and recorded by the Router; the
+        signals of a large one read in a worker process)."""
         cond = self.conditions(req, key)
-        achat_planned = getattr(self.router, "achat_planned", None)
-        if achat_planned is not None:
-            resp, plan = await achat_planned(req, cond)
-            return resp, plan
-        plan = self.router.plan(req, cond)  # an older Router: plan again for the report
-        return await self.router.achat(req, cond), plan
+        signals = await self.router.asignals(req, processes=True)
+        return await self.router.achat_planned(req, cond, signals=signals)
 
     async def open_stream(
-        self,
-        req: ChatRequest,
-        key: ApiKeyConfig | None,
+        self, req: ChatRequest, key: ApiKeyConfig | None
     ) -> tuple[RoutedStream, StreamEvent]:
         """Start a stream and wait until it has committed (its first event arrived).
 
         Errors before that raise here, so the client gets a normal error response.
         """
-        rs = self.router.astream(req, self.conditions(req, key))
+        signals = await self.router.asignals(req, processes=True)
+        rs = self.router.astream(req, self.conditions(req, key), signals=signals)
         try:
             first = await anext(aiter(rs))
         except StopAsyncIteration:
@@ -257,7 +314,7 @@ class Gateway:
     def routing_headers(
         self, req: ChatRequest, plan: Plan, tier: str, backend: str, model: str
     ) -> dict[str, str]:
-        return {
+        headers = {
             "x-tierlm-request-id": req.request_id,
             "x-tierlm-tier": tier,
             "x-tierlm-backend": backend,
@@ -266,6 +323,9 @@ class Gateway:
             "x-tierlm-privacy": plan.privacy.value,
             "x-tierlm-complexity": f"{plan.complexity:.4f}",
         }
+        if req.client_request_id:
+            headers["x-request-id"] = req.client_request_id  # the caller's, echoed
+        return headers
 
     def tierlm_object(
         self,
@@ -277,6 +337,7 @@ class Gateway:
     ) -> dict[str, Any]:
         out: dict[str, Any] = {
             "request_id": req.request_id,
+            "client_request_id": req.client_request_id,
             "tier": tier,
             "backend": backend,
             "boundary": self.boundary.get(backend, ""),
@@ -414,6 +475,9 @@ class WireFormat:
         """The body of a committed stream; it must ``await end()`` however it ends."""
         raise NotImplementedError
 
+    def _parse_raw(self, body: bytes, request: Request, gw: Gateway) -> ChatRequest:
+        return self.parse(parse_json(body), request, gw)
+
     async def handle(self, request: Request) -> Response:
         """The endpoint: identify the key, parse, check what the request pins, then answer
         whole or open the stream; counts it in flight and accounts for it however it ends.
@@ -426,7 +490,11 @@ class WireFormat:
         req: ChatRequest | None = None
         try:
             key = gw.keys.identify(request.headers)
-            req = self.parse(await read_json(request, gw.max_body), request, gw)
+            body = await read_body(request, gw.max_body)
+            if len(body) > INLINE_BYTES:  # parsed and checked off the event loop
+                req = await anyio.to_thread.run_sync(self._parse_raw, body, request, gw)
+            else:
+                req = self._parse_raw(body, request, gw)
             if key is not None:
                 req.api_key_id = key.name
                 gw.check_allowed(req.model, key)

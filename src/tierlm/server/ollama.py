@@ -70,20 +70,30 @@ def ollama_error(e: TierlmError, headers: dict[str, str] | None = None) -> Respo
     return json_response({"error": e.message}, e.status, headers)
 
 
-def _tool_calls_in(calls: Any) -> list[dict[str, Any]] | None:
-    """Ollama tool calls (arguments as an object) as OpenAI ones (arguments as a string)."""
-    if not isinstance(calls, list) or not calls:
+def _tool_calls_in(calls: Any, where: str) -> list[dict[str, Any]] | None:
+    """Ollama tool calls (arguments as an object) as OpenAI ones (arguments as a string);
+    400 naming the call when one is not ``{"function": {"name": str, "arguments": ...}}``."""
+    if calls is None or calls == []:
         return None
+    if not isinstance(calls, list):
+        raise FieldError(f"{where}: must be a list of tool calls", where)
     out = []
-    for c in calls:
-        fn = c.get("function", {}) if isinstance(c, dict) else {}
+    for i, c in enumerate(calls):
+        fn = c.get("function") if isinstance(c, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            param = f"{where}[{i}].function"
+            raise FieldError(f"{param}: must be an object with a string name", param)
         args = fn.get("arguments", {})
+        if not isinstance(args, dict | str):
+            param = f"{where}[{i}].function.arguments"
+            raise FieldError(f"{param}: must be an object", param)
+        cid = c.get("id")
         out.append(
             {
-                "id": c.get("id") or "call_" + uuid.uuid4().hex[:12],
+                "id": cid if isinstance(cid, str) and cid else "call_" + uuid.uuid4().hex[:12],
                 "type": "function",
                 "function": {
-                    "name": fn.get("name", ""),
+                    "name": fn["name"],
                     "arguments": args if isinstance(args, str) else json.dumps(args),
                 },
             }
@@ -115,11 +125,13 @@ def _messages_in(messages: Any) -> Any:
     if not isinstance(messages, list):
         return messages  # pydantic names the problem
     out = []
-    for m in messages:
+    for i, m in enumerate(messages):
         if isinstance(m, dict):
+            if m.get("images"):
+                _unsupported(f"messages[{i}].images", "images")
             m = {k: v for k, v in m.items() if k not in ("images", "thinking", "tool_name")}
             if "tool_calls" in m:
-                m["tool_calls"] = _tool_calls_in(m["tool_calls"])
+                m["tool_calls"] = _tool_calls_in(m["tool_calls"], f"messages[{i}].tool_calls")
         out.append(m)
     return out
 
@@ -134,6 +146,10 @@ def _check_fields(body: dict[str, Any], generate: bool) -> None:
         raise FieldError('format: must be "json" or a JSON schema object', "format")
     if generate and not isinstance(body.get("system", ""), str):
         raise FieldError("system: must be a string", "system")
+
+
+def _unsupported(param: str, what: str) -> None:
+    raise FieldError(f"{param}: {what} are not supported by this gateway", param)
 
 
 def parse(body: Any, request: Request, gw: Gateway, *, generate: bool) -> ChatRequest:
@@ -311,6 +327,7 @@ def _model_entry(gw: Gateway, name: str, kind: str) -> dict[str, Any]:
 
 
 async def tags(request: Request) -> Response:
+    """``auto``, the tiers and the backends the caller's key may use (as ``/v1/models``)."""
     gw: Gateway = request.app.state.gateway
     try:
         key = gw.keys.identify(request.headers)
@@ -327,11 +344,16 @@ async def tags(request: Request) -> Response:
 
 
 async def show(request: Request) -> Response:
+    """One model's details; a model the key may not use is as unknown as a missing one."""
     gw: Gateway = request.app.state.gateway
     try:
         key = gw.keys.identify(request.headers)
         body = await read_json(request, gw.max_body)
-        name = body.get("model") or body.get("name") if isinstance(body, dict) else None
+        if not isinstance(body, dict):
+            raise FieldError("request body must be a JSON object")
+        name = body.get("model") or body.get("name")
+        if not isinstance(name, str):
+            raise FieldError("model: field required (a string)", "model")
         resolved = gw.resolve_model(name)
         if not gw.allowed(resolved, key):
             raise ModelNotFound(f"model {name!r} does not exist")

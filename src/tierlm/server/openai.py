@@ -75,7 +75,7 @@ def parse_chat(body: Any, request: Request, gw: Gateway) -> ChatRequest:
     if unknown:
         raise FieldError(f"{unknown[0]}: unknown field (not forwarded)", unknown[0])
     n = body.get("n")
-    if n not in (None, 1):
+    if n is not None and (type(n) is not int or n != 1):
         raise FieldError("n: only one choice per request is supported", "n")
     hints = header_hints(request)
     body_hints = body.get("tierlm")

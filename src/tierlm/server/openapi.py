@@ -1,0 +1,204 @@
+"""The gateway's OpenAPI 3.0 document, served at ``GET /openapi.json``.
+
+It describes every route, its request body and its answers (errors included: OpenAI-shaped
+on ``/v1/*`` and ``/admin/*``, ``{"error": "..."}`` on ``/api/*``), and the bearer key when
+keys are configured. The test suite fuzzes every route from it (schemathesis): no input may
+get a 5xx or hang.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tierlm import __version__
+
+_OPENAI_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "code": {"type": "string", "nullable": True},
+                "param": {"type": "string", "nullable": True},
+            },
+        }
+    },
+}
+_OLLAMA_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string"}},
+}
+_CONTENT_PART = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {"type": {"type": "string"}, "text": {"type": "string"}},
+}
+_MESSAGE = {
+    "type": "object",
+    "required": ["role"],
+    "properties": {
+        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
+        "content": {
+            "oneOf": [{"type": "string"}, {"type": "array", "items": _CONTENT_PART}],
+            "nullable": True,
+        },
+        "name": {"type": "string"},
+        "tool_call_id": {"type": "string"},
+        "tool_calls": {"type": "array", "items": {"type": "object"}},
+    },
+}
+_OPTIONS = {
+    "type": "object",
+    "properties": {
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "top_p": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1},
+        "top_k": {"type": "integer", "minimum": 0},
+        "seed": {"type": "integer"},
+        "num_predict": {"type": "integer"},
+        "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+    },
+}
+_CHAT = {
+    "type": "object",
+    "required": ["messages"],
+    "properties": {
+        "model": {"type": "string", "description": "auto, a tier, or a backend (pin)"},
+        "messages": {"type": "array", "minItems": 1, "items": _MESSAGE},
+        "stream": {"type": "boolean"},
+        "max_tokens": {"type": "integer", "minimum": 1},
+        "max_completion_tokens": {"type": "integer", "minimum": 1},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "top_p": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1},
+        "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+        "seed": {"type": "integer"},
+        "n": {"type": "integer", "enum": [1]},
+        "tools": {"type": "array", "items": {"type": "object"}},
+        "tool_choice": {"oneOf": [{"type": "string"}, {"type": "object"}]},
+        "stream_options": {
+            "type": "object",
+            "properties": {"include_usage": {"type": "boolean"}},
+        },
+        "tierlm": {"type": "object", "description": "routing hints"},
+    },
+}
+_OLLAMA_CHAT = {
+    "type": "object",
+    "required": ["messages"],
+    "properties": {
+        "model": {"type": "string"},
+        "messages": {"type": "array", "minItems": 1, "items": _MESSAGE},
+        "stream": {"type": "boolean"},
+        "format": {"oneOf": [{"type": "string", "enum": ["json"]}, {"type": "object"}]},
+        "options": _OPTIONS,
+        "tools": {"type": "array", "items": {"type": "object"}},
+    },
+}
+_OLLAMA_GENERATE = {
+    "type": "object",
+    "required": ["prompt"],
+    "properties": {
+        "model": {"type": "string"},
+        "prompt": {"type": "string"},
+        "system": {"type": "string"},
+        "stream": {"type": "boolean"},
+        "format": {"oneOf": [{"type": "string", "enum": ["json"]}, {"type": "object"}]},
+        "options": _OPTIONS,
+    },
+}
+_FEEDBACK = {
+    "type": "object",
+    "required": ["request_id"],
+    "properties": {
+        "request_id": {"type": "string"},
+        "score": {"type": "number", "minimum": 0, "maximum": 1},
+        "thumbs": {"type": "string", "enum": ["up", "down"]},
+        "text": {"type": "string"},
+    },
+}
+_ANY_OBJECT = {"type": "object"}
+
+
+def _answers(ok: str, error: dict[str, Any], *, stream: bool = False) -> dict[str, Any]:
+    media = {"application/json": {"schema": _ANY_OBJECT}}
+    if stream:
+        media["text/event-stream"] = {"schema": {"type": "string"}}
+        media["application/x-ndjson"] = {"schema": {"type": "string"}}
+    err = {"description": "error", "content": {"application/json": {"schema": error}}}
+    return {"200": {"description": ok, "content": media}, "default": err}
+
+
+def _op(
+    summary: str,
+    error: dict[str, Any],
+    body: dict[str, Any] | None = None,
+    *,
+    stream: bool = False,
+    params: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": _answers(summary, error, stream=stream)}
+    if body is not None:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": body}},
+        }
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def openapi_document(*, keys: bool) -> dict[str, Any]:
+    """The document; ``keys`` says whether routes need a bearer API key."""
+    e, o = _OPENAI_ERROR, _OLLAMA_ERROR
+    since = {"name": "since", "in": "query", "required": False, "schema": {"type": "string"}}
+    doc: dict[str, Any] = {
+        "openapi": "3.0.3",
+        "info": {"title": "tierlm gateway", "version": __version__},
+        "paths": {
+            "/v1/chat/completions": {"post": _op("chat completion", e, _CHAT, stream=True)},
+            "/v1/models": {"get": _op("models the key may use", e)},
+            "/api/chat": {"post": _op("Ollama chat", o, _OLLAMA_CHAT, stream=True)},
+            "/api/generate": {"post": _op("Ollama generate", o, _OLLAMA_GENERATE, stream=True)},
+            "/api/tags": {"get": _op("Ollama model list", o)},
+            "/api/show": {
+                "post": _op(
+                    "Ollama model details",
+                    o,
+                    {
+                        "type": "object",
+                        "required": ["model"],
+                        "properties": {"model": {"type": "string"}},
+                    },
+                )
+            },
+            "/api/version": {"get": _op("version", o)},
+            "/health": {"get": _op("health", e)},
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {
+                        "200": {
+                            "description": "metrics",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        "default": {
+                            "description": "error",
+                            "content": {"application/json": {"schema": e}},
+                        },
+                    },
+                }
+            },
+            "/admin/health": {"get": _op("every backend's health", e)},
+            "/admin/report": {"get": _op("the ledger's report", e, params=[since])},
+            "/v1/feedback": {"post": _op("feedback on one request", e, _FEEDBACK)},
+            "/openapi.json": {"get": _op("this document", e)},
+        },
+    }
+    if keys:
+        doc["components"] = {"securitySchemes": {"key": {"type": "http", "scheme": "bearer"}}}
+        doc["security"] = [{"key": []}]
+    return doc
