@@ -143,7 +143,7 @@ def test_estimate_counts_everything_billed() -> None:
                 {
                     "role": "user",
                     "content": [
-                        {"type": "input_text", "text": "x" * 5000},
+                        {"type": "text", "text": "x" * 5000},
                         {"type": "image_url", "image_url": {"url": "https://example.test/a.png"}},
                     ],
                 }
