@@ -6,10 +6,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import socket
 import sqlite3
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from fakes import serve
+from fakes import free_port, serve
 from fakes.faulty_upstream import FaultyUpstream, Scenario
 from fakes.metered_server import billed_usd
 from fakes.metered_server import make_app as metered_app
@@ -428,3 +432,57 @@ def test_low_listings_hide_and_odd_fields_are_refused(metered: tuple[str, Any]) 
             r = c.post(path, json={"model": "tiny", "stream": False, **body})
             assert r.status_code == 400, (path, body, r.text)
             assert isinstance(r.json()["error"], str)
+
+
+def test_medium_stream_cut_by_the_drain_is_billed_what_was_generated(
+    tmp_path: Path, metered: tuple[str, Any]
+) -> None:
+    """SIGTERM with a paid stream in flight: when ``drain_seconds`` runs out, the stream is
+    cut, and the ledger (flushed at exit) bills what it generated and holds no reservation."""
+    url, app = metered
+    port = free_port()
+    cfg = {
+        "backends": [_paid("cloud", url, "metered-slow")],
+        "tiers": [{"name": "cloud", "backends": ["cloud"]}],
+        "routing": {"complexity_method": "length"},
+        "server": {"port": port, "drain_seconds": 0.3},
+        **_ledger(tmp_path, 10.0),
+    }
+    path = tmp_path / "tierlm.yaml"
+    path.write_text(json.dumps(cfg))
+    tierlm = str(Path(sys.executable).parent / "tierlm")
+    proc = subprocess.Popen([tierlm, "serve", "--config", str(path)], stderr=subprocess.PIPE)
+    try:
+        gw = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while not _up(gw):
+            assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.05)  # (it should not exit: then the assert says so)
+        with httpx.Client(base_url=gw, timeout=30) as c:
+            body = _chat(stream=True, max_tokens=2000)
+            with c.stream("POST", "/v1/chat/completions", json=body) as r:
+                lines = r.iter_lines()
+                assert any("t0" in next(lines) for _ in range(6))
+                proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(httpx.HTTPError):
+                    for _ in lines:
+                        pass
+        assert proc.wait(timeout=30) is not None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+    rows = _rows(tmp_path, "SELECT outcome, cost_usd, completion_tokens FROM requests")
+    assert len(rows) == 1 and rows[0][1] > 0 and 0 < rows[0][2] < 2000, rows
+    assert _open_reservations(tmp_path) == 0
+    assert app.state.billed[0].completion_tokens < 2000
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(url + "/health", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
