@@ -14,7 +14,8 @@ bounds, each refused with a clear OpenAI-shaped JSON answer and ``connection: cl
 
 :class:`RateLimitedLog` is a logging filter that lets each distinct message through a few
 times a window and then only counts it, so a storm of one error (``accept`` failing with
-"Too many open files", a client misbehaving in a loop) cannot flood the log.
+"Too many open files", a client misbehaving in a loop) cannot flood the log;
+:func:`rate_limit_logs` puts one on every handler ``tierlm serve`` logs through.
 """
 
 from __future__ import annotations
@@ -178,11 +179,17 @@ class RateLimitedLog(logging.Filter):
 
 
 def rate_limit_logs() -> None:
-    """Install one :class:`RateLimitedLog` (once) on asyncio's and uvicorn's loggers and on
-    every ``tierlm`` logger created so far (a filter applies to its own logger only)."""
-    known = logging.root.manager.loggerDict
-    names = ["asyncio", "uvicorn.error", *(n for n in known if n.split(".")[0] == "tierlm")]
-    for name in names:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, RateLimitedLog) for f in logger.filters):
-            logger.addFilter(RateLimitedLog())
+    """Install one :class:`RateLimitedLog` (once each) on every handler the process logs
+    through: the root logger's, uvicorn's and Python's last-resort handler, so a flood from
+    any logger (asyncio's accept loop, uvicorn, tierlm's modules) is held back."""
+    loggers = (
+        logging.getLogger(),
+        logging.getLogger("uvicorn"),
+        logging.getLogger("uvicorn.error"),
+    )
+    handlers = {h for lg in loggers for h in lg.handlers}
+    if logging.lastResort is not None:
+        handlers.add(logging.lastResort)
+    for handler in handlers:
+        if not any(isinstance(f, RateLimitedLog) for f in handler.filters):
+            handler.addFilter(RateLimitedLog())
