@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 import time
@@ -114,6 +115,16 @@ def test_learn_moves_the_threshold_to_where_feedback_turns_good(tmp_path: Path) 
         assert router.cascade.learned == {"tiny": after["threshold"]}
     again = _learn(path)["tiers"][0]
     assert again["before"]["threshold"] == after["threshold"]  # now the current one
+    report = subprocess.run(
+        [TIERLM, "report", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert report.returncode == 0, report.stderr
+    table = report.stdout[report.stdout.index("Cascade: judged answers per tier") :]
+    assert re.search(r"tiny\s*│\s*600\s*│\s*\d+ \(\d+%\)", table), table  # acceptance
 
 
 def test_learn_says_when_there_is_nothing_to_learn_from(tmp_path: Path) -> None:

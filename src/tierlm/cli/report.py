@@ -129,16 +129,19 @@ def _print(rep: Report, charts: list[Path]) -> None:
 def _cascade_table(console: Console, rep: Report) -> None:
     from rich.table import Table
 
-    t = Table(title="Cascade: judged answers per tier", title_justify="left")
+    t = Table(
+        title="Cascade: judged answers per tier (cost, wait: of the escalations)",
+        title_justify="left",
+    )
     for col in (
         "tier",
         "judged",
         "accepted",
         "escalated",
         "kept",
-        "late fail",
-        "escalation cost",
-        "wait before escalating",
+        "late",
+        "cost",
+        "wait",
     ):
         t.add_column(col, justify="left" if col == "tier" else "right")
     for c in rep.cascade:
