@@ -139,3 +139,17 @@ def test_learn_says_when_there_is_nothing_to_learn_from(tmp_path: Path) -> None:
         check=False,
     )
     assert r.returncode == 0 and "nothing to learn from yet" in r.stdout
+
+
+def test_a_damaged_calibration_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = _config(tmp_path)
+    (tmp_path / "calibration.json").write_text("{not json", encoding="utf-8")
+    r = subprocess.run(
+        [TIERLM, "learn", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 2 and "calibration.json" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr

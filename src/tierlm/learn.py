@@ -105,11 +105,19 @@ def fit(
 
 def read_calibration(directory: Path) -> dict[str, float]:
     """The learned thresholds (tier -> threshold), or none."""
+    from tierlm.errors import ConfigError
+
     path = directory / CALIBRATION
     if not path.exists():
         return {}
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return {str(k): float(v) for k, v in (data.get("cascade_thresholds") or {}).items()}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return {str(k): float(v) for k, v in data["cascade_thresholds"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(
+            f"{path} is not a calibration written by `tierlm learn --write` ({e}); "
+            "delete it or run `tierlm learn --write` again"
+        ) from e
 
 
 def write_calibration(directory: Path, fits: list[TierFit]) -> Path:
