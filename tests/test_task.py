@@ -29,6 +29,10 @@ def test_plain_prose_is_nothing_special() -> None:
         "code": False,
         "long_context": False,
         "tokens": info.tokens,
+        "vision": False,
+        "domains": (),
+        "language": None,
+        "kinds": [],
     }
 
 

@@ -27,6 +27,10 @@ class Provider:
     # How the server continues a trailing assistant turn: "native" (it just does),
     # "continue_final_message" (vLLM's request flags), None (it answers a new turn).
     prefill: Prefill = None
+    # What the provider's models are known to be good at (task kinds, languages): the
+    # default of ``BackendConfig.good_at`` for its backends; the policy prefers, among
+    # backends of one tier, the one whose strengths match the request.
+    good_at: frozenset[str] = frozenset()
 
 
 _P = Provider
@@ -41,6 +45,7 @@ PROVIDERS: dict[str, Provider] = {
             "OPENAI_API_KEY",
             Boundary.EXTERNAL,
             "gpt-4o-mini",
+            good_at=frozenset({"tools", "extraction", "vision"}),
         ),
         _P(
             "anthropic",
@@ -49,6 +54,7 @@ PROVIDERS: dict[str, Provider] = {
             "ANTHROPIC_API_KEY",
             Boundary.EXTERNAL,
             "claude-3-5-haiku-latest",
+            good_at=frozenset({"code", "tools", "long_context", "vision"}),
         ),
         _P(
             "gemini",
@@ -58,6 +64,7 @@ PROVIDERS: dict[str, Provider] = {
             Boundary.EXTERNAL,
             "gemini-2.0-flash",
             quirks=frozenset({"no_stream_usage_option"}),
+            good_at=frozenset({"long_context", "vision"}),
         ),
         _P(
             "deepseek",
@@ -66,6 +73,7 @@ PROVIDERS: dict[str, Provider] = {
             "DEEPSEEK_API_KEY",
             Boundary.EXTERNAL,
             "deepseek-chat",
+            good_at=frozenset({"code"}),
         ),
         _P(
             "mistral",
@@ -75,6 +83,7 @@ PROVIDERS: dict[str, Provider] = {
             Boundary.EXTERNAL,
             "mistral-small-latest",
             quirks=frozenset({"max_tokens_only", "no_stream_usage_option"}),
+            good_at=frozenset({"fr", "de", "es", "it"}),
         ),
         _P(
             "groq",

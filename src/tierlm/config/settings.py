@@ -59,6 +59,10 @@ class BackendConfig(_Strict):
     max_output_tokens: int | None = Field(default=None, gt=0)  # the model's output ceiling
     price: Price | None = None  # None: the bundled price table, or zero for local backends
     tools: bool | None = None  # native tool calling; None: known per kind/provider
+    # What this backend is good at: task kinds (tools, code, extraction, long_context, vision),
+    # domains (legal, medical, finance) and languages (de, fr, ...). None: the provider's
+    # defaults. The policy prefers, within a tier, the backend matching the request.
+    good_at: list[str] | None = None
     timeouts: Timeouts = Field(default_factory=Timeouts)
     # local (in-process) model settings
     max_concurrency: int = Field(default=1, ge=1)
@@ -95,6 +99,28 @@ class BackendConfig(_Strict):
     def where(self) -> Boundary:
         assert self.boundary is not None
         return self.boundary
+
+    def strengths(self) -> frozenset[str]:
+        """``good_at``, or the provider's defaults when it is not set."""
+        if self.good_at is not None:
+            return frozenset(self.good_at)
+        from tierlm.config.providers import PROVIDERS
+
+        name = self.provider or ("anthropic" if self.kind == "anthropic" else None)
+        p = PROVIDERS.get(name) if name else None
+        return p.good_at if p is not None else frozenset()
+
+    @field_validator("good_at")
+    @classmethod
+    def _known_strengths(cls, v: list[str] | None) -> list[str] | None:
+        from tierlm.signals.task import STRENGTHS
+
+        unknown = sorted(set(v or ()) - STRENGTHS)
+        if unknown:
+            raise ValueError(
+                f"unknown good_at {unknown[0]!r} (known: {', '.join(sorted(STRENGTHS))})"
+            )
+        return v
 
 
 class CascadeConfig(_Strict):

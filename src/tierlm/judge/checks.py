@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tierlm.judge.agreement import choice_of, is_multiple_choice, last_number
+from tierlm.signals.language import language
 
 _REFUSAL = re.compile(
     r"\b(i(?:'m| am) (?:sorry|afraid),? (?:but )?i (?:can(?:no|')t|am unable|won't)"
@@ -53,17 +54,6 @@ _HEDGE = re.compile(
 )
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?", re.UNICODE)
 _FENCE = re.compile(r"```([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
-_STOP = {
-    "en": "the and is are of to that it for with you this what how be not on",
-    "de": "der die das und ist nicht ein eine ich sie wir mit zu auf für den dem wie es wenn "
-    "bitte auch oder aber bei sind wird kann noch",
-    "fr": "le la les et est un une des du pour que qui dans pas avec vous nous sur",
-    "es": "el la los las y es un una que de por para con no del se como",
-    "it": "il lo la gli le e è un una che di per con non del della sono come",
-    "nl": "de het een en is van ik je niet dat met voor op zijn wat hoe",
-    "pt": "o a os as e é um uma que de para com não do da em como",
-}
-_STOPSETS = {lang: frozenset(words.split()) for lang, words in _STOP.items()}
 _TRANSLATE = re.compile(
     r"\b(translat\w*|übersetz\w*|tradu\w*|vertaal\w*|in (english|german|french|spanish|italian"
     r"|dutch|portuguese)|auf (deutsch|englisch)|en (français|anglais|español|inglés))\b",
@@ -127,17 +117,6 @@ def truncated(answer: str, finish_reason: str | None) -> float:
     if finish_reason == "length":
         return 1.0
     return 1.0 if answer.count("```") % 2 == 1 else 0.0
-
-
-def language(text: str) -> str | None:
-    """The language whose stopwords dominate ``text``, or None when unsure."""
-    words = [w.lower() for w in _WORD.findall(text[:4000])]
-    if len(words) < 8:
-        return None
-    counts = {lang: sum(w in s for w in words) for lang, s in _STOPSETS.items()}
-    ranked = sorted(counts.items(), key=lambda kv: kv[1], reverse=True)
-    (best, n1), (_, n2) = ranked[0], ranked[1]
-    return best if n1 >= 3 and n1 >= 2 * max(n2, 1) else None
 
 
 def wrong_language(question: str, answer: str) -> float:

@@ -15,6 +15,11 @@ Constraints first, each removing candidates and saying why:
 6. health (only when live health is supplied): unhealthy backends are skipped, warm ones
    preferred.
 
+Within a tier, the backends that remain are ordered by fit: the one whose ``good_at``
+(configured, or its provider's defaults) covers most of what the request needs (its task
+kinds, domains and language, from the task signal) goes first, with a reason ("code request:
+deepseek preferred"); ties keep the configured order (warm first).
+
 Then the objective: the cheapest tier (tiers are ordered cheapest first) whose predicted
 quality clears the request's bar. A tier of strength ``s`` clears the bar ``q`` for a request
 of complexity ``c`` when ``c <= s + (0.5 - q)``. The rest of the eligible tiers follow as
@@ -211,9 +216,27 @@ class Policy:
                     dropped.setdefault(why, []).append(name)
                 else:
                     out[tier.name].append(Candidate(backend=name, tier=tier.name, boundary=b.where))
+            out[tier.name] = self._by_fit(out[tier.name], signals, reasons)
         for why, names in dropped.items():
             reasons.append(f"excluded {', '.join(names)}: {why}")
         return out
+
+    def _by_fit(
+        self, candidates: list[Candidate], signals: Signals, reasons: list[str]
+    ) -> list[Candidate]:
+        """The tier's candidates, the best suited to the request's needs first (stable)."""
+        needs = signals.task.get("kinds")
+        if len(candidates) < 2 or not isinstance(needs, list) or not needs:
+            return candidates
+        fit = {
+            c.backend: [k for k in needs if k in self._backends[c.backend].strengths()]
+            for c in candidates
+        }
+        ordered = sorted(candidates, key=lambda c: -len(fit[c.backend]))
+        first = ordered[0].backend
+        if first != candidates[0].backend:
+            reasons.append(f"{', '.join(fit[first])} request: {first} preferred")
+        return ordered
 
     def _excluded(
         self, b: BackendConfig, ceiling: Boundary, signals: Signals, cond: Conditions

@@ -1,8 +1,10 @@
 """The task signal: what kind of work a request asks for, and how big it is.
 
-``detect_task`` looks at the request's shape (tools, ``response_format``) and its text
-(extraction verbs, code markers) and estimates its size in tokens without loading a
-tokenizer. All checks are single regex passes: linear in the prompt length.
+``detect_task`` looks at the request's shape (tools, ``response_format``, image parts) and its
+text (extraction verbs, code markers, legal/medical/finance vocabulary, the language it is
+written in) and estimates its size in tokens without loading a tokenizer. All checks are
+single regex passes: linear in the prompt length. The policy uses the kinds to prefer the
+backend suited to the request (``BackendConfig.good_at``).
 """
 
 from __future__ import annotations
@@ -12,9 +14,50 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from tierlm.signals.language import LANGUAGES, language
 from tierlm.types import ChatRequest
 
-__all__ = ["TaskInfo", "detect_task", "estimate_tokens"]
+__all__ = ["STRENGTHS", "TaskInfo", "detect_task", "estimate_tokens"]
+
+
+def _vocabulary(words: str) -> frozenset[str]:
+    return frozenset(words.split())
+
+
+# Domains a backend may declare it is good at: whole words, word stems (prefixes) and phrases
+# of each domain's vocabulary in the lower-cased text (English plus the commonest words of
+# de, fr, es, it, nl, pl, sv). Not "treatment", "dose" or "vat": water treatment, chemical
+# dosing and tanks are plant words.
+_DOMAIN_WORDS: dict[str, tuple[frozenset[str], tuple[str, ...]]] = {
+    "legal": (
+        _vocabulary(
+            "clause lawsuit litigation statute gdpr dsgvo rgpd legal legally lawyer attorney "
+            "jurisdiction court plaintiff defendant haftung klausel contrat juridique contrato "
+            "cláusula contratto overeenkomst"
+        ),
+        ("contract", "liabilit", "indemnif", "vertrag", "umow", "avtal"),
+    ),
+    "medical": (
+        _vocabulary(
+            "clinical medication disease icd10 krankheit maladie enfermedad malattia ziekte "
+            "choroba sjukdom contraindication contraindications"
+        ),
+        ("diagnos", "symptom", "prescri", "patient", "médica", "leczeni"),
+    ),
+    "finance": (
+        _vocabulary(
+            "ebitda revenue depreciation ledger tax taxes taxation audit auditor ifrs gaap "
+            "rechnung bilanz facture bilan factura fattura bilancio factuur"
+        ),
+        ("invoice", "amortis", "amortiz", "faktur"),
+    ),
+}
+_DOMAIN_PHRASES = re.compile(
+    r"(?P<medical>side effects?)|(?P<finance>balance sheet|cash ?flow|accounts? "
+    r"(?:payable|receivable)|vat (?:rate|return))"
+)
+_WORDS = re.compile(r"[^\W\d_]+", re.UNICODE)
+_DOMAIN_SAMPLE = 4000  # characters of the request read for its domain
 
 _EXTRACTION = re.compile(
     r"\b(?:extract\w*|pull out|parse|fill (?:in|out) (?:the )?(?:fields?|form|template)|"
@@ -23,6 +66,10 @@ _EXTRACTION = re.compile(
     r"json (?:object|schema|format)|structured (?:data|output)|key[- ]value pairs|"
     r"named entities|auslesen|extrahier\w*|extraire|extraer)",
 )  # searched in the lower-cased text
+_KINDS = ("tools", "code", "extraction", "long_context", "vision")
+# Every word ``BackendConfig.good_at`` may use: task kinds, domains and languages.
+STRENGTHS = frozenset({*_KINDS, *_DOMAIN_WORDS, *LANGUAGES})
+
 _CODE_WORDS = re.compile(
     r"```|\b(?:def \w+\(|class \w+[:(]|function\s*\w*\s*\(|import \w+|from [\w.]+ import|"
     r"#include|console\.log|public static|select\s+[\w*,. ]+\s+from\b|"
@@ -57,9 +104,20 @@ class TaskInfo:
     code: bool
     long_context: bool
     tokens: int
+    vision: bool = False  # image parts in the conversation
+    domains: tuple[str, ...] = ()  # legal, medical, finance: the vocabulary it uses
+    language: str | None = None  # en, de, fr, ... when clear (signals.language)
+
+    def kinds(self) -> list[str]:
+        """What a backend would have to be good at for this request (``good_at`` words)."""
+        named = [k for k in _KINDS if getattr(self, k)]
+        named += list(self.domains)
+        if self.language is not None and self.language != "en":
+            named.append(self.language)
+        return named
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "kinds": self.kinds()}
 
 
 def estimate_tokens(text: str) -> int:
@@ -88,6 +146,18 @@ def _looks_like_code(text: str) -> bool:
     return len(_CODE_PUNCT.findall(sample)) > 0.04 * len(sample)
 
 
+def _domains(text: str) -> tuple[str, ...]:
+    """The domains whose vocabulary ``text`` (lower-cased) uses, in a fixed order."""
+    words = set(_WORDS.findall(text, 0, _DOMAIN_SAMPLE))
+    found = {m.lastgroup for m in _DOMAIN_PHRASES.finditer(text, 0, _DOMAIN_SAMPLE)}
+    for name, (exact, stems) in _DOMAIN_WORDS.items():
+        if name not in found and (
+            not words.isdisjoint(exact) or any(w.startswith(stems) for w in words)
+        ):
+            found.add(name)
+    return tuple(name for name in _DOMAIN_WORDS if name in found)
+
+
 def detect_task(request: ChatRequest, *, long_context_tokens: int = 8000) -> TaskInfo:
     """Tools, extraction, code and long context for one request."""
     tools = bool(request.tools) or any(m.tool_calls or m.role == "tool" for m in request.messages)
@@ -112,4 +182,10 @@ def detect_task(request: ChatRequest, *, long_context_tokens: int = 8000) -> Tas
         code=_looks_like_code(asked),
         long_context=tokens >= long_context_tokens,
         tokens=tokens,
+        vision=any(
+            isinstance(m.content, list) and any(p.get("type") == "image_url" for p in m.content)
+            for m in request.messages
+        ),
+        domains=_domains(asked),
+        language=language(asked),
     )
