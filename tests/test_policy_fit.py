@@ -9,7 +9,7 @@ from tierlm.config import load_settings
 from tierlm.config.settings import Settings
 from tierlm.errors import ConfigError
 from tierlm.policy import Conditions, Policy, Signals
-from tierlm.signals.task import detect_task
+from tierlm.signals.task import detect_task, needs
 from tierlm.types import ChatRequest
 
 CODE = "Write a Python function that converts Celsius to Fahrenheit, with unit tests."
@@ -96,7 +96,11 @@ def test_unknown_strength_is_a_config_error_naming_the_word() -> None:
     ],
 )
 def test_task_signal_names_what_a_request_needs(prompt: str, kinds: list[str]) -> None:
-    assert detect_task(ChatRequest.from_prompt(prompt)).kinds() == kinds
+    assert _needs(ChatRequest.from_prompt(prompt)) == kinds
+
+
+def _needs(request: ChatRequest) -> list[str]:
+    return needs(request, detect_task(request).to_dict())
 
 
 def test_image_parts_need_vision() -> None:
@@ -105,9 +109,9 @@ def test_image_parts_need_vision() -> None:
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
     ]
     request = ChatRequest(messages=[{"role": "user", "content": parts}])
-    assert detect_task(request).kinds() == ["vision"]
+    assert _needs(request) == ["vision"]
 
 
 def test_plant_words_are_not_a_medical_domain() -> None:
     prompt = "Raise the chemical dose at the water treatment plant to 4 mg/l."
-    assert "medical" not in detect_task(ChatRequest.from_prompt(prompt)).kinds()
+    assert "medical" not in _needs(ChatRequest.from_prompt(prompt))

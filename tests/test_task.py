@@ -30,9 +30,6 @@ def test_plain_prose_is_nothing_special() -> None:
         "long_context": False,
         "tokens": info.tokens,
         "vision": False,
-        "domains": (),
-        "language": None,
-        "kinds": [],
     }
 
 

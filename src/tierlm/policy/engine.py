@@ -35,6 +35,7 @@ from tierlm.config.settings import ApiKeyConfig, BackendConfig, Settings, TierCo
 from tierlm.errors import BudgetExceeded, NoEligibleBackend
 from tierlm.privacy import ceiling as privacy_ceiling
 from tierlm.privacy import effective_level, key_allows_tier
+from tierlm.signals.task import needs as task_needs
 from tierlm.types import Boundary, Candidate, ChatRequest, Finding, Plan, Privacy
 
 
@@ -46,6 +47,7 @@ class Signals:
     findings: list[Finding] = field(default_factory=list)
     tokens: int = 0
     task: dict[str, object] = field(default_factory=dict)
+    needs: list[str] | None = None  # good_at words; read on demand (signals.task.needs)
 
 
 @dataclass(slots=True)
@@ -76,6 +78,8 @@ class Policy:
         tiers = self._eligible_tiers(request, cond, reasons)
         pinned_external = self._pinned_paid(request, cond)
         usable = self._usable(tiers, ceiling, signals, cond, reasons)
+        for name, found in usable.items():
+            usable[name] = self._by_fit(found, request, signals, reasons)
         ordered = self._order([t for t in tiers if usable[t.name]], request, signals, reasons)
         candidates = [c for t in ordered for c in usable[t.name]]
         if not candidates:
@@ -216,18 +220,23 @@ class Policy:
                     dropped.setdefault(why, []).append(name)
                 else:
                     out[tier.name].append(Candidate(backend=name, tier=tier.name, boundary=b.where))
-            out[tier.name] = self._by_fit(out[tier.name], signals, reasons)
         for why, names in dropped.items():
             reasons.append(f"excluded {', '.join(names)}: {why}")
         return out
 
     def _by_fit(
-        self, candidates: list[Candidate], signals: Signals, reasons: list[str]
+        self,
+        candidates: list[Candidate],
+        request: ChatRequest,
+        signals: Signals,
+        reasons: list[str],
     ) -> list[Candidate]:
         """The tier's candidates, the best suited to the request's needs first (stable)."""
-        needs = signals.task.get("kinds")
-        if len(candidates) < 2 or not isinstance(needs, list) or not needs:
+        if len(candidates) < 2:
             return candidates
+        if signals.needs is None:
+            signals.needs = task_needs(request, signals.task)
+        needs = signals.needs
         fit = {
             c.backend: [k for k in needs if k in self._backends[c.backend].strengths()]
             for c in candidates

@@ -1,23 +1,24 @@
 """The task signal: what kind of work a request asks for, and how big it is.
 
 ``detect_task`` looks at the request's shape (tools, ``response_format``, image parts) and its
-text (extraction verbs, code markers, legal/medical/finance vocabulary, the language it is
-written in) and estimates its size in tokens without loading a tokenizer. All checks are
-single regex passes: linear in the prompt length. The policy uses the kinds to prefer the
-backend suited to the request (``BackendConfig.good_at``).
+text (extraction verbs, code markers) and estimates its size in tokens without loading a
+tokenizer. All checks are single regex passes: linear in the prompt length. ``needs`` adds
+the domain (legal/medical/finance vocabulary) and the language, on demand, so the policy can
+prefer the backend suited to the request (``BackendConfig.good_at``).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from tierlm.signals.language import LANGUAGES, language
 from tierlm.types import ChatRequest
 
-__all__ = ["STRENGTHS", "TaskInfo", "detect_task", "estimate_tokens"]
+__all__ = ["STRENGTHS", "TaskInfo", "detect_task", "estimate_tokens", "needs"]
 
 
 def _vocabulary(words: str) -> frozenset[str]:
@@ -105,19 +106,9 @@ class TaskInfo:
     long_context: bool
     tokens: int
     vision: bool = False  # image parts in the conversation
-    domains: tuple[str, ...] = ()  # legal, medical, finance: the vocabulary it uses
-    language: str | None = None  # en, de, fr, ... when clear (signals.language)
-
-    def kinds(self) -> list[str]:
-        """What a backend would have to be good at for this request (``good_at`` words)."""
-        named = [k for k in _KINDS if getattr(self, k)]
-        named += list(self.domains)
-        if self.language is not None and self.language != "en":
-            named.append(self.language)
-        return named
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "kinds": self.kinds()}
+        return asdict(self)
 
 
 def estimate_tokens(text: str) -> int:
@@ -186,6 +177,19 @@ def detect_task(request: ChatRequest, *, long_context_tokens: int = 8000) -> Tas
             isinstance(m.content, list) and any(p.get("type") == "image_url" for p in m.content)
             for m in request.messages
         ),
-        domains=_domains(asked),
-        language=language(asked),
     )
+
+
+def needs(request: ChatRequest, task: Mapping[str, Any]) -> list[str]:
+    """What a backend would have to be good at for ``request`` (``good_at`` words): its task
+    kinds (from ``task``, :meth:`TaskInfo.to_dict`), the domains whose vocabulary it uses and
+    its language when not English. Read on demand: only a tier with a choice of backends
+    needs it."""
+    asked = "\n".join(m.text for m in request.messages if m.role in ("user", "system"))
+    asked = asked[:_DOMAIN_SAMPLE].lower()
+    named = [k for k in _KINDS if task.get(k)]
+    named += _domains(asked)
+    lang = language(asked)
+    if lang is not None and lang != "en":
+        named.append(lang)
+    return named
