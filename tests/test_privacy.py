@@ -112,13 +112,14 @@ def test_redact_leaves_no_finding_and_keeps_structure(guard: PrivacyGuard) -> No
     assert red.messages[1].content == [{"type": "refusal", "refusal": "not [EMAIL]"}]
 
 
-def test_opaque_payloads_are_neither_scanned_nor_changed(guard: PrivacyGuard) -> None:
+def test_opaque_payloads_are_not_scanned_and_cannot_be_redacted(guard: PrivacyGuard) -> None:
     url = "data:image/png;base64,iVBORw0KGgo="
     part = {"type": "image_url", "image_url": {"url": url, "detail": "low"}}
     request = ChatRequest(messages=[Message(role="user", content=[part])])
     assert guard.scan(request) == []
-    red = guard.redact(request)
-    assert red is not None and red.messages[0].content == [part]
+    assert guard.redact(request) is None  # no redacted copy: it does not leave under enhanced
+    text_only = ChatRequest(messages=[Message(role="user", content="What is on a gauge?")])
+    assert guard.redact(text_only) is not None
 
 
 # -- retries and continuations of an `enhanced` request -------------------------------------

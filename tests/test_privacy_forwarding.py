@@ -232,7 +232,7 @@ def test_sensitive_field_under_public_stays_at_the_site(rig: Rig, field: str) ->
     assert _leaks(raw)  # the site got it as it was: it may
 
 
-@pytest.mark.parametrize("field", list(ALL))
+@pytest.mark.parametrize("field", [f for f in ALL if f != "part.file"])  # files never leave
 def test_sensitive_field_under_enhanced_leaves_only_redacted(rig: Rig, field: str) -> None:
     make, where, route = ALL[field]
     rig.reset()
@@ -429,3 +429,29 @@ def test_each_adapter_sends_only_redacted_text_and_its_digest_is_audited(
             assert not _leaks(raw), raw
             assert raw.decode().count("[EMAIL]") >= 4  # system, user, tool description, ...
             assert hashlib.sha256(raw).hexdigest() in rig.audit_digests()
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+        {"type": "image_url", "image_url": {"url": "http://intranet.plant/diagram.png"}},
+        {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+        {"type": "file", "file": {"file_data": "JVBERi0=", "filename": "report.pdf"}},
+    ],
+    ids=["data-image", "url-image", "audio", "file"],
+)
+def test_an_enhanced_request_with_an_unreadable_part_does_not_leave(rig: Rig, part: Body) -> None:
+    body = {
+        **_base(),
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "What is it?"}, part]}],
+    }
+    rig.reset()
+    resp = _post(rig, body, "enhanced")
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-tierlm-tier"] == "site"  # the cloud was skipped: nothing to redact
+    assert rig.cloud_raw == []
+    rig.reset()
+    resp = _post(rig, body, "public")  # public: the client's statement, forwarded as it is
+    assert resp.headers["x-tierlm-tier"] == "cloud"
+    assert len(rig.cloud_raw) == 1

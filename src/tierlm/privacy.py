@@ -18,16 +18,18 @@ adapter may forward: each message's text, content parts of every kind (``text``,
 parameter schemas), ``tool_choice``, ``stop`` sequences and every pass-on field in
 ``ChatRequest.extra`` (``user``, ``metadata``, ``prediction``, ``response_format`` ...),
 object keys included. Only
-structure is skipped (roles, part types) and opaque payloads that are not text (``data:``
-image URLs, ``input_audio.data``, ``file.file_data``): those are forwarded unread, so an
-image or file that shows a secret is the client's to keep local (``private``).
+structure is skipped (roles, part types) and payloads that are not text (images, audio,
+files): under ``public`` those are forwarded unread (an image that shows a secret is the
+client's to keep local with ``private``); under ``enhanced`` they cannot be redacted, so a
+request that carries one does not leave the site at all.
 
 **``enhanced`` redaction** (:meth:`PrivacyGuard.redact`): the same texts, each with every
 finding replaced by ``[KIND]``, in a deep copy of the request; a copy that a second scan still
 finds something in is not sent at all. The executor sends that copy to
 every external attempt of an ``enhanced`` plan: first tries, retries, fallbacks and
-mid-stream continuations alike (:func:`needs_redaction`). Opaque payloads are forwarded as
-they are (they cannot be read, so neither scanned nor redacted).
+mid-stream continuations alike (:func:`needs_redaction`). A request with an image, audio or
+file part has no redacted copy (what cannot be read cannot be redacted): its external
+candidates are skipped and a local one answers.
 
 Adapters build their upstream bodies from an allowlist of fields (so nothing unread can be
 forwarded); the gateway refuses top-level fields it does not know with a 400 naming them.
@@ -68,6 +70,7 @@ _LEVEL_CEILING = {
 # Keys of a content part that hold structure or an opaque payload, not text.
 _PART_SKIP = frozenset({"type"})
 _OPAQUE = frozenset({"file_data", "data"})
+_UNREADABLE = frozenset({"image_url", "input_audio", "file"})  # content part types
 
 Rewrite = Callable[[str], str]
 Span = tuple[int, int, str]  # (start, end, kind) in one text
@@ -151,6 +154,14 @@ def _part(part: dict[str, Any], fix: Rewrite) -> dict[str, Any]:
         else:
             out[fix(k)] = _walk(v, fix)
     return out
+
+
+def has_unreadable_parts(request: ChatRequest) -> bool:
+    """Whether any message carries an image, audio or file part (content tierlm cannot read)."""
+    return any(
+        isinstance(m.content, list) and any(p.get("type") in _UNREADABLE for p in m.content)
+        for m in request.messages
+    )
 
 
 def _arguments(args: Any, fix: Rewrite) -> Any:
@@ -280,6 +291,8 @@ class PrivacyGuard:
 
         All texts are scanned as one (a line each), and each finding is mapped back to its
         text; then the copy is scanned again, as the policy would scan it."""
+        if has_unreadable_parts(request):
+            return None  # an image, audio or file cannot be read, so cannot be redacted
         texts = list(_texts(request))
         starts: list[int] = []
         pos = 0
