@@ -4,7 +4,6 @@ local tiers, and `enhanced` requests redacted before they leave the site."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +20,6 @@ HARD = (
     "Design a predictive maintenance program for 40 pumps with staffing, spare parts, "
     "a training plan and a phased rollout across three plants, with risks and costs."
 )
-
-
-@pytest.fixture
-def upstream() -> Iterator[FaultyUpstream]:
-    up = FaultyUpstream().start()
-    try:
-        yield up
-    finally:
-        up.stop()
 
 
 def _router(tmp_path: Path, cloud_url: str, **extra: Any) -> Router:
