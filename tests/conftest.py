@@ -20,8 +20,8 @@ import pytest
 if TYPE_CHECKING:
     from fakes.faulty_upstream import FaultyUpstream
 
-# The throwaway PostgreSQL server fixture (started by the tests themselves).
-pytest_plugins = ["pg_fixture"]
+# The throwaway PostgreSQL and Redis server fixtures (started by the tests themselves).
+pytest_plugins = ["pg_fixture", "redis_fixture"]
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 MODELS = Path(os.environ.get("TIERLM_TEST_MODELS", SHARED / "models"))

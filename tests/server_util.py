@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from fakes import serve
+from fakes.openai_server import make_app
 from tierlm.config.settings import Settings
 from tierlm.server import create_app
 
@@ -25,6 +26,15 @@ def serve_gateway(settings: Settings) -> Iterator[str]:
     """``tierlm serve`` in a thread: the real app and lifespan on 127.0.0.1; yield its URL."""
     with serve(create_app(settings), lifespan="on", start_within=60, grace=2) as url:
         yield url
+
+
+@contextmanager
+def fake_openai_upstream() -> Iterator[Any]:
+    """The fake OpenAI-wire upstream on 127.0.0.1; its URL in ``app.state.url``."""
+    app = make_app()
+    with serve(app) as url:
+        app.state.url = url
+        yield app
 
 
 def upstream_backend(name: str, upstream: str, scenario: str, **kw: Any) -> dict[str, Any]:

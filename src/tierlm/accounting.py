@@ -100,7 +100,8 @@ class Accounting:
             return 0.0
         from tierlm.pricing import cost_usd
 
-        return float(cost_usd(self._configs[backend], usage))
+        cfg = self._configs.get(backend)  # layer 0 (rules, cache) costs nothing
+        return float(cost_usd(cfg, usage)) if cfg is not None else 0.0
 
     # -- after the request ------------------------------------------------------------------
     def record(
@@ -164,7 +165,7 @@ class Accounting:
                 tier=tier,
                 backend=backend,
                 model=model,
-                boundary=cfg.where.label if cfg else None,
+                boundary=cfg.where.label if cfg else _planned_boundary(plan, backend),
                 complexity=plan.complexity if plan else None,
                 privacy=plan.privacy.value if plan else None,
                 reasons=list(plan.reasons) if plan else [],
@@ -185,3 +186,11 @@ class Accounting:
                 **texts,
             )
         )
+
+
+def _planned_boundary(plan: Plan | None, backend: str | None) -> str | None:
+    """The boundary a plan gave ``backend`` (a layer-0 answer has no backend config)."""
+    for c in plan.candidates if plan else []:
+        if c.backend == backend:
+            return c.boundary.label
+    return None

@@ -22,10 +22,11 @@ from tierlm.config import Settings, load_settings
 from tierlm.errors import ConfigError, TierlmError
 from tierlm.execute.cascade import Cascade
 from tierlm.execute.executor import Executor, RoutedStream
+from tierlm.layer0.core import Early, Layer0
 from tierlm.learn import read_calibration
 from tierlm.paths import data_dir
 from tierlm.policy import Conditions, Policy, Signals
-from tierlm.types import ChatRequest, ChatResponse, Finding, Message, Plan, StreamEvent
+from tierlm.types import ChatRequest, ChatResponse, Finding, Message, Plan, Privacy, StreamEvent
 
 if TYPE_CHECKING:
     from tierlm.backends.base import Backend
@@ -95,6 +96,7 @@ class Router:
             [(t.name, t.cascade) for t in settings.tiers],
             learned=read_calibration(data_dir(settings)),
         )
+        self.layer0 = Layer0(settings)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._scan_pool: ScanPool | None = None
@@ -121,8 +123,16 @@ class Router:
         return self._signals
 
     def plan(self, request: ChatRequest, conditions: Conditions | None = None) -> Plan:
-        """The decision for ``request``, without calling any model."""
-        return self.policy.plan(request, self.signals.read(request), conditions or Conditions())
+        """The decision for ``request``, without calling any model: a matching rule's (layer
+        0), else the policy's."""
+        cond = conditions or Conditions()
+        privacy = _PrivacyOf(self, request, cond)
+        ruled, _, why_not = self.layer0.rule_plan(request, privacy, cond.api_key)
+        if ruled is not None:
+            return ruled
+        plan = self.policy.plan(request, privacy.signals() or self.signals.read(request), cond)
+        Early(rules_why=why_not).annotate(plan)
+        return plan
 
     async def asignals(self, request: ChatRequest, *, processes: bool = False) -> Signals:
         """The request's signals. A large request (more than :data:`INLINE_SCAN_CHARS` of
@@ -215,12 +225,19 @@ class Router:
         plan: Plan | None = None
         held: list[Plan] = []
         t0 = time.perf_counter()
+        privacy = _PrivacyOf(self, request, cond, signals)
         try:
-            await self.accounting.apply_budget(request, cond)
-            if signals is None:
-                signals = await self.asignals(request)
-            plan = self._decide(request, cond, held, signals)
-            resp = await self.cascade.complete(request, plan, attempts)
+            early = self.layer0.early(request, privacy, cond.api_key)
+            if early.plan is not None:
+                plan = early.plan
+                resp = await self.layer0.answer(early, request)
+            else:
+                await self.accounting.apply_budget(request, cond)
+                signals = privacy.signals() or await self.asignals(request)
+                plan = self._decide(request, cond, held, signals)
+                early.annotate(plan)
+                resp = await self.cascade.complete(request, plan, attempts)
+                self.layer0.remember(early, request, plan, resp)
         except TierlmError as e:
             plan = plan or (held[0] if held else None)
             self.accounting.record(request, plan, attempts, error=e, latency_ms=_ms(t0))
@@ -240,14 +257,22 @@ class Router:
         cond = conditions or Conditions()
         t0 = time.perf_counter()
         held: list[Plan] = []
+        privacy = _PrivacyOf(self, request, cond, signals)
         try:
-            self.accounting.local_only(request, cond)
-            plan = self._decide(request, cond, held, signals)
+            early = self.layer0.early(request, privacy, cond.api_key)
+            if early.plan is None:
+                self.accounting.local_only(request, cond)
+                plan = self._decide(request, cond, held, privacy.signals())
+                early.annotate(plan)
         except TierlmError as e:
             refused = held[0] if held else None
             self.accounting.record(request, refused, [], error=e, latency_ms=_ms(t0))
             raise
-        rs = self.cascade.stream(request, plan)
+        if early.plan is not None:
+            rs = self.layer0.stream(early, request)
+        else:
+            rs = self.cascade.stream(request, plan)
+            rs._events = self.layer0.keeping(early, request, rs, aiter(rs))
         rs._events = self._recorded(request, rs, aiter(rs), t0)
         return rs
 
@@ -313,6 +338,7 @@ class Router:
             await b.aclose()
         if self._scan_pool is not None:
             await anyio.to_thread.run_sync(self._scan_pool.close)
+        await self.layer0.aclose()
         self.accounting.close()
 
     def close(self) -> None:
@@ -343,6 +369,35 @@ class Router:
         except BaseException:  # Ctrl-C in the caller's thread: stop the work in the loop too
             future.cancel()
             raise
+
+
+class _PrivacyOf:
+    """A request's effective privacy and whether it is sensitive, for layer 0: from the
+    signals when the caller has read them, else scanned once on first use (and the signals
+    then reuse that scan)."""
+
+    def __init__(
+        self, router: Router, request: ChatRequest, cond: Conditions, given: Signals | None = None
+    ) -> None:
+        self.router, self.request, self.cond, self.given = router, request, cond, given
+        self.findings: list[Finding] | None = given.findings if given is not None else None
+
+    def __call__(self) -> tuple[Privacy, bool]:
+        if self.findings is None:
+            self.findings = self.router.signals.privacy.scan(self.request)
+        scanned = Signals(0.0, self.findings)
+        level = self.router.policy.privacy(self.request, scanned, self.cond, [])
+        return level, bool(self.findings)
+
+    def signals(self) -> Signals | None:
+        """The signals given, or read on the scan already made; ``None`` if neither."""
+        if self.given is not None or self.findings is None:
+            return self.given
+        from tierlm.signals.task import detect_task
+
+        reader = self.router.signals
+        task = detect_task(self.request, long_context_tokens=reader.long_context_tokens)
+        return reader.read(self.request, (self.findings, task))
 
 
 def _as_request(prompt: str | ChatRequest | list[dict[str, Any]], **kwargs: Any) -> ChatRequest:

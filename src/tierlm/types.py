@@ -160,6 +160,7 @@ class Hints(BaseModel):
     optimize: Literal["privacy", "cost", "quality", "latency"] | None = None
     cascade: bool | CascadeHint | None = None  # true/false, or {"threshold", "mode"}
     consensus: int | None = Field(default=None, ge=2, le=7)  # ask k candidates, compare
+    cache: Literal["bypass"] | None = None  # skip the answer cache (layer 0) both ways
 
 
 # Chat fields tierlm passes on without interpreting them (``ChatRequest.extra``); each
@@ -350,6 +351,7 @@ class Plan:
     findings: list[Finding] = field(default_factory=list)
     task: dict[str, Any] = field(default_factory=dict)
     request_id: str = ""
+    layer0: dict[str, Any] = field(default_factory=dict)  # the rule or cache verdict, if any
 
     @property
     def sensitive(self) -> bool:
@@ -369,4 +371,5 @@ class Plan:
             "task": self.task,
             "candidates": [c.to_dict() for c in self.candidates],
             "reasons": list(self.reasons),
+            **({"layer0": self.layer0} if self.layer0 else {}),
         }

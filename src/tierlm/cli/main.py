@@ -30,6 +30,7 @@ _GROUPS = (
     "keys",
     "judge",
     "learn",
+    "cache",
 )
 
 

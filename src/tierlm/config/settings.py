@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from tierlm.layer0.config import CacheConfig, RuleConfig
 from tierlm.types import Boundary, Privacy
 
 BackendKind = Literal["llama_cpp", "openai", "anthropic", "ollama", "transformers"]
@@ -206,6 +207,8 @@ class Settings(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     budgets: BudgetConfig = Field(default_factory=BudgetConfig)
+    rules: list[RuleConfig] = Field(default_factory=list)  # layer 0, before any model
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     models_dir: str | None = None
     cache_dir: str | None = None
     data_dir: str | None = None

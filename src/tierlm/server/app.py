@@ -7,7 +7,8 @@ method 405, an unknown route 404.
 
 Routes: ``/v1/chat/completions``, ``/v1/models``, the Ollama API (``/api/chat``,
 ``/api/generate``, ``/api/tags``, ``/api/show``, ``/api/version``), ``/health`` (open),
-``/metrics`` and ``/admin/*`` (an admin key when keys are configured), ``/openapi.json``
+``/metrics`` and ``/admin/*`` (an admin key when keys are configured; ``/admin/cache``:
+the answer cache's stats, ``DELETE`` clears it), ``/openapi.json``
 (open), and, when the Router has a ledger, ``POST /v1/feedback`` and ``GET /admin/report``.
 Every body is read incrementally under ``server.max_body_bytes`` (feedback: 64 KiB) and
 nests at most ``MAX_JSON_DEPTH`` deep; a string that is not valid Unicode (a lone surrogate)
@@ -78,6 +79,7 @@ def create_app(
         Route("/v1/feedback", feedback, methods=["POST"]),
         Route("/admin/report", report, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
+        Route("/admin/cache", admin_cache, methods=["GET", "DELETE"]),
     ]
 
     @asynccontextmanager
@@ -210,6 +212,18 @@ async def admin_health(request: Request) -> Response:
     gw.keys.require_admin(request.headers)
     await gw.health.current()
     return json_response({"backends": gw.health.to_dict()})
+
+
+async def admin_cache(request: Request) -> Response:
+    """The answer cache's stats (GET), or clear it (DELETE) (admin)."""
+    gw: Gateway = request.app.state.gateway
+    gw.keys.require_admin(request.headers)
+    cache = gw.router.layer0.cache
+    if cache is None:
+        return json_response({"enabled": False})
+    if request.method == "DELETE":
+        return json_response({"cleared": cache.clear()})
+    return json_response({"enabled": True, **cache.stats()})
 
 
 async def metrics(request: Request) -> Response:

@@ -54,6 +54,7 @@ HINT_HEADERS = {
     "x-tierlm-tier-floor": "tier_floor",
     "x-tierlm-tier-ceiling": "tier_ceiling",
     "x-tierlm-cost-sensitivity": "cost_sensitivity",
+    "x-tierlm-cache": "cache",  # "bypass": skip the answer cache
 }
 log = logging.getLogger("tierlm.server")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -205,7 +206,10 @@ def chat_request(data: dict[str, Any], request: Request) -> ChatRequest:
 def header_hints(request: Request) -> dict[str, Any]:
     """Routing hints from ``x-tierlm-*`` request headers."""
     headers = request.headers
-    return {field: headers[h] for h, field in HINT_HEADERS.items() if h in headers}
+    hints = {field: headers[h] for h, field in HINT_HEADERS.items() if h in headers}
+    if "no-cache" in headers.get("cache-control", "").lower():
+        hints["cache"] = "bypass"
+    return hints
 
 
 class Gateway:
@@ -319,13 +323,20 @@ class Gateway:
             "x-tierlm-tier": tier,
             "x-tierlm-backend": backend,
             "x-tierlm-model": _header_safe(model),
-            "x-tierlm-boundary": self.boundary.get(backend, ""),
+            "x-tierlm-boundary": self.boundary_of(plan, backend),
             "x-tierlm-privacy": plan.privacy.value,
             "x-tierlm-complexity": f"{plan.complexity:.4f}",
+            "x-tierlm-cache": cache_status(plan),
         }
         if req.client_request_id:
             headers["x-request-id"] = req.client_request_id  # the caller's, echoed
         return headers
+
+    def boundary_of(self, plan: Plan, backend: str) -> str:
+        """A configured backend's boundary, or the one the plan gave a layer-0 answer."""
+        if backend in self.boundary:
+            return self.boundary[backend]
+        return next((c.boundary.label for c in plan.candidates if c.backend == backend), "")
 
     def tierlm_object(
         self,
@@ -340,12 +351,14 @@ class Gateway:
             "client_request_id": req.client_request_id,
             "tier": tier,
             "backend": backend,
-            "boundary": self.boundary.get(backend, ""),
+            "boundary": self.boundary_of(plan, backend),
             "privacy": plan.privacy.value,
             "complexity": round(plan.complexity, 4),
             "sensitive": plan.sensitive,
             "reasons": list(plan.reasons),
             "attempts": attempts(plan, backend),
+            "cache": plan.layer0.get("cache") or {"status": cache_status(plan)},
+            **({"rule": plan.layer0["rule"]} if "rule" in plan.layer0 else {}),
         }
         if cascade:  # answers the cascade judged: tier, backend, score, decision, reasons
             out["cascade"] = cascade
@@ -374,6 +387,12 @@ def attempts(plan: Plan, backend: str) -> int:
         if c.backend == backend:
             return i + 1
     return len(plan.candidates)
+
+
+def cache_status(plan: Plan) -> str:
+    """``hit-exact``, ``hit-semantic``, ``miss`` or ``bypass`` (the cache was not asked)."""
+    status: str = plan.layer0.get("cache", {}).get("status", "bypass")
+    return status
 
 
 def _header_safe(value: str) -> str:
