@@ -10,6 +10,7 @@ afterwards who answered and why.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -377,7 +378,14 @@ class Gateway:
         ):
             self.metrics.fallback(tier, backend)
 
-    async def aclose(self) -> None:
+    async def aclose(self, settle_s: float = 5.0) -> None:
+        """Close the gateway. Requests the server cancelled at the end of its drain are still
+        unwinding (closing their streams, queueing their ledger records): wait for them, at
+        most ``settle_s``, so the ledger is not closed under them."""
+        deadline = time.monotonic() + settle_s
+        # polled: shutdown only, bounded, and the count is the metrics gauge every path updates
+        while self.metrics.in_flight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
         await self.health.aclose()
 
 
