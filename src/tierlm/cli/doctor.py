@@ -4,9 +4,12 @@ For each backend: kind, boundary, where it lives (URL without credentials, or th
 in-process kinds), its price and where the price comes from, and its health right now:
 ``loaded`` (warm), ``cold`` (reachable or on disk, not in memory), ``ok``, ``unreachable``
 or ``error``, with the models it offers, in-flight and queued requests where known, and RAM
-needed against RAM free for local models. Then, for each tier, the backend it would use
-(the first healthy one, a warm one first when ``routing.prefer_warm``). Exit status 1 when
-some tier has no usable backend.
+needed against RAM free for local models, and a local model's worker process (its
+``llama-server``, state, restarts, last exit). Then, for each tier, the backend it would use
+(the first healthy one, a warm one first when ``routing.prefer_warm``). With a ``llama_cpp``
+backend it also runs the llama.cpp smoke check (one token through each runtime, in
+subprocesses; ``--no-smoke`` skips it). Exit status 1 when some tier has no usable backend or
+the smoke check failed.
 """
 
 from __future__ import annotations
@@ -33,16 +36,35 @@ def doctor(
     preset: str | None = typer.Option(None, "--preset", "-p", help=PRESET_HELP),
     json_out: bool = typer.Option(False, "--json", help="One JSON object."),
     timeout: float = typer.Option(5.0, "--timeout", min=0.1, help="Seconds per health check."),
+    smoke: bool = typer.Option(True, "--smoke/--no-smoke", help="Run the llama.cpp smoke check."),
 ) -> None:
     """Check every configured backend and show what each tier would use."""
     settings = load(config, preset)
     report = asyncio.run(gather_report(settings, check_seconds=timeout))
+    report["smoke"] = smoke_report(settings) if smoke else []
     if json_out:
         typer.echo(json.dumps(report, ensure_ascii=False))
     else:
         typer.echo(format_report(report))
-    if any(t["uses"] is None for t in report["tiers"]):
+    if any(t["uses"] is None for t in report["tiers"]) or any(not r["ok"] for r in report["smoke"]):
         raise typer.Exit(1)
+
+
+def smoke_report(settings: Settings) -> list[dict[str, Any]]:
+    """The llama.cpp smoke check on the first ``llama_cpp`` backend's model (if it is found)."""
+    from tierlm import models
+    from tierlm.errors import ModelError
+    from tierlm.llama_runtime import smoke_check
+    from tierlm.paths import models_dir
+
+    local = [b for b in settings.backends if b.kind == "llama_cpp"]
+    if not local:
+        return []
+    try:
+        model = models.resolve(local[0].model, models_dir(settings), download=False)
+    except ModelError:
+        return []  # the backend's own row says the model is missing
+    return [{"runtime": r.runtime, "ok": r.ok, "detail": r.detail} for r in smoke_check(model)]
 
 
 async def gather_report(settings: Settings, *, check_seconds: float = 5.0) -> dict[str, Any]:
@@ -157,9 +179,21 @@ def _fmt_health(b: dict[str, Any]) -> str:
         parts.append(f"models: {shown}")
     if h.get("latency_ms") is not None:
         parts.append(f"{h['latency_ms']:.0f} ms")
+    if h.get("worker"):
+        parts.append(_fmt_worker(h["worker"]))
     if b["detail"] and b["detail"] not in ("ok", "loaded"):
         parts.insert(0, b["detail"])
     return "; ".join(parts)
+
+
+def _fmt_worker(w: dict[str, Any]) -> str:
+    out = f"worker {w['state']}"
+    if w.get("pid"):
+        out += f" (pid {w['pid']}, port {w['port']})"
+    out += f", restarts {w['restarts']}, crashes {w['crashes']}"
+    if w.get("last_exit"):
+        out += f", last exit {w['last_exit']}"
+    return out
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -194,6 +228,12 @@ def format_report(report: dict[str, Any]) -> str:
             detail = _fmt_health(report["backends"][i - 1])
             if detail:
                 lines.append(f"    {detail}")
+    if report.get("smoke"):
+        lines += ["", "llama.cpp smoke check (one token, in a subprocess):"]
+        lines += [
+            f"  {r['runtime']}: {'ok' if r['ok'] else 'FAILED'} ({r['detail']})"
+            for r in report["smoke"]
+        ]
     lines += ["", "tiers:"]
     for t in report["tiers"]:
         uses = t["uses"] or "NOTHING (no usable backend)"

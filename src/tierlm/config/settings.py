@@ -72,6 +72,9 @@ class BackendConfig(_Strict):
     threads: int | None = Field(default=None, ge=1)
     n_ctx: int = Field(default=4096, ge=64)
     memory_limit_gb: float | None = Field(default=None, gt=0)  # cap on RAM a load may assume
+    # llama_cpp: run the model in a supervised llama-server worker process (None: when one is
+    # installed; false: in the calling process, with llama-cpp-python)
+    worker: bool | None = None
     options: dict[str, Any] = Field(default_factory=dict)  # kind-specific extras
 
     @field_validator("boundary", mode="before")

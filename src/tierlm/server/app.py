@@ -10,10 +10,11 @@ Routes: ``/v1/chat/completions``, ``/v1/models``, the Ollama API (``/api/chat``,
 ``/metrics`` and ``/admin/*`` (an admin key when keys are configured; ``/admin/cache``:
 the answer cache's stats, ``DELETE`` clears it), ``/openapi.json``
 (open), and, when the Router has a ledger, ``POST /v1/feedback`` and ``GET /admin/report``.
-Every body is read incrementally under ``server.max_body_bytes`` (feedback: 64 KiB) and
-nests at most ``MAX_JSON_DEPTH`` deep; a string that is not valid Unicode (a lone surrogate)
-is a 400 naming the field. Such a request is refused at the edge, before it becomes a
-request of the Router, so the ledger holds no row for it (as for any unparseable body).
+``/health`` and ``/metrics`` include each local model's worker process (state, restarts,
+crashes). Every body is read incrementally under ``server.max_body_bytes`` (feedback: 64 KiB)
+and nests at most ``MAX_JSON_DEPTH`` deep; a string that is not valid Unicode (a lone
+surrogate) is a 400 naming the field. Such a request is refused at the edge, before it becomes
+a request of the Router, so the ledger holds no row for it (as for any unparseable body).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from tierlm.server.gateway import (
     read_body,
 )
 from tierlm.server.openapi import openapi_document
+from tierlm.supervisor import WorkerSupervisor, prometheus_lines
 
 if TYPE_CHECKING:
     from tierlm.config.settings import Settings
@@ -186,6 +188,7 @@ async def health(request: Request) -> Response:
             "loaded": h.loaded,
             "boundary": gw.boundary[n],
             "latency_ms": h.latency_ms,
+            **({"worker": h.worker} if h.worker is not None else {}),
         }
         for n, h in checks.items()
     }
@@ -229,7 +232,15 @@ async def admin_cache(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     gw.keys.require_admin(request.headers)
-    return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4")
+    text = gw.metrics.render()
+    workers = {
+        n: w
+        for n, b in gw.router.backends.items()
+        if isinstance(w := getattr(b, "supervisor", None), WorkerSupervisor)
+    }
+    if workers:
+        text += "\n".join(prometheus_lines(workers)) + "\n"
+    return Response(text, media_type="text/plain; version=0.0.4")
 
 
 async def feedback(request: Request) -> Response:
