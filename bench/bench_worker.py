@@ -9,7 +9,9 @@ exactly N tokens). Sections (``--only`` picks some):
 - ``concurrency``: aggregate tokens/s of 1, 2, 4, 8 concurrent streams (worker with 8 slots;
   in-process with ``max_concurrency`` 1, the old default, for comparison at 4).
 - ``hog``: worker tokens/s with and without one busy-looping process, per thread setting
-  (threads, llama.cpp's ``--poll``, ``OMP_WAIT_POLICY``).
+  (threads, llama.cpp's ``--poll``). ``OMP_WAIT_POLICY=active`` is left out: on the shared
+  build machine it made the first token take 16-20 s (0.5-2 tokens/s), and one run lost its
+  connection.
 - ``crash``: time from SIGKILL of the worker to the next successful answer.
 
     .venv/bin/python bench/bench_worker.py [--runs 3] [--tokens 64] [--only hop,concurrency]
@@ -184,30 +186,40 @@ def hog(loop: asyncio.AbstractEventLoop, args: argparse.Namespace) -> None:
     settings: list[tuple[str, int, dict[str, str], dict[str, Any]]] = [
         (f"threads {cores}, poll 0, OMP passive (default)", cores, {}, {}),
         (f"threads {cores}, poll 50 (llama.cpp's default)", cores, {}, {"poll": 50}),
-        (
-            f"threads {cores}, poll 0, OMP active",
-            cores,
-            {"OMP_WAIT_POLICY": "active"},
-            {},
-        ),
         (f"threads {max(cores - 1, 1)}, poll 0", max(cores - 1, 1), {}, {}),
-        ("threads 1, poll 0", 1, {}, {}),
     ]
     print(f"\nworker tokens/s, {args.tokens} tokens, median of {args.runs}; hog = 1 busy loop\n")
-    print("| setting | quiet | with hog | hog ÷ quiet |")
-    print("|---|---:|---:|---:|")
+    print("| setting | quiet | with hog | hog ÷ quiet | worker CPU ms/token quiet / hog |")
+    print("|---|---:|---:|---:|---:|")
     for label, threads, env, options in settings:
         backend = _backend(_cfg(True, threads, **options, env=env))
+        assert isinstance(backend, LlamaWorkerBackend)
         loop.run_until_complete(_stream(backend, 8))
-        quiet = _med(
-            [loop.run_until_complete(_stream(backend, args.tokens)) for _ in range(args.runs)]
-        )[0]
-        with _hog():
-            busy = _med(
-                [loop.run_until_complete(_stream(backend, args.tokens)) for _ in range(args.runs)]
-            )[0]
-        print(f"| {label} | {quiet:.1f} | {busy:.1f} | {busy / quiet:.2f} |")
+        pid = backend.supervisor.pid
+        assert pid is not None
+        quiet: list[Run] = []
+        busy: list[Run] = []
+        cpu = {"quiet": 0.0, "hog": 0.0}
+        for _ in range(args.runs):  # alternate, so both share the machine's drift
+            c0 = _cpu_seconds(pid)
+            quiet.append(loop.run_until_complete(_stream(backend, args.tokens)))
+            c1 = _cpu_seconds(pid)
+            with _hog():
+                busy.append(loop.run_until_complete(_stream(backend, args.tokens)))
+            cpu["quiet"] += c1 - c0
+            cpu["hog"] += _cpu_seconds(pid) - c1
+        q, b = _med(quiet)[0], _med(busy)[0]
+        per = {k: v * 1000 / (args.runs * args.tokens) for k, v in cpu.items()}
+        print(
+            f"| {label} | {q:.1f} | {b:.1f} | {b / q:.2f} | {per['quiet']:.1f} / {per['hog']:.1f} |"
+        )
         loop.run_until_complete(backend.aclose())
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def crash(loop: asyncio.AbstractEventLoop, args: argparse.Namespace) -> None:

@@ -82,6 +82,7 @@ def server_command(
         "--threads", str(threads),
         "--threads-batch", str(threads),
         "--poll", str(cfg.options.get("poll", 0)),
+        "--cache-ram", str(cfg.options.get("cache_ram_mb", 256)),
         "--no-webui",
         "--metrics",
         "--no-warmup",

@@ -15,6 +15,7 @@ the smoke check failed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,7 +65,7 @@ def smoke_report(settings: Settings) -> list[dict[str, Any]]:
         model = models.resolve(local[0].model, models_dir(settings), download=False)
     except ModelError:
         return []  # the backend's own row says the model is missing
-    return [{"runtime": r.runtime, "ok": r.ok, "detail": r.detail} for r in smoke_check(model)]
+    return [dataclasses.asdict(r) for r in smoke_check(model)]
 
 
 async def gather_report(settings: Settings, *, check_seconds: float = 5.0) -> dict[str, Any]:
@@ -230,10 +231,9 @@ def format_report(report: dict[str, Any]) -> str:
                 lines.append(f"    {detail}")
     if report.get("smoke"):
         lines += ["", "llama.cpp smoke check (one token, in a subprocess):"]
-        lines += [
-            f"  {r['runtime']}: {'ok' if r['ok'] else 'FAILED'} ({r['detail']})"
-            for r in report["smoke"]
-        ]
+        from tierlm.llama_runtime import SmokeResult
+
+        lines += [f"  {SmokeResult(**r).line()}" for r in report["smoke"]]
     lines += ["", "tiers:"]
     for t in report["tiers"]:
         uses = t["uses"] or "NOTHING (no usable backend)"

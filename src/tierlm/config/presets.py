@@ -38,6 +38,8 @@ def _tiny(env: Mapping[str, str]) -> dict[str, Any]:
         "kind": "llama_cpp",
         "model": model,
         "context_window": 8192,
+        # four slots in the llama-server worker: concurrent requests are batched, not queued
+        "max_concurrency": 4,
     }
     if model == DEFAULT_TINY_MODEL:
         # SmolLM2's recommended sampling; without a repeat penalty the 135M model loops.
