@@ -30,6 +30,7 @@ from fakes import serve
 from fakes.openai_server import make_app as upstream_app
 from server_util import settings as make_settings
 from server_util import upstream_backend
+from test_tools import GET_WEATHER
 from tierlm.backends import create_backend
 from tierlm.backends.llama_worker import LlamaWorkerBackend
 from tierlm.config.settings import BackendConfig
@@ -41,18 +42,6 @@ from tierlm.server import create_app
 from tierlm.supervisor import WorkerSupervisor
 from tierlm.types import ChatRequest
 
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the current weather for a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 LONG = "Write a long story about a water pump in a small village."
 
 
@@ -127,7 +116,7 @@ async def test_prompt_tools_through_the_worker(server_binary: Path) -> None:
     backend = create_backend(BackendConfig.model_validate(_tiny()))
     try:
         req = ChatRequest.from_prompt(
-            "What is the weather in Paris?", max_tokens=48, temperature=0, tools=[WEATHER_TOOL]
+            "What is the weather in Paris?", max_tokens=48, temperature=0, tools=[GET_WEATHER]
         )
         resp = await backend.complete(req)
         assert resp.finish_reason == "tool_calls" and resp.message.tool_calls

@@ -144,7 +144,10 @@ class LlamaWorkerBackend(LlamaCppBackend):
             try:
                 out = await client.complete(self._with_defaults(request))
             except BackendError as e:
-                raise await self._explain(gen, e) from e
+                explained = await self._explain(gen, e)
+                if explained is e:
+                    raise
+                raise explained from e
         finally:
             self._give_slot(sem)
         out.model = self.model
@@ -160,7 +163,10 @@ class LlamaWorkerBackend(LlamaCppBackend):
                         ev.model = self.model
                     yield ev
             except BackendError as e:
-                raise await self._explain(gen, e) from e
+                explained = await self._explain(gen, e)
+                if explained is e:
+                    raise
+                raise explained from e
         finally:
             self._give_slot(sem)
 
