@@ -211,7 +211,6 @@ class WorkerSupervisor:
             "last_exit": self.last_exit or None,
             "uptime_s": round(now - self.ready_since, 1) if self.ready_since else None,
             "retry_in_s": round(max(self.retry_at - now, 0), 2) if self.retry_at else None,
-            "log_tail": list(self.log)[-5:] if self.crashes else [],
         }
 
     # -- the monitor thread -----------------------------------------------------------------

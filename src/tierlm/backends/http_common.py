@@ -117,8 +117,8 @@ def build_session(
         limit=int(config.options.get("max_connections", 100)),
         limit_per_host=0,
         ttl_dns_cache=300,
-        # below the server's own idle limit, so a pooled connection is never reused just as
-        # the server closes it (llama-server closes after 5 s)
+        # seconds an idle pooled connection may be reused; 0: a new connection per request
+        # (the local llama-server worker, which may close a connection just as it is reused)
         keepalive_timeout=float(config.options.get("keepalive_timeout", 15.0)),
     )
     return aiohttp.ClientSession(

@@ -88,7 +88,7 @@ class LlamaWorkerBackend(LlamaCppBackend):
             boundary=self.boundary,
             tools=False,
             timeouts=self.config.timeouts,
-            options={"constrain_tools": self._tool_grammar(), "keepalive_timeout": 4.0},
+            options={"constrain_tools": self._tool_grammar(), "keepalive_timeout": 0.0},
         )
         return OpenAIBackend(cfg)
 
