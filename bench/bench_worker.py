@@ -153,17 +153,22 @@ async def _aggregate(backend: LlamaCppBackend, streams: int, tokens: int) -> flo
 def concurrency(loop: asyncio.AbstractEventLoop, args: argparse.Namespace) -> None:
     worker = _backend(_cfg(True, args.threads, slots=8))
     inproc = _backend(_cfg(False, args.threads, slots=1))
+    assert isinstance(worker, LlamaWorkerBackend)
     loop.run_until_complete(_stream(worker, 8))
     loop.run_until_complete(_stream(inproc, 8))
+    pid = worker.supervisor.pid
+    assert pid is not None
     print(f"\naggregate tokens/s, {args.tokens} tokens per stream, wall clock incl. prefill\n")
-    print("| concurrent streams | worker (8 slots) | in-process (max_concurrency 1) |")
-    print("|---:|---:|---:|")
+    print("| streams | worker (8 slots) | worker CPU ms/token | in-process (max_concurrency 1) |")
+    print("|---:|---:|---:|---:|")
     for n in (1, 2, 4, 8):
+        c0 = _cpu_seconds(pid)
         w = statistics.median(
             loop.run_until_complete(_aggregate(worker, n, args.tokens)) for _ in range(args.runs)
         )
+        cpu = (_cpu_seconds(pid) - c0) * 1000 / (args.runs * n * args.tokens)
         i = loop.run_until_complete(_aggregate(inproc, n, args.tokens)) if n in (1, 4) else None
-        print(f"| {n} | {w:.1f} | {f'{i:.1f}' if i is not None else '—'} |")
+        print(f"| {n} | {w:.1f} | {cpu:.1f} | {f'{i:.1f}' if i is not None else '—'} |")
     for b in (worker, inproc):
         loop.run_until_complete(b.aclose())
 

@@ -91,17 +91,17 @@ def _proc_state(pid: int) -> str:
 async def test_worker_answers_streams_and_batches(server_binary: Path) -> None:
     backend = create_backend(BackendConfig.model_validate(_tiny()))
     assert isinstance(backend, LlamaWorkerBackend)
+    sup = backend.supervisor
     try:
         req = ChatRequest.from_prompt("What is the capital of France?", max_tokens=8, seed=1)
         resp = await backend.complete(req)
-        sup = backend.supervisor
         assert resp.text and resp.usage.completion_tokens > 0 and resp.backend == "tiny"
         assert sup.state == "ready" and sup.pid is not None and sup.pid != os.getpid()
         assert backend._loaded == 0  # nothing loaded into this process
         events = [ev async for ev in backend.stream(req)]
         assert "".join(e.text for e in events) and events[-1].finish_reason in ("stop", "length")
         assert events[-1].usage is not None and events[-1].usage.prompt_tokens > 0
-        # two requests at once run in the worker's two slots (its metrics say so)
+        # two requests at once, one per slot
         both = await asyncio.gather(*(backend.complete(req) for _ in range(2)))
         assert all(r.text for r in both)
         health = await backend.health()
@@ -109,7 +109,7 @@ async def test_worker_answers_streams_and_batches(server_binary: Path) -> None:
         assert health.worker["state"] == "ready" and health.worker["crashes"] == 0
     finally:
         await backend.aclose()
-    assert backend.supervisor.state == "stopped" and _proc_state(sup.pid) == "gone"
+    assert sup.state == "stopped" and sup.pid is not None and _proc_state(sup.pid) == "gone"
 
 
 async def test_prompt_tools_through_the_worker(server_binary: Path) -> None:
@@ -275,3 +275,42 @@ def test_a_worker_that_keeps_crashing_opens_the_breaker(
     health = asyncio.run(router.backends["tiny"].health())
     assert health.ok is False and health.worker is not None
     assert health.worker["state"] == "backoff" and "SIGSEGV" in health.detail
+
+
+# -- the supervisor alone -----------------------------------------------------------------------
+def test_the_worker_dies_with_a_killed_gateway(tmp_path: Path) -> None:
+    """SIGKILL of the process that started a worker (no cleanup runs) still ends the worker."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, threading\n"
+        "from tierlm.supervisor import WorkerSupervisor\n"
+        "s = WorkerSupervisor('w', lambda port: ['sleep', '600'])\n"
+        "s.ensure_started()\n"
+        "assert s.wait_state('starting', 30)\n"
+        "print(s.pid, flush=True)\n"
+        "threading.Event().wait()\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    pid = int(parent.stdout.readline())
+    assert _proc_state(pid) != "gone"
+    parent.kill()
+    parent.wait()
+    parent.stdout.close()
+    _wait(lambda: _proc_state(pid) in ("gone", "Z"))
+
+
+def test_a_worker_that_exits_is_restarted_with_backoff() -> None:
+    sup = WorkerSupervisor("w", lambda port: ["sh", "-c", "exit 3"])
+    try:
+        sup.ensure_started()
+        assert sup.wait_state("backoff", 30, after=1)  # the second start failed as well
+        assert sup.crashes >= 2 and sup.last_exit == "exit status 3"
+        snap = sup.snapshot()
+        assert snap["state"] == "backoff" and snap["restarts"] >= 1 and snap["pid"] is None
+        assert sup.backoff.after(1) < sup.backoff.after(3) <= sup.backoff.max_delay
+    finally:
+        sup.stop()
+    assert sup.state == "stopped"

@@ -130,6 +130,10 @@ class LlamaCppBackend(Backend):
             )
 
     def _load(self) -> Any:
+        # OpenMP threads that sleep while they wait: spinning ones collapsed generation on a
+        # busy CPU (0.5 tokens/s instead of ~40 in bench/bench_worker.py). Read when llama.cpp's
+        # library loads, so it only helps if nothing imported llama_cpp earlier.
+        os.environ.setdefault("OMP_WAIT_POLICY", "passive")
         try:
             from llama_cpp import Llama
         except ImportError:
