@@ -1,8 +1,9 @@
 """The local tier in its llama-server worker against raw ``llama_cpp.Llama`` and the old
 in-process backend; batching; a competing CPU hog; crash recovery.
 
-Same model, prompt and sampling everywhere (greedy, end-of-text suppressed so every run makes
-exactly N tokens). Sections (``--only`` picks some):
+Same model, prompt and sampling everywhere (greedy; the answer is longer than N tokens, so
+every run makes N; no logit bias, which llama-cpp-python applies in Python per token).
+Sections (``--only`` picks some):
 
 - ``hop``: tokens/s and time to first token: raw ``llama_cpp.Llama`` vs ``LlamaCppBackend``
   in process (``worker: false``) vs the worker (``LlamaWorkerBackend``), runs alternating.
@@ -41,7 +42,6 @@ from tierlm.llama_runtime import find_server
 from tierlm.types import ChatRequest
 
 MODEL, PROMPT = bench_tiny.MODEL, bench_tiny.PROMPT
-EOS = 2  # SmolLM2's <|im_end|>
 Run = tuple[float, float, int]  # time to first token (s), tokens/s after it, tokens
 
 
@@ -68,9 +68,7 @@ def _backend(cfg: BackendConfig) -> LlamaCppBackend:
 
 
 def _request(tokens: int) -> ChatRequest:
-    return ChatRequest.from_prompt(
-        PROMPT, max_tokens=tokens, temperature=0.0, extra={"logit_bias": {str(EOS): -1000.0}}
-    )
+    return ChatRequest.from_prompt(PROMPT, max_tokens=tokens, temperature=0.0)
 
 
 RETRIED: list[str] = []  # failed attempts retried (the executor would retry them too)
@@ -105,12 +103,12 @@ def _raw(llm: Any, tokens: int) -> Run:
             "messages": [{"role": "user", "content": PROMPT}],
             "max_tokens": tokens,
             "temperature": 0.0,
-            "logit_bias": {EOS: -1000.0},
         },
     )
 
 
 def _med(runs: list[Run]) -> tuple[float, float]:
+    assert len({r[2] for r in runs}) == 1, f"runs made different numbers of tokens: {runs}"
     return statistics.median(r[1] for r in runs), statistics.median(r[0] for r in runs) * 1000
 
 
@@ -231,10 +229,12 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def crash(loop: asyncio.AbstractEventLoop, args: argparse.Namespace) -> None:
-    worker = _backend(_cfg(True, args.threads))
-    assert isinstance(worker, LlamaWorkerBackend)
+    """A fresh worker per crash: the first crash restarts after the shortest backoff (later
+    consecutive crashes wait longer by design)."""
     times = []
     for _ in range(args.runs):
+        worker = _backend(_cfg(True, args.threads))
+        assert isinstance(worker, LlamaWorkerBackend)
         loop.run_until_complete(_stream(worker, 4))
         t0 = time.perf_counter()
         worker.supervisor.kill(signal.SIGKILL)
@@ -247,11 +247,11 @@ def crash(loop: asyncio.AbstractEventLoop, args: argparse.Namespace) -> None:
             except TierlmError:  # every failure until the first success is part of the time
                 continue
         times.append(time.perf_counter() - t0)
+        loop.run_until_complete(worker.aclose())
     print(
         f"\nworker SIGKILL -> next successful answer: median {statistics.median(times) * 1000:.0f}"
         f" ms, max {max(times) * 1000:.0f} ms ({args.runs} crashes)"
     )
-    loop.run_until_complete(worker.aclose())
 
 
 SECTIONS: dict[str, Callable[[asyncio.AbstractEventLoop, argparse.Namespace], None]] = {
