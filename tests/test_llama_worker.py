@@ -104,6 +104,8 @@ async def test_worker_answers_streams_and_batches(server_binary: Path) -> None:
         # two requests at once, one per slot
         both = await asyncio.gather(*(backend.complete(req) for _ in range(2)))
         assert all(r.text for r in both)
+        # the blocking path (complexity_method: llm rates requests with the tiny model)
+        assert await asyncio.to_thread(backend.complete_blocking, req)
         health = await backend.health()
         assert health.ok and health.loaded and health.worker is not None
         assert health.worker["state"] == "ready" and health.worker["crashes"] == 0

@@ -27,7 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tierlm.supervisor import Backoff, WorkerDown, WorkerSupervisor, describe_exit
+from tierlm.supervisor import (
+    Backoff,
+    WorkerDown,
+    WorkerSupervisor,
+    describe_exit,
+    urlopen_direct,
+)
 
 if TYPE_CHECKING:
     from tierlm.config.settings import BackendConfig
@@ -185,7 +191,7 @@ def _smoke_server(binary: Path, model: Path) -> SmokeResult:
             headers={"content-type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(req, timeout=SMOKE_TIMEOUT) as r:
+            with urlopen_direct(req, timeout=SMOKE_TIMEOUT) as r:
                 json.load(r)
         except (urllib.error.URLError, OSError, ValueError) as e:
             died = sup.died(gen)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import http.client
 import os
 import signal
 import socket
@@ -66,6 +67,16 @@ def describe_exit(returncode: int) -> str:
         what = signal.strsignal(sig) or ""
         return f"{sig.name} ({what.lower()})" if what else sig.name
     return f"exit status {returncode}"
+
+
+# Loopback requests never go through an HTTP proxy from the environment.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def urlopen_direct(req: str | urllib.request.Request, timeout: float) -> http.client.HTTPResponse:
+    """``urllib.request.urlopen`` without proxies (for the worker on 127.0.0.1)."""
+    resp: http.client.HTTPResponse = _DIRECT.open(req, timeout=timeout)
+    return resp
 
 
 def free_port() -> int:
@@ -257,7 +268,7 @@ class WorkerSupervisor:
         url = self.base_url + self._ready_path
         while proc.poll() is None and not self._stop.is_set():
             try:
-                with urllib.request.urlopen(url, timeout=2) as r:
+                with urlopen_direct(url, timeout=2) as r:
                     if r.status == 200:
                         return True
             except (urllib.error.URLError, OSError):

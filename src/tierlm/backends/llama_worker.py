@@ -37,7 +37,7 @@ from tierlm.backends.openai_compat import OpenAIBackend
 from tierlm.config.settings import BackendConfig
 from tierlm.errors import BackendError, BackendTimeout, BackendUnavailable
 from tierlm.llama_runtime import server_command, worker_env
-from tierlm.supervisor import WorkerDown, WorkerSupervisor
+from tierlm.supervisor import WorkerDown, WorkerSupervisor, urlopen_direct
 
 if TYPE_CHECKING:
     from tierlm.types import ChatRequest, ChatResponse, StreamEvent
@@ -186,7 +186,7 @@ class LlamaWorkerBackend(LlamaCppBackend):
             headers={"content-type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(req, timeout=self.config.timeouts.total) as r:
+            with urlopen_direct(req, timeout=self.config.timeouts.total) as r:
                 data = json.load(r)
         except (urllib.error.URLError, OSError, ValueError) as e:
             raise BackendUnavailable(f"llama.cpp worker: {e}", backend=self.name) from None
