@@ -16,6 +16,7 @@ Sections (``--only`` picks some):
 - ``crash``: time from SIGKILL of the worker to the next successful answer.
 
     .venv/bin/python bench/bench_worker.py [--runs 3] [--tokens 64] [--only hop,concurrency]
+        [--server2 PATH/TO/OTHER/llama-server]
 """
 
 from __future__ import annotations
@@ -59,10 +60,10 @@ def _cfg(worker: bool, threads: int | None, slots: int = 1, **options: Any) -> B
     )
 
 
-def _backend(cfg: BackendConfig) -> LlamaCppBackend:
+def _backend(cfg: BackendConfig, binary: Path | None = None) -> LlamaCppBackend:
     if not cfg.worker:
         return LlamaCppBackend(cfg, MODEL.parent)
-    binary = find_server()
+    binary = binary or find_server()
     assert binary is not None, "llama-server is not installed: ./scripts/setup"
     return LlamaWorkerBackend(cfg, MODEL.parent, binary)
 
@@ -117,16 +118,18 @@ def hop(loop: asyncio.AbstractEventLoop, args: argparse.Namespace) -> None:
 
     llm = Llama(str(MODEL), n_ctx=1024, n_threads=args.threads, verbose=False)
     inproc = _backend(_cfg(False, args.threads))
-    worker = _backend(_cfg(True, args.threads))
+    paths = {"in-process": inproc, "worker": _backend(_cfg(True, args.threads))}
+    if args.server2:  # another llama-server build (e.g. a native one) beside the default
+        paths[f"worker, {args.server2}"] = _backend(_cfg(True, args.threads), args.server2)
     raw: list[Run] = []
-    ours: dict[str, list[Run]] = {"in-process": [], "worker": []}
+    ours: dict[str, list[Run]] = {name: [] for name in paths}
     _raw(llm, 8)  # warm every path
-    for b in (inproc, worker):
+    for b in paths.values():
         loop.run_until_complete(_stream(b, 8))
     for _ in range(args.runs):
         raw.append(_raw(llm, args.tokens))
-        ours["in-process"].append(loop.run_until_complete(_stream(inproc, args.tokens)))
-        ours["worker"].append(loop.run_until_complete(_stream(worker, args.tokens)))
+        for name, b in paths.items():
+            ours[name].append(loop.run_until_complete(_stream(b, args.tokens)))
     r_tps, r_ttft = _med(raw)
     print(f"\n{args.tokens} tokens, {args.threads} threads, median of {args.runs} runs\n")
     print("| path | tokens/s | time to first token | ÷ raw tokens/s | TTFT − raw |")
@@ -137,7 +140,7 @@ def hop(loop: asyncio.AbstractEventLoop, args: argparse.Namespace) -> None:
         print(
             f"| {name} | {tps:.1f} | {ttft:.1f} ms | {tps / r_tps:.2f} | {ttft - r_ttft:+.1f} ms |"
         )
-    for b in (inproc, worker):
+    for b in paths.values():
         loop.run_until_complete(b.aclose())
     llm.close()
 
@@ -268,6 +271,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--only", default=",".join(SECTIONS))
+    ap.add_argument("--server2", type=Path, help="hop: also time this llama-server binary")
     args = ap.parse_args()
     print(f"SmolLM2-135M Q4_1; llama-server {find_server()}")
     loop = asyncio.new_event_loop()  # one loop for every run, as in a server

@@ -206,7 +206,7 @@ class LlamaWorkerBackend(LlamaCppBackend):
     async def health(self) -> BackendHealth:
         h = await super().health()
         snap = self.supervisor.snapshot()
-        h.worker = snap
+        h.worker = {**snap, "binary": str(self.binary)}
         if snap["state"] == "backoff":
             h.ok = False
             h.detail = (

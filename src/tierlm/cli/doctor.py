@@ -191,6 +191,8 @@ def _fmt_worker(w: dict[str, Any]) -> str:
     out = f"worker {w['state']}"
     if w.get("pid"):
         out += f" (pid {w['pid']}, port {w['port']})"
+    if w.get("binary"):
+        out += f" [{w['binary']}]"
     out += f", restarts {w['restarts']}, crashes {w['crashes']}"
     if w.get("last_exit"):
         out += f", last exit {w['last_exit']}"

@@ -188,7 +188,8 @@ async def health(request: Request) -> Response:
             "loaded": h.loaded,
             "boundary": gw.boundary[n],
             "latency_ms": h.latency_ms,
-            **({"worker": h.worker} if h.worker is not None else {}),
+            # the worker's state, without where it is installed (the endpoint is open)
+            **({"worker": _public(h.worker)} if h.worker is not None else {}),
         }
         for n, h in checks.items()
     }
@@ -207,6 +208,10 @@ async def openapi_json(request: Request) -> Response:
     """The gateway's OpenAPI document (:mod:`tierlm.server.openapi`); open, like ``/health``."""
     gw: Gateway = request.app.state.gateway
     return json_response(openapi_document(keys=gw.keys.enabled))
+
+
+def _public(worker: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in worker.items() if k != "binary"}
 
 
 async def admin_health(request: Request) -> Response:
