@@ -23,6 +23,7 @@ by a :class:`~tierlm.supervisor.WorkerSupervisor`:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import urllib.error
 import urllib.request
@@ -137,12 +138,15 @@ class LlamaWorkerBackend(LlamaCppBackend):
         return request.model_copy(update=update)
 
     # -- generation -------------------------------------------------------------------------
-    async def complete(self, request: ChatRequest) -> ChatResponse:
+    @contextlib.asynccontextmanager
+    async def _attempt(self, request: ChatRequest) -> AsyncIterator[OpenAIBackend]:
+        """A slot and the ready worker's client for one attempt; a failure of the worker
+        during it becomes :class:`BackendUnavailable` naming the exit."""
         sem = await self._take_slot()
         try:
             gen, client = await self._ready(request.request_id)
             try:
-                out = await client.complete(self._with_defaults(request))
+                yield client
             except BackendError as e:
                 explained = await self._explain(gen, e)
                 if explained is e:
@@ -150,25 +154,19 @@ class LlamaWorkerBackend(LlamaCppBackend):
                 raise explained from e
         finally:
             self._give_slot(sem)
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        async with self._attempt(request) as client:
+            out = await client.complete(self._with_defaults(request))
         out.model = self.model
         return out
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        sem = await self._take_slot()
-        try:
-            gen, client = await self._ready(request.request_id)
-            try:
-                async for ev in client.stream(self._with_defaults(request)):
-                    if ev.model:
-                        ev.model = self.model
-                    yield ev
-            except BackendError as e:
-                explained = await self._explain(gen, e)
-                if explained is e:
-                    raise
-                raise explained from e
-        finally:
-            self._give_slot(sem)
+        async with self._attempt(request) as client:
+            async for ev in client.stream(self._with_defaults(request)):
+                if ev.model:
+                    ev.model = self.model
+                yield ev
 
     def complete_blocking(self, request: ChatRequest) -> str:
         """Answer from the calling thread (signals that rate a request with this model)."""
