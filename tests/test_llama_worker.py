@@ -39,7 +39,7 @@ from tierlm.execute.breaker import BreakerState
 from tierlm.llama_runtime import find_server
 from tierlm.router import Router
 from tierlm.server import create_app
-from tierlm.supervisor import WorkerSupervisor
+from tierlm.supervisor import Backoff, WorkerSupervisor
 from tierlm.types import ChatRequest
 
 LONG = "Write a long story about a water pump in a small village."
@@ -273,7 +273,8 @@ def test_a_worker_that_keeps_crashing_opens_the_breaker(
         assert auto.status_code == 200 and auto.headers["x-tierlm-backend"] == "site"
         assert sup.crashes >= 1 and sup.last_exit.startswith("SIGSEGV")
         assert 'tierlm_worker_up{backend="tiny"} 0' in c.get("/metrics").text
-    assert sup.wait_state("backoff", 30)
+    sup.backoff = Backoff(delay=60)  # the next crash keeps it down while health is read
+    assert sup.wait_state("backoff", 30, after=sup.generation)
     health = asyncio.run(router.backends["tiny"].health())
     assert health.ok is False and health.worker is not None
     assert health.worker["state"] == "backoff" and "SIGSEGV" in health.detail
@@ -305,7 +306,7 @@ def test_the_worker_dies_with_a_killed_gateway(tmp_path: Path) -> None:
 
 
 def test_a_worker_that_exits_is_restarted_with_backoff() -> None:
-    sup = WorkerSupervisor("w", lambda port: ["sh", "-c", "exit 3"])
+    sup = WorkerSupervisor("w", lambda port: ["sh", "-c", "exit 3"], backoff=Backoff(delay=1.0))
     try:
         sup.ensure_started()
         assert sup.wait_state("backoff", 30, after=1)  # the second start failed as well
