@@ -4,11 +4,16 @@
 ``achat()``/``astream()`` also carry the plan out through the executor (wrapped by the
 cascade, which judges answers of tiers configured to cascade). The sync ``chat()``
 and ``stream()`` run on a private event-loop thread, so they work from any code.
+
+With an ``energy`` section, the Router owns an :class:`~tierlm.signals.energy.EnergyMonitor`
+(a background thread, started with the Router and stopped by ``close()``); every plan gets
+its cached snapshot in ``Conditions.energy`` unless the caller supplied one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
@@ -32,6 +37,7 @@ if TYPE_CHECKING:
     from tierlm.backends.base import Backend
     from tierlm.config.settings import ApiKeyConfig
     from tierlm.ledger import AttemptRecord, Ledger
+    from tierlm.signals.energy import EnergyMonitor
     from tierlm.signals.offload import Scanned, ScanPool
 
 T = TypeVar("T")
@@ -100,6 +106,12 @@ class Router:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._scan_pool: ScanPool | None = None
+        self.energy: EnergyMonitor | None = None
+        if settings.energy is not None:
+            from tierlm.signals.energy import EnergyMonitor
+
+            self.energy = EnergyMonitor(settings.energy)
+            self.energy.start()
 
     @classmethod
     def from_config(
@@ -125,7 +137,7 @@ class Router:
     def plan(self, request: ChatRequest, conditions: Conditions | None = None) -> Plan:
         """The decision for ``request``, without calling any model: a matching rule's (layer
         0), else the policy's."""
-        cond = conditions or Conditions()
+        cond = self._with_energy(conditions or Conditions())
         privacy = _PrivacyOf(self, request, cond)
         ruled, _, why_not = self.layer0.rule_plan(request, privacy, cond.api_key)
         if ruled is not None:
@@ -133,6 +145,12 @@ class Router:
         plan = self.policy.plan(request, privacy.signals() or self.signals.read(request), cond)
         Early(rules_why=why_not).annotate(plan)
         return plan
+
+    def _with_energy(self, cond: Conditions) -> Conditions:
+        """``cond`` with the cached energy state (a copy; no I/O)."""
+        if self.energy is None or cond.energy is not None:
+            return cond
+        return dataclasses.replace(cond, energy=self.energy.snapshot())
 
     async def asignals(self, request: ChatRequest, *, processes: bool = False) -> Signals:
         """The request's signals. A large request (more than :data:`INLINE_SCAN_CHARS` of
@@ -197,6 +215,7 @@ class Router:
         findings for the record."""
         if signals is None:
             signals = self.signals.read(request)
+        cond = self._with_energy(cond)
         try:
             return self.policy.plan(request, signals, cond)
         except TierlmError:
@@ -339,6 +358,8 @@ class Router:
         if self._scan_pool is not None:
             await anyio.to_thread.run_sync(self._scan_pool.close)
         await self.layer0.aclose()
+        if self.energy is not None:
+            await anyio.to_thread.run_sync(self.energy.close)
         self.accounting.close()
 
     def close(self) -> None:

@@ -352,6 +352,7 @@ class Plan:
     task: dict[str, Any] = field(default_factory=dict)
     request_id: str = ""
     layer0: dict[str, Any] = field(default_factory=dict)  # the rule or cache verdict, if any
+    energy: dict[str, Any] | None = None  # state and effects, with an energy config
 
     @property
     def sensitive(self) -> bool:
@@ -372,4 +373,5 @@ class Plan:
             "candidates": [c.to_dict() for c in self.candidates],
             "reasons": list(self.reasons),
             **({"layer0": self.layer0} if self.layer0 else {}),
+            **({"energy": self.energy} if self.energy is not None else {}),
         }

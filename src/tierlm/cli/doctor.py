@@ -6,10 +6,10 @@ in-process kinds), its price and where the price comes from, and its health righ
 or ``error``, with the models it offers, in-flight and queued requests where known, and RAM
 needed against RAM free for local models, and a local model's worker process (its
 ``llama-server``, state, restarts, last exit). Then, for each tier, the backend it would use
-(the first healthy one, a warm one first when ``routing.prefer_warm``). With a ``llama_cpp``
-backend it also runs the llama.cpp smoke check (one token through each runtime, in
-subprocesses; ``--no-smoke`` skips it). Exit status 1 when some tier has no usable backend or
-the smoke check failed.
+(the first healthy one, a warm one first when ``routing.prefer_warm``), and the energy state
+read once from the configured source. With a ``llama_cpp`` backend it also runs the llama.cpp
+smoke check (one token through each runtime, in subprocesses; ``--no-smoke`` skips it). Exit
+status 1 when some tier has no usable backend or the smoke check failed.
 """
 
 from __future__ import annotations
@@ -95,9 +95,20 @@ async def gather_report(settings: Settings, *, check_seconds: float = 5.0) -> di
         "deployment": settings.deployment,
         "air_gapped": settings.air_gapped,
         "host": host.to_dict(),
+        "energy": await _energy(settings),
         "backends": backends,
         "tiers": tiers,
     }
+
+
+async def _energy(settings: Settings) -> dict[str, Any] | None:
+    """The energy state read now from the configured source (None: not configured)."""
+    if settings.energy is None:
+        return None
+    from tierlm.signals.energy import EnergyMonitor
+
+    state = await asyncio.to_thread(EnergyMonitor(settings.energy).refresh)
+    return state.to_dict()
 
 
 def _where(cfg: BackendConfig, backend: Any) -> str:
@@ -200,6 +211,8 @@ def _fmt_worker(w: dict[str, Any]) -> str:
 
 
 def format_report(report: dict[str, Any]) -> str:
+    from tierlm.signals.energy import describe
+
     host = report["host"]
     gpus = host.get("gpus") or []
     gpu = (
@@ -214,6 +227,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"deployment {report['deployment']}" + (" (air-gapped)" if report["air_gapped"] else ""),
         f"host: {host['memory_available_gb']:.1f} GB RAM free of "
         f"{host['memory_total_gb']:.1f} GB, {host['cpu_count']} CPUs, {gpu}",
+        "energy: " + (describe(report["energy"]) if report.get("energy") else "not configured"),
         "",
         "backends:",
     ]

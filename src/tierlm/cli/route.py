@@ -46,14 +46,23 @@ def route(
     quality: float | None = typer.Option(
         None, "--quality", min=0.0, max=1.0, help="The quality bar for this request."
     ),
+    energy_file: Path | None = typer.Option(
+        None,
+        "--energy-file",
+        help='Read the energy state from this JSON file ({"battery": 0..1, "charging": bool, '
+        '"carbon_g_per_kwh": n, "solar_surplus_w": n}) instead of the configured source.',
+    ),
 ) -> None:
     """Explain where a prompt would go, and why."""
     from tierlm.router import Router
 
     if (prompt is None) == (jsonl is None):
         raise fail("give either a PROMPT or --jsonl FILE", 2)
-    router = Router.from_config(load(config, preset))
+    overrides = {"energy": {"source": f"file:{energy_file}"}} if energy_file else {}
+    router = Router.from_config(load(config, preset, **overrides))
     try:
+        if router.energy is not None:  # this one decision waits for the first reading
+            router.energy.first_reading(router.energy.config.timeout_seconds + 1)
         cond = router._run(router.live_conditions()) if live else None
         if jsonl is not None:
             _route_lines(router, jsonl, cond)
@@ -135,6 +144,10 @@ def _explain(plan: Plan) -> None:
             else ""
         )
     )
+    if d.get("energy"):
+        from tierlm.signals.energy import describe
+
+        c.print(f"energy {describe(d['energy'])}", markup=False)
     c.print("why:")
     for r in d["reasons"]:
         c.print(f"  - {r}", markup=False)

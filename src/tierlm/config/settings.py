@@ -23,6 +23,17 @@ _DEFAULT_BOUNDARY: dict[str, Boundary] = {
 }
 
 
+# Rough energy per generated token by boundary, joules, when a backend does not say: a small
+# in-process model on a CPU (~10 W at ~30 tokens/s), a model server on this machine, a GPU
+# server on the site (a share of ~700 W). External: unknown (a cloud's energy is not ours to
+# measure); configure ``joules_per_token`` to let energy rules count it.
+DEFAULT_JOULES_PER_TOKEN: dict[Boundary, float] = {
+    Boundary.PROCESS: 0.3,
+    Boundary.HOST: 2.0,
+    Boundary.SITE: 5.0,
+}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
@@ -64,6 +75,9 @@ class BackendConfig(_Strict):
     # domains (legal, medical, finance) and languages (de, fr, ...). None: the provider's
     # defaults. The policy prefers, within a tier, the backend matching the request.
     good_at: list[str] | None = None
+    # Energy per generated token, joules; None: a rough default by boundary
+    # (:data:`DEFAULT_JOULES_PER_TOKEN`), unknown for external backends. Read by energy rules.
+    joules_per_token: float | None = Field(default=None, ge=0)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     # local (in-process) model settings
     max_concurrency: int = Field(default=1, ge=1)
@@ -103,6 +117,12 @@ class BackendConfig(_Strict):
     def where(self) -> Boundary:
         assert self.boundary is not None
         return self.boundary
+
+    def energy_per_token(self) -> float | None:
+        """``joules_per_token``, or the default for its boundary (``None``: unknown)."""
+        if self.joules_per_token is not None:
+            return self.joules_per_token
+        return DEFAULT_JOULES_PER_TOKEN.get(self.where)
 
     def strengths(self) -> frozenset[str]:
         """``good_at``, or the provider's defaults when it is not set."""
@@ -199,6 +219,42 @@ class BudgetConfig(_Strict):
     per_request_share: float = Field(default=0.05, gt=0, le=1)  # cap: share of what remains
 
 
+class EnergyConfig(_Strict):
+    """Energy-aware routing (signals/energy.py reads the state, policy/energy.py applies it).
+
+    Rules (each off when ``None``; urgent requests are never restricted):
+    ``battery_below``: on battery (not charging) below this share, only backends within
+    ``battery_max_joules_per_token`` are eligible (unknown energy counts as over);
+    ``carbon_above``: grid intensity over this many g/kWh lowers the quality bar by
+    ``carbon_quality_drop`` (like ``cost_sensitivity: high``), so the cheapest, lightest
+    tier within reach answers; ``solar_surplus_above_w``: with that much surplus, the carbon
+    rule is lifted and local tiers are tried before external ones.
+    """
+
+    source: str = "auto"  # auto | sysfs | sysfs:DIR | file:PATH | http(s)://URL | none
+    refresh_seconds: float = Field(default=60.0, gt=0)
+    max_age_seconds: float = Field(default=300.0, gt=0)
+    timeout_seconds: float = Field(default=2.0, gt=0)  # an HTTP source's whole read
+    carbon_schedule: list[float] | None = Field(default=None, min_length=24, max_length=24)
+    battery_below: float | None = Field(default=0.2, ge=0, le=1)
+    battery_max_joules_per_token: float = Field(default=1.0, ge=0)
+    carbon_above: float | None = Field(default=None, ge=0)
+    carbon_quality_drop: float = Field(default=0.15, ge=0, le=1)
+    solar_surplus_above_w: float | None = Field(default=None, ge=0)
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        if v in ("auto", "sysfs", "none") or v.startswith(("sysfs:", "file:")):
+            return v
+        if v.startswith(("http://", "https://")):
+            return v
+        raise ValueError(
+            f"unknown energy source {v!r} (auto, sysfs, sysfs:DIR, file:PATH, "
+            "http(s)://URL or none)"
+        )
+
+
 class Settings(_Strict):
     """A whole deployment."""
 
@@ -212,6 +268,7 @@ class Settings(_Strict):
     budgets: BudgetConfig = Field(default_factory=BudgetConfig)
     rules: list[RuleConfig] = Field(default_factory=list)  # layer 0, before any model
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    energy: EnergyConfig | None = None  # None: no energy state is read, no rule applies
     models_dir: str | None = None
     cache_dir: str | None = None
     data_dir: str | None = None

@@ -13,7 +13,11 @@ Constraints first, each removing candidates and saying why:
 4. the budget: when the ledger says local-only, nothing that costs money is eligible;
 5. capabilities: context window against the estimated prompt size;
 6. health (only when live health is supplied): unhealthy backends are skipped, warm ones
-   preferred.
+   preferred;
+7. energy (only with an ``energy`` section; :mod:`tierlm.policy.energy` states the rules):
+   on a low battery only backends within the energy budget; a dirty grid lowers the quality
+   bar; a solar surplus puts local candidates before external ones. The cached state comes
+   in ``Conditions.energy``; the plan carries it and the effects as its ``energy`` object.
 
 Within a tier, the backends that remain are ordered by fit: the one whose ``good_at``
 (configured, or its provider's defaults) covers most of what the request needs (its task
@@ -33,8 +37,10 @@ from dataclasses import dataclass, field
 
 from tierlm.config.settings import ApiKeyConfig, BackendConfig, Settings, TierConfig
 from tierlm.errors import BudgetExceeded, NoEligibleBackend
+from tierlm.policy import energy as energy_rules
 from tierlm.privacy import ceiling as privacy_ceiling
 from tierlm.privacy import effective_level, key_allows_tier
+from tierlm.signals.energy import EnergyState
 from tierlm.signals.task import needs as task_needs
 from tierlm.types import Boundary, Candidate, ChatRequest, Finding, Plan, Privacy
 
@@ -60,6 +66,7 @@ class Conditions:
     budget_reason: str = ""
     api_key: ApiKeyConfig | None = None
     paid: Mapping[str, bool] | None = None  # backend -> costs money (else: external = paid)
+    energy: EnergyState | None = None  # the cached energy state (Router.energy)
 
 
 class Policy:
@@ -78,10 +85,18 @@ class Policy:
         tiers = self._eligible_tiers(request, cond, reasons)
         pinned_external = self._pinned_paid(request, cond)
         usable = self._usable(tiers, ceiling, signals, cond, reasons)
+        energy = self._energy(request, cond)
+        if energy is not None:
+            usable = energy_rules.within_budget(usable, self._backends, energy)
+            reasons.extend(f"energy: {e}" for e in energy.effects)
         for name, found in usable.items():
             usable[name] = self._by_fit(found, request, signals, reasons)
-        ordered = self._order([t for t in tiers if usable[t.name]], request, signals, reasons)
+        relief = energy.quality_drop if energy is not None else 0.0
+        eligible = [t for t in tiers if usable[t.name]]
+        ordered = self._order(eligible, request, signals, reasons, relief)
         candidates = [c for t in ordered for c in usable[t.name]]
+        if energy is not None and energy.local_first:
+            candidates = energy_rules.local_first(candidates)
         if not candidates:
             if cond.local_only and pinned_external:
                 raise BudgetExceeded(
@@ -93,7 +108,16 @@ class Policy:
                 "no backend may answer this request: " + "; ".join(reasons),
                 request_id=request.request_id,
             )
-        return _plan(request, signals, candidates, reasons, privacy)
+        plan = _plan(request, signals, candidates, reasons, privacy)
+        plan.energy = energy.to_dict() if energy is not None else None
+        return plan
+
+    def _energy(self, request: ChatRequest, cond: Conditions) -> energy_rules.EnergyEffects | None:
+        cfg = self.settings.energy
+        if cfg is None:
+            return None
+        state = cond.energy or EnergyState(source=cfg.source, detail="no reading supplied")
+        return energy_rules.effects(cfg, state, request)
 
     def refused(self, request: ChatRequest, signals: Signals, cond: Conditions) -> Plan:
         """What the ledger records for a request :meth:`plan` refused: no candidates, its
@@ -164,7 +188,12 @@ class Policy:
 
     # -- objective --------------------------------------------------------------------------
     def _order(
-        self, tiers: list[TierConfig], request: ChatRequest, signals: Signals, reasons: list[str]
+        self,
+        tiers: list[TierConfig],
+        request: ChatRequest,
+        signals: Signals,
+        reasons: list[str],
+        relief: float = 0.0,
     ) -> list[TierConfig]:
         if not tiers:
             return []
@@ -174,6 +203,7 @@ class Policy:
             q = max(q - 0.15, 0.0)
         elif h.cost_sensitivity == "low":
             q = min(q + 0.1, 1.0)
+        q = max(q - relief, 0.0)  # a dirty grid (policy/energy.py)
         c = signals.complexity
         if h.urgency == "high" or h.optimize == "latency":
             reasons.append("urgent: the lowest-latency eligible tier first")
