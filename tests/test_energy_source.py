@@ -116,7 +116,8 @@ def test_sysfs_battery_and_mains(tmp_path: Path) -> None:
 def test_sysfs_without_a_battery_reports_only_mains(tmp_path: Path) -> None:
     _supply(tmp_path, "AC", type="Mains", online="1")
     assert read_sysfs(tmp_path) == {"battery": None, "charging": True}
-    assert monitor(f"sysfs:{tmp_path / 'gone'}").refresh().status == "failing"
+    gone = monitor(f"sysfs:{tmp_path / 'gone'}").refresh()
+    assert gone.status == "failing" and gone.detail.startswith("cannot read")
     empty = tmp_path / "empty"
     empty.mkdir()
     s = monitor(f"sysfs:{empty}").refresh()

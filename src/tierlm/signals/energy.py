@@ -144,11 +144,13 @@ def _parse(text: str) -> dict[str, Any]:
 
 def read_sysfs(root: Path) -> dict[str, Any]:
     """Battery share and charging from a ``power_supply``-shaped directory."""
-    if not root.is_dir():
-        raise EnergyError(f"{root} does not exist")
+    try:
+        devices = sorted(root.iterdir())
+    except OSError as e:
+        raise EnergyError(f"cannot read {root}: {e.strerror or e}") from e
     shares: list[float] = []
     charging: bool | None = None
-    for dev in sorted(root.iterdir()):
+    for dev in devices:
         kind = _sysfs_value(dev / "type")
         if kind == "Battery":
             capacity = _sysfs_value(dev / "capacity")
