@@ -188,6 +188,8 @@ class ApiKeyConfig(_Strict):
     max_privacy_boundary: Literal["process", "host", "site", "external"] = "external"
     tiers: list[str] | None = None  # allowed tiers; None = all
     admin: bool = False
+    rpm: int | None = Field(default=None, ge=1)  # requests per minute; None = no limit
+    tpm: int | None = Field(default=None, ge=1)  # estimated tokens per minute; None = no limit
 
 
 class ServerConfig(_Strict):

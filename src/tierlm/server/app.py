@@ -5,7 +5,8 @@ right status: invalid JSON 400, a bad field 400 (naming it), an unknown model 40
 ``server.max_body_bytes`` 413, a missing or unknown key 401, a key not allowed 403, a wrong
 method 405, an unknown route 404.
 
-Routes: ``/v1/chat/completions``, ``/v1/models``, the Ollama API (``/api/chat``,
+Routes: ``/v1/chat/completions``, ``/v1/models``, ``/v1/messages`` (Anthropic-shaped
+errors), the Ollama API (``/api/chat``,
 ``/api/generate``, ``/api/tags``, ``/api/show``, ``/api/version``), ``/health`` (open),
 ``/metrics`` and ``/admin/*`` (an admin key when keys are configured; ``/admin/cache``:
 the answer cache's stats, ``DELETE`` clears it), ``/openapi.json``
@@ -35,7 +36,7 @@ from starlette.types import Message
 
 from tierlm import __version__
 from tierlm.errors import TierlmError
-from tierlm.server import ollama, openai
+from tierlm.server import anthropic, ollama, openai
 from tierlm.server.gateway import (
     Gateway,
     error_response,
@@ -70,6 +71,7 @@ def create_app(
     routes = [
         Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
         Route("/v1/models", openai.list_models, methods=["GET"]),
+        Route(anthropic.ROUTE, anthropic.messages, methods=["POST"]),
         Route("/api/chat", ollama.chat, methods=["POST"]),
         Route("/api/generate", ollama.generate, methods=["POST"]),
         Route("/api/tags", ollama.tags, methods=["GET"]),
@@ -143,6 +145,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
     if request.url.path.startswith("/api/"):
         return json_response({"error": message}, exc.status_code, dict(exc.headers or {}))
+    if request.url.path == anthropic.ROUTE:
+        body = anthropic.error_body(exc.status_code, message)
+        return json_response(body, exc.status_code, dict(exc.headers or {}))
     return json_response(
         {"error": {"message": message, "type": type_, "code": code, "param": None}},
         exc.status_code,
@@ -154,6 +159,8 @@ async def _tierlm_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TierlmError)
     if request.url.path.startswith("/api/"):
         return ollama.ollama_error(exc)
+    if request.url.path == anthropic.ROUTE:
+        return anthropic.anthropic_error(exc)
     return error_response(exc)
 
 
@@ -161,6 +168,8 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     if request.url.path.startswith("/api/"):
         return json_response({"error": "internal error in the gateway"}, 500)
+    if request.url.path == anthropic.ROUTE:
+        return json_response(anthropic.error_body(500, "internal error in the gateway"), 500)
     return json_response(
         {
             "error": {

@@ -36,6 +36,7 @@ from tierlm.privacy import key_reaches
 from tierlm.server.auth import KeyRing
 from tierlm.server.health import HealthCache
 from tierlm.server.metrics import Metrics
+from tierlm.server.ratelimit import RateLimits
 from tierlm.types import ChatRequest
 
 if TYPE_CHECKING:
@@ -85,17 +86,23 @@ def json_response(
     return Response(dumps(obj), status_code=status, headers=headers, media_type="application/json")
 
 
+def error_headers(e: TierlmError, headers: dict[str, str] | None = None) -> dict[str, str]:
+    """``headers`` plus the error's own (rate-limit headers) and ``retry-after`` (whole
+    seconds, rounded up) when it says when to retry."""
+    hdrs = {**(headers or {}), **getattr(e, "headers", {})}
+    retry_after = getattr(e, "retry_after", None)
+    if isinstance(retry_after, int | float):
+        hdrs["retry-after"] = str(max(int(retry_after + 0.999), 0))
+    return hdrs
+
+
 def error_response(e: TierlmError, headers: dict[str, str] | None = None) -> Response:
     """An OpenAI-shaped error body with the error's status."""
     body = e.to_openai()
     param = getattr(e, "param", None)
     if param:
         body["error"]["param"] = param
-    hdrs = dict(headers or {})
-    retry_after = getattr(e, "retry_after", None)
-    if isinstance(retry_after, int | float):
-        hdrs["retry-after"] = str(max(int(retry_after + 0.999), 0))
-    return json_response(body, e.status, hdrs)
+    return json_response(body, e.status, error_headers(e, headers))
 
 
 def validation_error(e: ValidationError) -> FieldError:
@@ -221,6 +228,7 @@ class Gateway:
         self.router = router
         self.settings = s
         self.keys = KeyRing(s.server.api_keys)
+        self.limits = RateLimits(s.server.api_keys)
         self.metrics = Metrics()
         self.health = HealthCache(router.backends)
         self.max_body = s.server.max_body_bytes
@@ -269,6 +277,18 @@ class Gateway:
         else:
             pairs = [(t.name, model) for t in self.settings.tiers if model in t.backends]
         return [b for tier, b in pairs if key_reaches(key, tier, self.backend_configs[b].where)]
+
+    def admit(self, req: ChatRequest, key: ApiKeyConfig) -> dict[str, str]:
+        """Charge ``req`` to ``key``'s rate limits (:mod:`tierlm.server.ratelimit`), before
+        routing; the ``x-ratelimit-*`` headers. A refusal is recorded in the ledger like any
+        refused request, then raised."""
+        try:
+            return self.limits.admit(key, req)
+        except TierlmError as e:
+            accounting = getattr(self.router, "accounting", None)
+            if accounting is not None:
+                accounting.record(req, None, [], error=e, latency_ms=0.0)
+            raise
 
     # -- answering --------------------------------------------------------------------------
     def conditions(self, req: ChatRequest, key: ApiKeyConfig | None) -> Conditions:
@@ -515,6 +535,7 @@ class WireFormat:
         started = time.perf_counter()
         gw.metrics.in_flight += 1
         req: ChatRequest | None = None
+        limited: dict[str, str] = {}
         try:
             key = gw.keys.identify(request.headers)
             body = await read_body(request, gw.max_body)
@@ -525,6 +546,7 @@ class WireFormat:
             if key is not None:
                 req.api_key_id = key.name
                 gw.check_allowed(req.model, key)
+                limited = gw.admit(req, key)
             if req.stream:
                 rs, first = await gw.open_stream(req, key)
             else:
@@ -542,9 +564,11 @@ class WireFormat:
             gw.metrics.in_flight -= 1
             gw.account(self.route, plan, resp.tier, resp.backend, 200, started)
             headers = gw.routing_headers(req, plan, resp.tier, resp.backend, resp.model)
+            headers.update(limited)
             return json_response(self.whole(gw, req, plan, resp, started), 200, headers)
         model = first.model or rs.model or ""
         headers = gw.routing_headers(req, rs.plan, rs.tier or "", rs.backend or "", model)
+        headers.update(limited)
         if self.stream_headers:
             headers = {**self.stream_headers, **headers}
         end = StreamEnd(gw, self.route, rs, started)

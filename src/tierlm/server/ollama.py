@@ -37,6 +37,7 @@ from tierlm.server.gateway import (
     chain,
     chat_request,
     dumps,
+    error_headers,
     header_hints,
     json_response,
     read_json,
@@ -67,7 +68,7 @@ def _now() -> str:
 
 
 def ollama_error(e: TierlmError, headers: dict[str, str] | None = None) -> Response:
-    return json_response({"error": e.message}, e.status, headers)
+    return json_response({"error": e.message}, e.status, error_headers(e, headers))
 
 
 def _tool_calls_in(calls: Any, where: str) -> list[dict[str, Any]] | None:

@@ -1,7 +1,8 @@
 """The gateway's OpenAPI 3.0 document, served at ``GET /openapi.json``.
 
 It describes every route, its request body and its answers (errors included: OpenAI-shaped
-on ``/v1/*`` and ``/admin/*``, ``{"error": "..."}`` on ``/api/*``), and the bearer key when
+on ``/v1/*`` and ``/admin/*``, Anthropic-shaped on ``/v1/messages``, ``{"error": "..."}`` on
+``/api/*``), and the bearer key when
 keys are configured. The test suite fuzzes every route from it (schemathesis): no input may
 get a 5xx or hang.
 """
@@ -120,6 +121,67 @@ _FEEDBACK = {
         "text": {"type": "string"},
     },
 }
+_ANTHROPIC_ERROR = {
+    "type": "object",
+    "required": ["type", "error"],
+    "properties": {
+        "type": {"type": "string", "enum": ["error"]},
+        "error": {
+            "type": "object",
+            "required": ["type", "message"],
+            "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+        },
+    },
+}
+_ANTHROPIC_BLOCK = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {
+        "type": {"type": "string", "enum": ["text", "image", "tool_use", "tool_result"]},
+        "text": {"type": "string"},
+        "id": {"type": "string"},
+        "name": {"type": "string"},
+        "input": {"type": "object"},
+        "tool_use_id": {"type": "string"},
+        "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+        "source": {"type": "object"},
+    },
+}
+_ANTHROPIC_MESSAGES = {
+    "type": "object",
+    "required": ["model", "messages", "max_tokens"],
+    "properties": {
+        "model": {"type": "string", "description": "auto, a tier, or a backend (pin)"},
+        "max_tokens": {"type": "integer", "minimum": 1},
+        "messages": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["role", "content"],
+                "properties": {
+                    "role": {"type": "string", "enum": ["user", "assistant"]},
+                    "content": {
+                        "oneOf": [
+                            {"type": "string"},
+                            {"type": "array", "items": _ANTHROPIC_BLOCK},
+                        ]
+                    },
+                },
+            },
+        },
+        "system": {"oneOf": [{"type": "string"}, {"type": "array", "items": _CONTENT_PART}]},
+        "stream": {"type": "boolean"},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+        "top_p": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1},
+        "top_k": {"type": "integer", "minimum": 0},
+        "stop_sequences": {"type": "array", "items": {"type": "string"}},
+        "tools": {"type": "array", "items": {"type": "object"}},
+        "tool_choice": {"type": "object"},
+        "metadata": {"type": "object", "properties": {"user_id": {"type": "string"}}},
+        "tierlm": {"type": "object", "description": "routing hints"},
+    },
+}
 _ANY_OBJECT = {"type": "object"}
 
 
@@ -161,6 +223,11 @@ def openapi_document(*, keys: bool) -> dict[str, Any]:
         "paths": {
             "/v1/chat/completions": {"post": _op("chat completion", e, _CHAT, stream=True)},
             "/v1/models": {"get": _op("models the key may use", e)},
+            "/v1/messages": {
+                "post": _op(
+                    "Anthropic Messages", _ANTHROPIC_ERROR, _ANTHROPIC_MESSAGES, stream=True
+                )
+            },
             "/api/chat": {"post": _op("Ollama chat", o, _OLLAMA_CHAT, stream=True)},
             "/api/generate": {"post": _op("Ollama generate", o, _OLLAMA_GENERATE, stream=True)},
             "/api/tags": {"get": _op("Ollama model list", o)},
