@@ -4,14 +4,16 @@ Three kinds of process, each on its own: a fast OpenAI-wire upstream (raw asynci
 a fixed small completion, streaming or not), the gateway under test, and the load generator
 (``wrk``, closed loop: each connection sends its next request when the last one finished).
 
-Targets: the upstream directly; tierlm with the ledger off; tierlm with the default SQLite
-ledger; ``tierlm-inproc``, tierlm whose backend answers in-process at once (the gateway's
-own cost, without the HTTP client to the upstream); LiteLLM's proxy. For each, at each
-concurrency (1, 64, 256), streaming and not: requests/s and latency percentiles (time to
-the whole answer). The added latency of a gateway is the difference of percentiles:
-p50(gateway) - p50(direct) and p99(gateway) - p99(direct); under saturation (64, 256) it
-is mostly queueing in the gateway. RSS is VmRSS from /proc: idle (started, no request yet,
-no model loaded) and after the load (and the peak, VmHWM). Both gateways check one API key.
+Targets: the upstream directly; tierlm with the ledger off; ``tierlm+ratelimit``, the same
+with rpm/tpm limits on its key (never reached: the cost of checking them; only with
+``--only``); tierlm with the default SQLite ledger; ``tierlm-inproc``, tierlm whose backend
+answers in-process at once (the gateway's own cost, without the HTTP client to the
+upstream); LiteLLM's proxy. For each, at each concurrency (1, 64, 256), streaming and not:
+requests/s and latency percentiles (time to the whole answer). The added latency of a
+gateway is the difference of percentiles: p50(gateway) - p50(direct) and p99(gateway) -
+p99(direct); under saturation (64, 256) it is mostly queueing in the gateway. RSS is VmRSS
+from /proc: idle (started, no request yet, no model loaded) and after the load (and the
+peak, VmHWM). Both gateways check one API key.
 
 Open loop (below saturation, so added latency is not closed-loop queueing): a load-generator
 process (aiohttp + uvloop) sends requests at a fixed rate (``--open-rates``, default 300 and
@@ -451,8 +453,13 @@ def open_loop(url: str, rate: float, duration: float, stream: bool, cap: int) ->
 
 
 # -- targets -------------------------------------------------------------------------------------
-def tierlm_config(upstream: str, port: int, tmp: Path, ledger: bool) -> Path:
+def tierlm_config(upstream: str, port: int, tmp: Path, ledger: bool, limits: bool = False) -> Path:
+    """``limits``: the bench key has rpm and tpm limits, high enough never to refuse."""
     import yaml
+
+    key: dict[str, Any] = {"name": "bench", "hash": hashlib.sha256(BENCH_KEY.encode()).hexdigest()}
+    if limits:
+        key.update(rpm=10**9, tpm=10**12)
 
     cfg: dict[str, Any] = {
         "backends": [
@@ -468,13 +475,13 @@ def tierlm_config(upstream: str, port: int, tmp: Path, ledger: bool) -> Path:
         "tiers": [{"name": "site", "backends": ["upstream"]}],
         "server": {
             "port": port,
-            "api_keys": [{"name": "bench", "hash": hashlib.sha256(BENCH_KEY.encode()).hexdigest()}],
+            "api_keys": [key],
         },
         "data_dir": str(tmp / "data"),
     }
     if not ledger:
         cfg["ledger"] = {"url": "off"}
-    path = tmp / f"tierlm-{'ledger' if ledger else 'off'}.yaml"
+    path = tmp / f"tierlm-{'ledger' if ledger else 'off'}{'-limits' if limits else ''}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -544,10 +551,15 @@ def measure(
 
 
 def run_tierlm(
-    name: str, upstream: str, ledger: bool, args: argparse.Namespace, tmp: Path
+    name: str,
+    upstream: str,
+    ledger: bool,
+    args: argparse.Namespace,
+    tmp: Path,
+    limits: bool = False,
 ) -> dict[str, Any]:
     port = free_port()
-    cfg = tierlm_config(upstream, port, tmp, ledger)
+    cfg = tierlm_config(upstream, port, tmp, ledger, limits)
     cmd = [str(Path(sys.executable).parent / "tierlm"), "serve", "--config", str(cfg)]
     env = {"TIERLM_LOG_LEVEL": "warning", "XDG_DATA_HOME": str(tmp / "xdg")}
     with process(cmd, env, tmp / f"{name}.log") as proc:
@@ -731,6 +743,10 @@ def main() -> None:
             }
             if "tierlm" in args.only:
                 results["tierlm"] = run_tierlm("tierlm", upstream, False, args, tmp)
+            if "tierlm+ratelimit" in args.only:
+                results["tierlm+ratelimit"] = run_tierlm(
+                    "tierlm+ratelimit", upstream, False, args, tmp, limits=True
+                )
             if "tierlm+ledger" in args.only:
                 results["tierlm+ledger"] = run_tierlm("tierlm+ledger", upstream, True, args, tmp)
             if "tierlm-inproc" in args.only:
