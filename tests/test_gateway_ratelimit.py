@@ -10,6 +10,7 @@ the SDK chose to wait, so the test sees whether it honoured ``Retry-After``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,14 +178,18 @@ def test_bucket_refills_continuously() -> None:
     key = ApiKeyConfig(name="k", hash="0" * 64, rpm=60)
     limits = RateLimits([key], clock=clock)
     req = ChatRequest.model_validate({"messages": HELLO})
-    for _ in range(60):
-        limits.admit(key, req)
-    clock.now += 0.5
-    with pytest.raises(RateLimitExceeded, match=r"retry in 0\.500s"):
-        limits.admit(key, req)  # refused: nothing taken
-    clock.now += 0.5
-    assert limits.admit(key, req)["x-ratelimit-remaining-requests"] == "0"
-    clock.now += 3600
-    headers = limits.admit(key, req)  # full again, never more than the limit
+
+    async def scenario() -> dict[str, str]:
+        for _ in range(60):
+            await limits.admit(key, req)
+        clock.now += 0.5
+        with pytest.raises(RateLimitExceeded, match=r"retry in 0\.500s"):
+            await limits.admit(key, req)  # refused: nothing taken
+        clock.now += 0.5
+        assert (await limits.admit(key, req))["x-ratelimit-remaining-requests"] == "0"
+        clock.now += 3600
+        return await limits.admit(key, req)  # full again, never more than the limit
+
+    headers = asyncio.run(scenario())
     assert headers["x-ratelimit-remaining-requests"] == "59"
     assert headers["x-ratelimit-reset-requests"] == "1s"

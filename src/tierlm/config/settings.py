@@ -201,6 +201,7 @@ class ServerConfig(_Strict):
     max_connections: int = Field(default=2048, ge=1)  # more are refused (503) at once
     header_timeout: float = Field(default=10.0, gt=0)  # seconds for a request's headers
     max_header_bytes: int = Field(default=32 * 1024, ge=1024)  # request line and headers
+    rate_limit_url: str | None = None  # None: per-key rate limits in process; "redis://..."
 
 
 class LedgerConfig(_Strict):

@@ -36,7 +36,7 @@ from tierlm.privacy import key_reaches
 from tierlm.server.auth import KeyRing
 from tierlm.server.health import HealthCache
 from tierlm.server.metrics import Metrics
-from tierlm.server.ratelimit import RateLimits
+from tierlm.server.ratelimit import open_limits
 from tierlm.types import ChatRequest
 
 if TYPE_CHECKING:
@@ -228,7 +228,7 @@ class Gateway:
         self.router = router
         self.settings = s
         self.keys = KeyRing(s.server.api_keys)
-        self.limits = RateLimits(s.server.api_keys)
+        self.limits = open_limits(s.server)
         self.metrics = Metrics()
         self.health = HealthCache(router.backends)
         self.max_body = s.server.max_body_bytes
@@ -278,12 +278,12 @@ class Gateway:
             pairs = [(t.name, model) for t in self.settings.tiers if model in t.backends]
         return [b for tier, b in pairs if key_reaches(key, tier, self.backend_configs[b].where)]
 
-    def admit(self, req: ChatRequest, key: ApiKeyConfig) -> dict[str, str]:
+    async def admit(self, req: ChatRequest, key: ApiKeyConfig) -> dict[str, str]:
         """Charge ``req`` to ``key``'s rate limits (:mod:`tierlm.server.ratelimit`), before
         routing; the ``x-ratelimit-*`` headers. A refusal is recorded in the ledger like any
         refused request, then raised."""
         try:
-            return self.limits.admit(key, req)
+            return await self.limits.admit(key, req)
         except TierlmError as e:
             accounting = getattr(self.router, "accounting", None)
             if accounting is not None:
@@ -407,6 +407,7 @@ class Gateway:
         while self.metrics.in_flight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         await self.health.aclose()
+        await self.limits.aclose()
 
 
 def attempts(plan: Plan, backend: str) -> int:
@@ -546,7 +547,7 @@ class WireFormat:
             if key is not None:
                 req.api_key_id = key.name
                 gw.check_allowed(req.model, key)
-                limited = gw.admit(req, key)
+                limited = await gw.admit(req, key)
             if req.stream:
                 rs, first = await gw.open_stream(req, key)
             else:
