@@ -25,12 +25,14 @@ Every text lands in a field the privacy guard scans (message text, tool calls, t
 other block type, server tool or unknown top-level field is refused with a 400 naming it.
 
 Answers: a ``message`` with ``text`` and ``tool_use`` content blocks, ``stop_reason``
-(``end_turn``, ``max_tokens``, ``tool_use``, ``refusal``), ``usage`` (``input_tokens``,
-``output_tokens``) and a ``tierlm`` object; streamed as Anthropic's SSE events
-(``message_start``, ``content_block_start``/``_delta``/``_stop``, ``message_delta`` with
-the stop reason and usage, ``message_stop``). Errors are Anthropic-shaped,
-``{"type": "error", "error": {"type", "message"}}``, with the right status; a failure after
-the stream committed ends it with an ``error`` event, never ``message_stop``.
+(``end_turn``, ``max_tokens``, ``tool_use``, ``refusal``; a matched stop sequence is
+``end_turn`` with ``stop_sequence: null``, as backends do not say which matched), ``usage``
+(``input_tokens``, ``output_tokens``) and a ``tierlm`` object; streamed as Anthropic's SSE
+events (``message_start`` with zero usage, ``content_block_start``/``_delta``/``_stop``,
+``message_delta`` with the stop reason and the whole usage, ``message_stop``). Errors are
+Anthropic-shaped, ``{"type": "error", "error": {"type", "message"}}``, with the right
+status; a failure after the stream committed ends it with an ``error`` event, never
+``message_stop``.
 """
 
 from __future__ import annotations
