@@ -36,6 +36,7 @@ from tierlm.types import ChatRequest, ChatResponse, Finding, Message, Plan, Priv
 if TYPE_CHECKING:
     from tierlm.backends.base import Backend
     from tierlm.config.settings import ApiKeyConfig
+    from tierlm.embeddings import Embeddings
     from tierlm.ledger import AttemptRecord, Ledger
     from tierlm.signals.energy import EnergyMonitor
     from tierlm.signals.offload import Scanned, ScanPool
@@ -103,6 +104,7 @@ class Router:
             learned=read_calibration(data_dir(settings)),
         )
         self.layer0 = Layer0(settings)
+        self._embeddings: Embeddings | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._scan_pool: ScanPool | None = None
@@ -126,6 +128,24 @@ class Router:
         if isinstance(config, Settings):
             return cls(config)
         return cls(load_settings(config, preset=preset, overrides=overrides, env=env))
+
+    @property
+    def embeddings(self) -> Embeddings:
+        """Routed embeddings (:mod:`tierlm.embeddings`), built on first use."""
+        if self._embeddings is None:
+            from functools import lru_cache
+
+            from tierlm.embeddings import Embeddings
+            from tierlm.layer0.embed import load_embedder
+
+            name = self.settings.embeddings.embedder
+            self._embeddings = Embeddings(
+                self.settings,
+                self.accounting,
+                self._scan_text,
+                lru_cache(maxsize=1)(lambda: load_embedder(name)),
+            )
+        return self._embeddings
 
     # -- deciding ---------------------------------------------------------------------------
     @property
@@ -360,6 +380,8 @@ class Router:
         await self.layer0.aclose()
         if self.energy is not None:
             await anyio.to_thread.run_sync(self.energy.close)
+        if self._embeddings is not None:
+            await self._embeddings.aclose()
         self.accounting.close()
 
     def close(self) -> None:

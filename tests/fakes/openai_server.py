@@ -2,7 +2,8 @@
 
 The request's ``model`` names the scenario (see ``ERRORS`` and the stream scenarios below),
 so one server covers every documented error of OpenAI, vLLM and llama.cpp's servers. The last
-request (headers and body) is kept in ``app.state.requests`` for assertions.
+request (headers and body) is kept in ``app.state.requests`` for assertions. ``/v1/embeddings``
+answers with vectors derived from the inputs' bytes (recorded the same way).
 
 The ``gated`` scenario answers (non-stream), or sends its first chunk and then the rest
 (stream), only once the test sets ``app.state.gate`` (a ``threading.Event``): a test waits on
@@ -277,6 +278,31 @@ async def chat(request: Request) -> Response:
     )
 
 
+async def embeddings(request: Request) -> Response:
+    """``/v1/embeddings``: 8-dimension vectors derived from each input's hash (the model
+    ``embed-down`` answers 503); the exact body is recorded in ``app.state.raw``."""
+    raw = await request.body()
+    request.app.state.raw.append(raw)
+    body = json.loads(raw)
+    request.app.state.requests.append({"headers": dict(request.headers), "body": body})
+    if body.get("model") == "embed-down":
+        return JSONResponse(_openai("overloaded", "server_error", None), status_code=503)
+    texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+    data = [
+        {"object": "embedding", "index": i, "embedding": [b / 255 for b in t.encode()[:8].ljust(8)]}
+        for i, t in enumerate(texts)
+    ]
+    tokens = sum(len(t.split()) for t in texts)
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": data,
+            "model": body["model"],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
+
+
 async def models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": [{"id": "served-model", "object": "model"}]})
 
@@ -295,6 +321,7 @@ def make_app() -> Starlette:
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/v1/models", models),
             Route("/metrics", metrics),
         ]

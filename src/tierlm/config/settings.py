@@ -89,6 +89,8 @@ class BackendConfig(_Strict):
     # llama_cpp: run the model in a supervised llama-server worker process (None: when one is
     # installed; false: in the calling process, with llama-cpp-python)
     worker: bool | None = None
+    # an OpenAI-compatible upstream that also serves /v1/embeddings (see tierlm.embeddings)
+    embeddings: bool = False
     options: dict[str, Any] = Field(default_factory=dict)  # kind-specific extras
 
     @field_validator("boundary", mode="before")
@@ -258,6 +260,15 @@ class EnergyConfig(_Strict):
         )
 
 
+class EmbeddingsConfig(_Strict):
+    """``/v1/embeddings`` and ``/api/embed`` (see :mod:`tierlm.embeddings`)."""
+
+    embedder: Literal["wordllama", "hashed"] = "wordllama"  # the in-process model
+    prefer: str | None = None  # an embedding backend tried first for model "auto"
+    max_inputs: int = Field(default=2048, ge=1)  # texts per request
+    max_input_chars: int = Field(default=32_768, ge=1)  # characters per text
+
+
 class Settings(_Strict):
     """A whole deployment."""
 
@@ -272,6 +283,7 @@ class Settings(_Strict):
     rules: list[RuleConfig] = Field(default_factory=list)  # layer 0, before any model
     cache: CacheConfig = Field(default_factory=CacheConfig)
     energy: EnergyConfig | None = None  # None: no energy state is read, no rule applies
+    embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
     models_dir: str | None = None
     cache_dir: str | None = None
     data_dir: str | None = None
@@ -299,6 +311,12 @@ class Settings(_Strict):
                         f"tier '{t.name}' uses backend '{b}', which is not defined "
                         f"(defined: {', '.join(names)})"
                     )
+        for cfg in self.backends:
+            if cfg.embeddings and cfg.kind != "openai":
+                raise ValueError(f"backend '{cfg.name}': embeddings needs kind openai")
+        prefer = self.embeddings.prefer
+        if prefer is not None and not any(b.embeddings and b.name == prefer for b in self.backends):
+            raise ValueError(f"embeddings.prefer: '{prefer}' is no backend with embeddings: true")
         if self.air_gapped:
             ext = [b.name for b in self.backends if b.where is Boundary.EXTERNAL]
             if ext:

@@ -36,7 +36,7 @@ from starlette.types import Message
 
 from tierlm import __version__
 from tierlm.errors import TierlmError
-from tierlm.server import anthropic, ollama, openai
+from tierlm.server import anthropic, embeddings, ollama, openai
 from tierlm.server.gateway import (
     Gateway,
     error_response,
@@ -72,6 +72,8 @@ def create_app(
         Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
         Route("/v1/models", openai.list_models, methods=["GET"]),
         Route(anthropic.ROUTE, anthropic.messages, methods=["POST"]),
+        Route("/v1/embeddings", embeddings.openai_embeddings, methods=["POST"]),
+        Route("/api/embed", embeddings.ollama_embed, methods=["POST"]),
         Route("/api/chat", ollama.chat, methods=["POST"]),
         Route("/api/generate", ollama.generate, methods=["POST"]),
         Route("/api/tags", ollama.tags, methods=["GET"]),

@@ -182,6 +182,33 @@ _ANTHROPIC_MESSAGES = {
         "tierlm": {"type": "object", "description": "routing hints"},
     },
 }
+_EMBED_INPUT = {
+    "oneOf": [
+        {"type": "string"},
+        {"type": "array", "minItems": 1, "items": {"type": "string"}},
+    ]
+}
+_EMBEDDINGS = {
+    "type": "object",
+    "required": ["input"],
+    "properties": {
+        "input": _EMBED_INPUT,
+        "model": {"type": "string", "description": "auto, embedder, a tier or a backend"},
+        "encoding_format": {"type": "string", "enum": ["float", "base64"]},
+        "dimensions": {"type": "integer", "minimum": 1},
+        "user": {"type": "string"},
+    },
+}
+_OLLAMA_EMBED = {
+    "type": "object",
+    "required": ["input"],
+    "properties": {
+        "input": _EMBED_INPUT,
+        "model": {"type": "string"},
+        "dimensions": {"type": "integer", "minimum": 1},
+        "truncate": {"type": "boolean"},
+    },
+}
 _ANY_OBJECT = {"type": "object"}
 
 
@@ -228,7 +255,9 @@ def openapi_document(*, keys: bool) -> dict[str, Any]:
                     "Anthropic Messages", _ANTHROPIC_ERROR, _ANTHROPIC_MESSAGES, stream=True
                 )
             },
+            "/v1/embeddings": {"post": _op("embeddings", e, _EMBEDDINGS)},
             "/api/chat": {"post": _op("Ollama chat", o, _OLLAMA_CHAT, stream=True)},
+            "/api/embed": {"post": _op("Ollama embeddings", o, _OLLAMA_EMBED)},
             "/api/generate": {"post": _op("Ollama generate", o, _OLLAMA_GENERATE, stream=True)},
             "/api/tags": {"get": _op("Ollama model list", o)},
             "/api/show": {
