@@ -72,6 +72,7 @@ if TYPE_CHECKING:
 LOCAL = "embedder"  # the in-process embedder's backend name (and a model a request may pin)
 TIER = "embeddings"  # the tier recorded for the in-process embedder
 INLINE_CHARS = 4096  # inputs with more text than this are embedded in a worker thread
+INLINE_SCAN_CHARS = 32_768  # ... and scanned in a worker thread
 
 
 @dataclass
@@ -209,7 +210,10 @@ class Embeddings:
         plan: Plan | None = None
         try:
             cond_local = await self._budget_low(req)
-            plan = self.plan(req, local_only=cond_local)
+            if sum(map(len, req.inputs)) <= INLINE_SCAN_CHARS:
+                plan = self.plan(req, local_only=cond_local)
+            else:  # a long scan would stall the event loop
+                plan = await anyio.to_thread.run_sync(lambda: self.plan(req, local_only=cond_local))
             result = await self._first_answer(req, plan, attempts)
         except TierlmError as e:
             self.accounting.record(req.chat, plan, attempts, error=e, latency_ms=_ms(t0))
