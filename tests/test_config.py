@@ -63,7 +63,7 @@ def test_env_top_level_names(tmp_path: Path) -> None:
         (
             "backends:\n  - {name: x, kind: llama_cpp, model: m}\n"
             "tiers:\n  - {name: t, backends: [y]}\n",
-            "(top level)",
+            "tiers[0].backends",
             "uses backend 'y'",
         ),
         ("backends:\n  - {name: x, kind: grpc, model: m}\n", "backends.0.kind", "Input should be"),
@@ -128,3 +128,72 @@ def test_unreadable_files_are_clear(tmp_path: Path) -> None:
         load_settings(_write(tmp_path, "a: [1,\n"), env={})
     with pytest.raises(ConfigError, match="mapping at the top level"):
         load_settings(_write(tmp_path, "- 1\n- 2\n"), env={})
+
+
+_OWN_BACKENDS = (
+    "backends:\n  - {name: tiny, kind: llama_cpp, model: m}\n"
+    "  - {name: gpu, kind: openai, provider: vllm, url: 'http://127.0.0.1:9/v1', model: g}\n"
+    "tiers:\n  - {name: tiny, backends: [tiny]}\n  - {name: site, backends: [gpu]}\n"
+)
+
+
+@pytest.mark.parametrize("preset", ["air-gapped", "budget", "full-stack"])
+def test_a_preset_is_a_starting_point(tmp_path: Path, preset: str) -> None:
+    """The preset's variables are needed only for backends the final config still uses."""
+    s = load_settings(_write(tmp_path, f"preset: {preset}\n" + _OWN_BACKENDS), env={})
+    assert [b.name for b in s.backends] == ["tiny", "gpu"]
+    assert s.deployment == f"{preset}, customised: tiny → site"
+    assert s.air_gapped is (preset == "air-gapped")  # the preset's other settings stay
+    # a config that keeps the preset's backends still needs what they need
+    with pytest.raises(ConfigError, match=r"TIERLM_SITE_URL|OPENAI_API_KEY"):
+        load_settings(_write(tmp_path, f"preset: {preset}\nrouting: {{quality: 0.4}}\n"), env={})
+
+
+def test_deployment_describes_a_config_without_preset(tmp_path: Path) -> None:
+    text = _OWN_BACKENDS + "  - {name: more, backends: [gpu]}\n"
+    assert load_settings(_write(tmp_path, text), env={}).deployment == "custom: tiny → site → more"
+    named = load_settings(_write(tmp_path, "deployment: plant-a\n" + _OWN_BACKENDS), env={})
+    assert named.deployment == "plant-a"
+
+
+def test_an_api_key_naming_a_missing_tier_is_refused(tmp_path: Path) -> None:
+    digest = "ab" * 32
+    text = _OWN_BACKENDS + (
+        f"server:\n  api_keys:\n    - {{name: ok, hash: {digest}}}\n"
+        f"    - {{name: plant, hash: {digest}, tiers: [tiny, gpu]}}\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        load_settings(_write(tmp_path, text), env={})
+    assert "config key `server.api_keys[1].tiers`" in str(e.value)
+    assert "'gpu', not a tier here (tiers: tiny, site)" in str(e.value)
+
+
+def test_a_raw_key_pasted_as_hash_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    text = _OWN_BACKENDS + "server:\n  api_keys:\n    - {name: k, hash: sk-my-real-key}\n"
+    with pytest.raises(ConfigError) as e:
+        load_settings(_write(tmp_path, text), env={})
+    msg = str(e.value)
+    assert "config key `server.api_keys.0.hash`" in msg and "64 hex digits" in msg
+    assert "sk-my-real-key" not in msg
+    upper = _OWN_BACKENDS + f"server:\n  api_keys:\n    - {{name: k, hash: {'AB' * 32}}}\n"
+    assert load_settings(_write(tmp_path, upper), env={}).server.api_keys[0].hash == "ab" * 32
+
+
+def test_tier_named_like_a_backend_with_more_backends(tmp_path: Path) -> None:
+    base = (
+        "backends:\n  - {name: site, kind: openai, provider: vllm, url: 'http://h/v1', model: a}\n"
+        "  - {name: site2, kind: openai, provider: vllm, url: 'http://h2/v1', model: b}\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        load_settings(
+            _write(tmp_path, base + "tiers:\n  - {name: site, backends: [site, site2]}\n"), env={}
+        )
+    assert "config key `tiers[0].name`" in str(e.value)
+    assert "rename the tier or the backend (e.g. tier 'site-tier')" in str(e.value)
+    # a backend that is not defined at all is the error shown, not the naming clash
+    with pytest.raises(ConfigError) as e:
+        load_settings(
+            _write(tmp_path, base + "tiers:\n  - {name: site, backends: [site, gpu9]}\n"), env={}
+        )
+    assert "uses backend 'gpu9', which is not defined" in str(e.value)
+    assert "ambiguous" not in str(e.value)

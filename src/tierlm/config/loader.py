@@ -11,6 +11,12 @@ Precedence, lowest first (a later source overrides an earlier one, key by key; l
    values are read as YAML scalars, so ``true``, ``0.7`` and ``[a, b]`` work;
 4. explicit overrides from the caller (CLI flags, ``Router.from_config(overrides=...)``).
 
+A preset's environment variables are needed only for the backends the final configuration
+still uses (see ``presets.py``). When the file, the environment or the caller replaces the
+preset's ``tiers`` or ``backends`` and does not name a ``deployment``, the deployment shown
+(``/health``, ``doctor``) says so: ``custom: tiny → site → cloud`` without a preset,
+``full-stack, customised: ...`` with one.
+
 Settings are read when a Router is built, never at import.
 """
 
@@ -24,13 +30,13 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from tierlm.config.presets import PRESETS, build_preset
+from tierlm.config.presets import NEEDS, PRESETS, build_preset
 from tierlm.config.settings import Settings
 from tierlm.errors import ConfigError
 
 _ENV_PREFIX = "TIERLM_"
 # TIERLM_* names that are not settings keys (read by presets or the CLI).
-_NOT_SETTINGS = {"CONFIG", "PRESET", "LOG_LEVEL", "OFFLINE"}
+_NOT_SETTINGS = {"CONFIG", "PRESET", "LOG_LEVEL", "LOG_FORMAT", "OFFLINE"}
 _NOT_SETTINGS_PREFIXES = ("SITE_", "TINY_", "CLOUD_")
 
 
@@ -48,14 +54,33 @@ def load_settings(
     preset_name = preset or env.get("TIERLM_PRESET") or file_data.pop("preset", None)
     file_data.pop("preset", None)
     data = build_preset(preset_name or "edge-only", env)
-    _deep_merge(data, file_data)
-    _deep_merge(data, _env_overrides(env))
-    if overrides:
-        _deep_merge(data, dict(overrides))
+    layers = [file_data, _env_overrides(env), dict(overrides or {})]
+    for layer in layers:
+        _deep_merge(data, layer)
+    _check_placeholders(data)
+    if not any("deployment" in layer for layer in layers) and any(
+        key in layer for layer in layers for key in ("tiers", "backends")
+    ):
+        data["deployment"] = _describe(data, preset_name)
     try:
         return Settings.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_errors(e, source=str(path) if path else None)) from None
+
+
+def _check_placeholders(data: dict[str, Any]) -> None:
+    """Raise what a preset needs, for the first of its placeholders still in use."""
+    for b in data.get("backends") or []:
+        if isinstance(b, dict) and NEEDS in b:
+            raise ConfigError(str(b[NEEDS]))
+
+
+def _describe(data: dict[str, Any], preset: str | None) -> str:
+    """What a deployment whose tiers or backends were replaced is: its tiers, in order."""
+    tiers = data.get("tiers")
+    names = [str(t.get("name")) for t in tiers if isinstance(t, dict)] if tiers else []
+    shape = " → ".join(names) or "no tiers"
+    return f"{preset}, customised: {shape}" if preset else f"custom: {shape}"
 
 
 def known_presets() -> list[str]:
@@ -114,8 +139,11 @@ def _deep_merge(base: dict[str, Any], new: Mapping[str, Any]) -> None:
 def _format_errors(e: ValidationError, source: str | None) -> str:
     lines = []
     for err in e.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
+        if not err["loc"] and msg.startswith("config key `"):
+            lines.append(msg)  # a whole-config rule that names its own key
+            continue
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         lines.append(f"config key `{key}`: {msg}")
     where = f" in {source}" if source else ""
     return f"invalid configuration{where}: " + "; ".join(lines)  # one line, for the CLI

@@ -18,6 +18,11 @@ full-stack     tiny -> site -> cloud        TIERLM_SITE_URL and a cloud key
 - cloud: one backend per provider whose standard key variable is set, in the order of
   ``CLOUD_ORDER`` (``TIERLM_CLOUD_PROVIDERS=openai,anthropic`` picks and orders them);
   model ``TIERLM_<PROVIDER>_MODEL`` or the provider's default.
+
+A preset is a starting point: a backend whose variables are missing is built as a placeholder
+that carries the message saying what to set (:data:`NEEDS`). The loader raises that message
+only when the final configuration still uses the placeholder, so a config that replaces
+``backends:`` never needs the preset's variables.
 """
 
 from __future__ import annotations
@@ -29,6 +34,12 @@ from tierlm.config.providers import CLOUD_ORDER, PROVIDERS
 from tierlm.errors import ConfigError
 
 DEFAULT_TINY_MODEL = "smollm2-135m-instruct"
+# The key of a placeholder backend: what to set before the preset can build it.
+NEEDS = "__needs__"
+
+
+def _placeholder(name: str, message: str) -> dict[str, Any]:
+    return {"name": name, "kind": "openai", "model": name, NEEDS: message}
 
 
 def _tiny(env: Mapping[str, str]) -> dict[str, Any]:
@@ -52,10 +63,11 @@ def _tiny(env: Mapping[str, str]) -> dict[str, Any]:
 def _site(env: Mapping[str, str], preset: str) -> dict[str, Any]:
     url = env.get("TIERLM_SITE_URL")
     if not url:
-        raise ConfigError(
+        return _placeholder(
+            "site",
             f"preset '{preset}' needs the site server: set TIERLM_SITE_URL to its "
             "OpenAI-compatible base URL (e.g. http://gpu-server:8000/v1) and TIERLM_SITE_MODEL "
-            "to the model it serves"
+            "to the model it serves (or replace the preset's backends: in the config file)",
         )
     b: dict[str, Any] = {
         "name": "site",
@@ -95,8 +107,14 @@ def _cloud(env: Mapping[str, str], preset: str) -> list[dict[str, Any]]:
             }
         )
     if not out:
-        keys = ", ".join(PROVIDERS[n].key_env or "" for n in CLOUD_ORDER)
-        raise ConfigError(f"preset '{preset}' needs at least one cloud API key: set one of {keys}")
+        keys = ", ".join(PROVIDERS[n].key_env or "" for n in order)
+        return [
+            _placeholder(
+                "cloud",
+                f"preset '{preset}' needs at least one cloud API key: set one of {keys} "
+                "(or replace the preset's backends: in the config file)",
+            )
+        ]
     return out
 
 

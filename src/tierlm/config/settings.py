@@ -7,6 +7,7 @@ See ``loader.py`` for where values come from and in which order.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -183,15 +184,30 @@ class RoutingConfig(_Strict):
     prefer_warm: bool = True
 
 
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
 class ApiKeyConfig(_Strict):
     name: str
     hash: str  # sha256 hex of the key; see `tierlm keys hash`
     privacy: Privacy | None = None  # the key's floor: requests are at least this private
     max_privacy_boundary: Literal["process", "host", "site", "external"] = "external"
-    tiers: list[str] | None = None  # allowed tiers; None = all
+    tiers: list[str] | None = None  # allowed tiers (checked against `tiers`); None = all
     admin: bool = False
     rpm: int | None = Field(default=None, ge=1)  # requests per minute; None = no limit
     tpm: int | None = Field(default=None, ge=1)  # estimated tokens per minute; None = no limit
+
+    @field_validator("hash")
+    @classmethod
+    def _sha256_hex(cls, v: str) -> str:
+        digest = v.strip().lower()
+        if not _HEX64.match(digest):
+            # never echo the value: it may be the raw key itself
+            raise ValueError(
+                "must be the sha256 hex digest of the key (64 hex digits), never the key "
+                "itself; `tierlm keys hash` prints it"
+            )
+        return digest
 
 
 class ServerConfig(_Strict):
@@ -291,26 +307,34 @@ class Settings(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         names = [b.name for b in self.backends]
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise ValueError(f"backend names must be unique; repeated: {', '.join(sorted(dup))}")
         tier_names = [t.name for t in self.tiers]
-        dup = {n for n in tier_names if tier_names.count(n) > 1}
-        if dup:
-            raise ValueError(f"tier names must be unique; repeated: {', '.join(sorted(dup))}")
-        known = set(names)
-        for t in self.tiers:
-            if t.name in known and t.backends != [t.name]:
-                raise ValueError(
-                    f"tier '{t.name}' has the name of a backend but other backends: "
-                    "pinning by name would be ambiguous"
-                )
+        for what, seq in (("backend", names), ("tier", tier_names)):
+            dup = {n for n in seq if seq.count(n) > 1}
+            if dup:
+                raise ValueError(f"{what} names must be unique; repeated: {', '.join(sorted(dup))}")
+        for i, t in enumerate(self.tiers):
             for b in t.backends:
-                if b not in known:
+                if b not in names:
                     raise ValueError(
-                        f"tier '{t.name}' uses backend '{b}', which is not defined "
-                        f"(defined: {', '.join(names)})"
+                        f"config key `tiers[{i}].backends`: tier '{t.name}' uses backend '{b}', "
+                        f"which is not defined (defined: {', '.join(names)})"
                     )
+        for i, t in enumerate(self.tiers):
+            if t.name in names and t.backends != [t.name]:
+                raise ValueError(
+                    f"config key `tiers[{i}].name`: tier '{t.name}' has the name of a backend "
+                    f"but uses other backends too ({', '.join(t.backends)}), so `model: "
+                    f"{t.name}` would be ambiguous; rename the tier or the backend "
+                    f"(e.g. tier '{t.name}-tier')"
+                )
+        for i, k in enumerate(self.server.api_keys):
+            unknown = [t for t in k.tiers or [] if t not in tier_names]
+            if unknown:
+                raise ValueError(
+                    f"config key `server.api_keys[{i}].tiers`: key '{k.name}' names "
+                    f"{', '.join(repr(t) for t in unknown)}, not a tier here "
+                    f"(tiers: {', '.join(tier_names)})"
+                )
         for cfg in self.backends:
             if cfg.embeddings and cfg.kind != "openai":
                 raise ValueError(f"backend '{cfg.name}': embeddings needs kind openai")
