@@ -158,3 +158,66 @@ def test_audit_cli_verify_and_list(tmp_path: Path) -> None:
     res = runner.invoke(app, ["audit", "verify", "--config", str(cfg), "--json"])
     assert res.exit_code == 1
     assert json.loads(res.output)["first_bad"] == 2
+
+
+@pytest.mark.parametrize("db", DBS)
+def test_a_deleted_tail_is_found_by_the_requests_and_by_an_anchor(
+    db: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    with open_url(db_url(db, tmp_path, request), tmp_path) as ledger:
+        external = _fill(ledger, 200)
+        head = ledger.audit_head()
+        assert head is not None and head[0] == external
+        ok = ledger.audit_verify(anchor=head[1])
+        assert ok.ok and (ok.head_seq, ok.head) == head
+        with ledger.store.transaction("read") as tx:
+            ((rid,),) = tx.q("SELECT request_id FROM audit WHERE seq = ?", (external,))
+        _exec(ledger, "DELETE FROM audit WHERE seq = ?", (external,))
+        bad = ledger.audit_verify()  # the shorter chain itself still verifies...
+        assert not bad.ok and bad.first_bad is None
+        assert f"request {rid} is recorded with" in bad.reason  # ...the requests disagree
+        assert bad.head_seq == external - 1
+        # the operator's anchor catches it even when the request rows go too
+        _exec(ledger, "DELETE FROM attempts WHERE request_id = ?", (rid,))
+        _exec(ledger, "DELETE FROM requests WHERE id = ?", (rid,))
+        assert ledger.audit_verify().ok
+        bad = ledger.audit_verify(anchor=head[1])
+        assert not bad.ok and f"anchor {head[1]} is not in the chain" in bad.reason
+        assert ledger.audit_verify(anchor=ledger.audit_list(limit=1)[0].hash).ok
+
+
+def test_an_audit_row_for_a_request_that_sent_nothing_is_found(tmp_path: Path) -> None:
+    with open_url(f"sqlite:///{tmp_path / 'x.db'}", tmp_path) as ledger:
+        _fill(ledger, 50)
+        with ledger.store.transaction("read") as tx:
+            ((rid,),) = tx.q("SELECT request_id FROM audit WHERE seq = 1")
+        _exec(ledger, "UPDATE attempts SET boundary = 'site' WHERE request_id = ?", (rid,))
+        bad = ledger.audit_verify()
+    assert not bad.ok and f"request {rid} is recorded with 0 call(s)" in bad.reason
+
+
+def test_audit_cli_head_and_anchor(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    cfg = tmp_path / "tierlm.yaml"
+    cfg.write_text(f"data_dir: {data_dir}\n")
+    app = typer.Typer()
+    register(app)
+    runner = CliRunner()
+    with open_url(f"sqlite:///{data_dir / 'ledger.sqlite3'}", tmp_path):
+        pass
+    res = runner.invoke(app, ["audit", "head", "--config", str(cfg)])
+    assert res.exit_code == 1 and "empty" in res.output
+    with open_url(f"sqlite:///{data_dir / 'ledger.sqlite3'}", tmp_path) as ledger:
+        external = _fill(ledger, 60)
+    res = runner.invoke(app, ["audit", "head", "--config", str(cfg), "--json"])
+    assert res.exit_code == 0, res.output
+    head = json.loads(res.output)
+    assert head["seq"] == external and len(head["hash"]) == 64
+    plain = runner.invoke(app, ["audit", "head", "--config", str(cfg)]).output.split()
+    assert plain == [str(external), head["hash"]]
+    res = runner.invoke(app, ["audit", "verify", "--config", str(cfg), "--anchor", head["hash"]])
+    assert res.exit_code == 0 and head["hash"] in res.output, res.output
+    res = runner.invoke(app, ["audit", "verify", "--config", str(cfg), "--anchor", "f" * 64])
+    assert res.exit_code == 1 and "is not in the chain" in res.output
+    res = runner.invoke(app, ["audit", "verify", "--config", str(cfg), "--anchor", "abc"])
+    assert res.exit_code == 2 and "64 hex digits" in res.output

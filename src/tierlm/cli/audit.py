@@ -1,4 +1,10 @@
-"""``tierlm audit``: verify and list the audit trail of calls that left the site."""
+"""``tierlm audit``: verify and list the audit trail of calls that left the site, and print
+its head (the newest row's hash) for the operator to keep outside the ledger as an anchor.
+
+- ``verify [--anchor HASH] [--json]``: the chain, the cross-check against the recorded
+  requests and, with ``--anchor``, that the chain still holds that hash; exit 1 if not.
+- ``head [--json]``: ``SEQ HASH`` of the newest row (exit 1 when the trail is empty).
+"""
 
 from __future__ import annotations
 
@@ -15,28 +21,54 @@ def register(app: typer.Typer) -> None:
         help="The audit trail of every call that crossed the site boundary.", no_args_is_help=True
     )
     group.command("verify")(verify)
+    group.command("head")(head)
     group.command("list")(list_rows)
     app.add_typer(group, name="audit")
 
 
 def verify(
+    anchor: str | None = typer.Option(
+        None, "--anchor", help="A head hash kept elsewhere (`tierlm audit head`): must be in it."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     config: Path | None = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
     preset: str | None = typer.Option(None, "--preset", "-p", help=PRESET_HELP),
 ) -> None:
-    """Recompute the hash chain; exit 1 naming the first row that does not verify."""
+    """Recompute the hash chain and cross-check it with the requests; exit 1 saying why not."""
+    import re
+
     from tierlm.ledger import open_ledger
 
+    if anchor is not None and not re.fullmatch(r"[0-9a-f]{64}", anchor.strip().lower()):
+        raise fail("--anchor must be a head hash: 64 hex digits (`tierlm audit head`)", 2)
     with open_ledger(load(config, preset)) as ledger:
-        result = ledger.audit_verify()
+        result = ledger.audit_verify(anchor.strip().lower() if anchor else None)
     if json_out:
         typer.echo(json.dumps(result.to_dict()))
     elif result.ok:
-        typer.echo(f"audit chain OK: {result.rows} rows verified")
+        head = f"; head {result.head_seq} {result.head}" if result.head else ""
+        typer.echo(f"audit chain OK: {result.rows} rows verified{head}")
     if not result.ok:
         if json_out:
             raise typer.Exit(1)
-        raise fail(f"audit chain broken at row {result.first_bad}: {result.reason}")
+        where = f"broken at row {result.first_bad}" if result.first_bad else "check failed"
+        raise fail(f"audit {where}: {result.reason}")
+
+
+def head(
+    json_out: bool = typer.Option(False, "--json", help="Print {seq, hash} as JSON."),
+    config: Path | None = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+    preset: str | None = typer.Option(None, "--preset", "-p", help=PRESET_HELP),
+) -> None:
+    """Print the newest audit row's SEQ and HASH: keep it elsewhere, check with --anchor."""
+    from tierlm.ledger import open_ledger
+
+    with open_ledger(load(config, preset)) as ledger:
+        found = ledger.audit_head()
+    if found is None:
+        raise fail("the audit trail is empty: no call has left the site yet")
+    seq, digest = found
+    typer.echo(json.dumps({"seq": seq, "hash": digest}) if json_out else f"{seq} {digest}")
 
 
 def list_rows(

@@ -2,9 +2,16 @@
 
 Each row's ``hash`` is ``sha256(prev_hash + canonical JSON of the row)``; the first row's
 ``prev_hash`` is 64 zeros. Changing, inserting or deleting any row breaks the chain from that
-row on, and :func:`verify_rows` names the first row that no longer verifies. (Deleting rows
-from the *end* leaves a shorter valid chain; compare ``rows`` with an earlier count, or ship
-the last hash elsewhere, to detect that.)
+row on, and :func:`verify_rows` names the first row that no longer verifies.
+
+Deleting rows from the *end* leaves a shorter chain that still verifies. Two checks catch it:
+
+- :func:`cross_check`: every request still in the ``requests`` table must have exactly one
+  audit row per attempt of it that crossed the boundary (they are written in one
+  transaction), so a deleted newest row whose request is still recorded is found;
+- an external anchor: ``tierlm audit head`` prints the head (the last row's ``seq`` and
+  ``hash``) for the operator to keep elsewhere; ``verify_rows(rows, anchor=HASH)`` fails
+  unless a row with that hash is still in the chain (rows after it may have been added).
 
 What was sent is kept only as :func:`digest`: the SHA-256 of the exact bytes of the request
 body the adapter sent upstream (after redaction, with every forwarded field), never the content
@@ -106,11 +113,50 @@ def to_record(row: Row) -> AuditRecord:
     )
 
 
-def verify_rows(rows: Iterable[Row]) -> AuditResult:
-    """Walk the chain in ``seq`` order; stop at the first row that does not verify."""
+# Requests whose boundary-crossing attempts and audit rows do not match in number.
+_CROSSING = ", ".join(f"'{b}'" for b in sorted(CROSSES))
+_MISMATCH = f"""
+SELECT s.request_id, s.n, COALESCE(u.n, 0) FROM (
+    SELECT request_id, COUNT(*) AS n FROM attempts
+    WHERE boundary IN ({_CROSSING})
+      AND (error_kind IS NULL OR error_kind <> '{NOT_SENT}')
+    GROUP BY request_id) s
+LEFT JOIN (SELECT request_id, COUNT(*) AS n FROM audit GROUP BY request_id) u
+    ON u.request_id = s.request_id
+WHERE COALESCE(u.n, 0) <> s.n
+UNION ALL
+SELECT u.request_id, 0, u.n FROM (SELECT request_id, COUNT(*) AS n FROM audit GROUP BY request_id) u
+JOIN requests r ON r.id = u.request_id
+WHERE NOT EXISTS (
+    SELECT 1 FROM attempts a WHERE a.request_id = u.request_id
+      AND a.boundary IN ({_CROSSING})
+      AND (a.error_kind IS NULL OR a.error_kind <> '{NOT_SENT}'))
+ORDER BY 1 LIMIT 1
+"""
+
+
+def cross_check(tx: Tx) -> str | None:
+    """Why the audit rows and the recorded requests disagree, or ``None`` when they agree."""
+    bad = tx.q(_MISMATCH)
+    if not bad:
+        return None
+    rid, sent, rows = bad[0]
+    return (
+        f"request {rid} is recorded with {sent} call(s) that left the site, but the audit "
+        f"trail holds {rows} row(s) for it: audit rows were deleted or added"
+    )
+
+
+def verify_rows(rows: Iterable[Row], anchor: str | None = None) -> AuditResult:
+    """Walk the chain in ``seq`` order; stop at the first row that does not verify.
+
+    With ``anchor`` (a head hash kept elsewhere), the chain must still hold a row with that
+    hash. The result carries the head (last ``seq`` and ``hash``) of what verified.
+    """
     prev = GENESIS
     expected_seq = 1
     n = 0
+    anchored = anchor is None
     for row in rows:
         r = to_record(row)
         n += 1
@@ -132,5 +178,15 @@ def verify_rows(rows: Iterable[Row]) -> AuditResult:
         if row_hash(prev, fields) != r.hash:
             return AuditResult(False, n, r.seq, f"row {r.seq}: contents do not match its hash")
         prev = r.hash
+        anchored = anchored or r.hash == anchor
         expected_seq += 1
-    return AuditResult(True, n)
+    head = (expected_seq - 1, prev) if n else (None, None)
+    if not anchored:
+        return AuditResult(
+            False,
+            n,
+            None,
+            f"anchor {anchor} is not in the chain: rows up to it were deleted or changed",
+            *head,
+        )
+    return AuditResult(True, n, None, "", *head)

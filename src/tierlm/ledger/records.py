@@ -63,7 +63,7 @@ class RequestRecord:
     outcome: str = "ok"  # "ok", or the error code the client got
     latency_ms: float | None = None
     ttft_ms: float | None = None
-    escalated: bool = False  # an answer failed its check and a stronger tier answered
+    escalated: bool = False  # answered by a stronger tier than the cheapest eligible one
     fallback: bool = False  # an attempt failed and another backend answered
     stream: bool = False
     client_request_id: str | None = None  # the caller's x-request-id (correlation only)
@@ -107,12 +107,15 @@ class AuditRecord:
 
 @dataclass(slots=True, frozen=True)
 class AuditResult:
-    """The outcome of ``audit verify``: ``ok``, or the first row that does not verify."""
+    """The outcome of ``audit verify``: ``ok``, or why not (``first_bad``: the first row that
+    does not verify, when one does not); ``head_seq``/``head``: the last row that verified."""
 
     ok: bool
     rows: int
     first_bad: int | None = None
     reason: str = ""
+    head_seq: int | None = None
+    head: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
