@@ -3,6 +3,7 @@ local tiers, and `enhanced` requests redacted before they leave the site."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from fakes.faulty_upstream import FaultyUpstream, Scenario
 from tierlm import Router
 from tierlm.config import load_settings
 from tierlm.errors import BudgetExceeded
+from tierlm.ledger.budgets import to_nusd
 from tierlm.types import ChatRequest
 
 HARD = (
@@ -27,7 +29,8 @@ def _router(tmp_path: Path, cloud_url: str, **extra: Any) -> Router:
         env={},
         overrides={
             "data_dir": str(tmp_path),
-            "backends": [
+            "backends": extra.pop("backends", None)
+            or [
                 {"name": "tiny", "kind": "llama_cpp", "model": str(STORIES), "n_ctx": 512},
                 {
                     "name": "cloud",
@@ -41,7 +44,8 @@ def _router(tmp_path: Path, cloud_url: str, **extra: Any) -> Router:
                     "price": {"input": 100.0, "output": 100.0},
                 },
             ],
-            "tiers": [
+            "tiers": extra.pop("tiers", None)
+            or [
                 {"name": "tiny", "backends": ["tiny"], "strength": 0.35},
                 {"name": "cloud", "backends": ["cloud"], "strength": 1.0},
             ],
@@ -89,11 +93,97 @@ def test_budget_runs_out_then_requests_degrade_to_local(
         with pytest.raises(BudgetExceeded):
             router.chat(HARD, model="cloud", max_tokens=60)
         spent = router.accounting.ledger.budget_state(key=None, tier=None)
+        ledger = router.accounting.ledger
+        ledger.flush()
+        report = ledger.report()
     assert tiers[0] == "cloud"
     assert tiers[-1] == "tiny", tiers  # degraded, never failed
     assert "tiny" in tiers and tiers.index("tiny") > 0
     assert spent.remaining_usd is not None and spent.remaining_usd >= 0
     assert upstream.count("ok") < 12
+    # the plans of the degraded requests say why, in readable money
+    (last,) = _rows(
+        tmp_path, "SELECT reasons FROM requests WHERE tier = 'tiny' ORDER BY ts DESC LIMIT 1"
+    )
+    why = " ".join(json.loads(last[0]))
+    assert "excluded cloud: budget global/month has $" in why, why
+    assert "e-0" not in why and "cloud's reach" not in why
+    # and the report recommends about the budget, not only about errors
+    assert any(r.startswith("Budget global/month has $") for r in report.recommendations), (
+        report.recommendations,
+        report.budgets,
+    )
+    assert report.budgets and report.budgets[0]["label"] == "global/month"
+
+
+def test_a_call_the_budget_cannot_cover_is_explained_in_the_plan(
+    tmp_path: Path, upstream: FaultyUpstream
+) -> None:
+    """Not yet local-only, but this call's estimate is over the per-request share: the plan
+    excludes the cloud and says why, and its reasons match the tier that answers."""
+    url = upstream.add("ok", Scenario(kind="healthy", tokens=5))
+    budget = {"limits": [{"scope": "global", "period": "month", "usd": 1.0}]}
+    with _router(tmp_path, url, budgets=budget) as router:
+        cheap = router.chat(HARD, max_tokens=50)  # ~$0.01: under 5% of $1.00
+        dear = router.chat(HARD, max_tokens=1000)  # ~$0.10: over it
+        router.accounting.ledger.flush()
+        with pytest.raises(BudgetExceeded, match="per_request_share"):
+            router.chat(HARD, model="cloud", max_tokens=1000)
+    assert (cheap.tier, dear.tier) == ("cloud", "tiny")
+    (row,) = _rows(tmp_path, "SELECT reasons FROM requests WHERE tier = 'tiny'")
+    why = json.loads(row[0])
+    assert any(
+        r.startswith("excluded cloud: budget global/month has $")
+        and "of $1.00 left; this call (~$0.1" in r
+        and "per_request_share" in r
+        for r in why
+    ), why
+    assert not any("cloud's reach" in r for r in why), why
+    assert any("tier tiny" in r or "strongest one" in r for r in why), why
+
+
+def test_a_failed_attempt_is_not_billed(tmp_path: Path, upstream: FaultyUpstream) -> None:
+    """Against the real accounting and ledger: the budget is charged exactly the answer that
+    was delivered; the attempt that failed (after the upstream had generated tokens) is not."""
+    broken = upstream.add("broken", Scenario(kind="cut", after=30, tokens=60))
+    ok = upstream.add("ok", Scenario(kind="healthy", tokens=20))
+    cloud = {
+        "kind": "openai",
+        "provider": "openai",
+        "model": "gpt-test",
+        "api_key": "sk-test",
+        "boundary": "external",
+        "price": {"input": 100.0, "output": 100.0},
+    }
+    budget = {"limits": [{"scope": "global", "period": "month", "usd": 100.0}]}
+    with _router(
+        tmp_path,
+        ok,
+        budgets=budget,
+        backends=[
+            {"name": "tiny", "kind": "llama_cpp", "model": str(STORIES), "n_ctx": 512},
+            {"name": "cloud1", "url": broken, **cloud},
+            {"name": "cloud2", "url": ok, **cloud},
+        ],
+        tiers=[
+            {"name": "tiny", "backends": ["tiny"], "strength": 0.35},
+            {"name": "cloud", "backends": ["cloud1", "cloud2"], "strength": 1.0},
+        ],
+    ) as router:
+        resp = router.chat(HARD, max_tokens=60)
+        router.accounting.ledger.flush()
+        state = router.accounting.ledger.budget_state(key=None, tier=None)
+    assert (resp.tier, resp.backend) == ("cloud", "cloud2")
+    assert upstream.count("broken") >= 1
+    expected = (resp.usage.prompt_tokens + resp.usage.completion_tokens) * 100.0 / 1e6
+    (cost,) = _rows(tmp_path, "SELECT cost_usd FROM requests")[0]
+    assert cost == pytest.approx(expected)
+    ((bucket,),) = [state.buckets]
+    assert bucket.reserved_nusd == 0
+    assert bucket.spent_nusd == to_nusd(expected)  # the failed attempt added nothing
+    attempts = _rows(tmp_path, "SELECT backend, outcome, tokens FROM attempts ORDER BY n")
+    assert attempts[0][0] == "cloud1" and attempts[0][1] != "ok" and attempts[0][2] == 0
+    assert attempts[-1][:2] == ("cloud2", "ok")
 
 
 def test_enhanced_requests_reach_the_cloud_only_redacted(

@@ -57,19 +57,30 @@ class Accounting:
     def local_only(self, request: ChatRequest, cond: Conditions) -> None:
         """Sync twin of :meth:`apply_budget` (for stream set-up)."""
         if self._budgets:
-            self._mark(cond, self.ledger.budget_state(key=request.api_key_id, tier=None))
+            state = self.ledger.budget_state(key=request.api_key_id, tier=None)
+            self._mark(request, cond, state)
 
     # -- before routing ---------------------------------------------------------------------
     async def apply_budget(self, request: ChatRequest, cond: Conditions) -> None:
-        """Mark the conditions local-only when the budget in force says so."""
+        """Tell the policy what the budget in force excludes: everything that costs money
+        (local-only), or each backend whose estimated cost does not fit, and why."""
         if self._budgets:
-            self._mark(cond, await self.ledger.abudget_state(key=request.api_key_id, tier=None))
+            state = await self.ledger.abudget_state(key=request.api_key_id, tier=None)
+            self._mark(request, cond, state)
 
-    @staticmethod
-    def _mark(cond: Conditions, state: BudgetState) -> None:
+    def _mark(self, request: ChatRequest, cond: Conditions, state: BudgetState) -> None:
         if state.local_only:
             cond.local_only = True
             cond.budget_reason = state.why_not(1e-9) or "budget low"
+            return
+        from tierlm.pricing import estimate_usd
+
+        over = {}
+        for name, cfg in self._configs.items():
+            why = state.why_not(estimate_usd(cfg, request))
+            if why is not None:
+                over[name] = why
+        cond.over_budget = over or None
 
     # -- executor hooks ---------------------------------------------------------------------
     async def before_attempt(self, request: ChatRequest, candidate: Candidate) -> Any:
@@ -157,7 +168,10 @@ class Accounting:
         cfg = self._configs.get(backend or "")
         answered = [a for a in attempts if a.outcome == "ok"]
         ok = error is None and outcome in (None, "ok")
-        planned = plan.candidates[0].tier if plan and plan.candidates else None
+        # escalated: answered by a stronger tier than the cheapest one the plan could use
+        cheapest = min(
+            (self._tier_index.get(c.tier, 0) for c in plan.candidates) if plan else (), default=99
+        )
         self.ledger.record(
             RequestRecord(
                 id=request.request_id,
@@ -179,8 +193,7 @@ class Accounting:
                 latency_ms=latency_ms,
                 ttft_ms=ttft_ms,
                 fallback=bool(answered) and len(attempts) > len(answered),
-                escalated=ok
-                and self._tier_index.get(tier or "", -1) > self._tier_index.get(planned or "", 99),
+                escalated=ok and self._tier_index.get(tier or "", -1) > cheapest,
                 stream=request.stream,
                 client_request_id=request.client_request_id,
                 **texts,

@@ -142,3 +142,13 @@ def input_tokens_bound(request: ChatRequest) -> int:
     }
     size = len(json.dumps(sent, ensure_ascii=False, default=str).encode("utf-8", "replace"))
     return size + images * IMAGE_TOKENS + MESSAGE_OVERHEAD * (len(request.messages) + 1)
+
+
+def format_usd(usd: float) -> str:
+    """Money for people: ``$1,234.50``, ``$0.42``, ``$0.00005`` (never ``$5e-05``)."""
+    if abs(usd) >= 0.01:
+        return f"-${-usd:,.2f}" if usd < 0 else f"${usd:,.2f}"
+    small = f"{abs(usd):.9f}".rstrip("0").rstrip(".")  # nano-USD is the ledger's unit
+    if small in ("0", ""):
+        return "$0"
+    return f"-${small}" if usd < 0 else f"${small}"

@@ -48,12 +48,10 @@ def report(
     _print(rep, charts)
 
 
-def _money(x: float) -> str:
-    return f"${x:,.4f}" if x < 1 else f"${x:,.2f}"
-
-
 def _group_table(console: Console, title: str, groups: list[Group]) -> None:
     from rich.table import Table
+
+    from tierlm.pricing import format_usd
 
     t = Table(title=title, title_justify="left")
     for col in ("name", "requests", "share", "cost", "tokens in", "tokens out", "fallback"):
@@ -63,7 +61,7 @@ def _group_table(console: Console, title: str, groups: list[Group]) -> None:
             g.name,
             f"{g.requests:,}",
             f"{g.share:.1%}",
-            _money(g.cost_usd),
+            format_usd(g.cost_usd),
             f"{g.prompt_tokens:,}",
             f"{g.completion_tokens:,}",
             f"{g.fallback_rate:.1%}",
@@ -77,13 +75,17 @@ def _print(rep: Report, charts: list[Path]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from tierlm.pricing import format_usd
+
     console = Console(highlight=False)
     day = "%Y-%m-%d %H:%M"
     console.print(
         f"[bold]tierlm report[/] {datetime.fromtimestamp(rep.since, UTC).strftime(day)} .. "
         f"{datetime.fromtimestamp(rep.until, UTC).strftime(day)} UTC: "
-        f"{rep.requests:,} requests, {_money(rep.cost_usd)}; fallback {rep.fallback_rate:.1%}, "
-        f"escalation {rep.escalation_rate:.1%}, errors {rep.error_rate:.1%}"
+        f"{rep.requests:,} requests, {format_usd(rep.cost_usd)}; fallback "
+        f"{rep.fallback_rate:.1%} (answered after a failed attempt), escalated "
+        f"{rep.escalation_rate:.1%} (above the cheapest eligible tier), errors "
+        f"{rep.error_rate:.1%}"
     )
     if rep.requests == 0:
         return
@@ -115,8 +117,8 @@ def _print(rep: Report, charts: list[Path]) -> None:
     if rep.savings is not None:
         s = rep.savings
         console.print(
-            f"Savings: {_money(s.saved_usd)} ({s.saved_share:.0%}) against "
-            f"{_money(s.baseline_usd)} for sending everything to {s.strongest_tier} "
+            f"Savings: {format_usd(s.saved_usd)} ({s.saved_share:.0%}) against "
+            f"{format_usd(s.baseline_usd)} for sending everything to {s.strongest_tier} "
             f"({'configured price' if s.method == 'price' else 'observed cost per token'})"
         )
     console.print("[bold]Recommendations[/]")

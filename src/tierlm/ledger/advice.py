@@ -5,7 +5,10 @@ Rules, each firing only with enough evidence:
 - cloud requests no harder than what a local tier was scored well on: raise that tier's share;
 - a tier scored poorly: raise the quality bar;
 - a backend whose attempts often fail: check its health and timeouts;
-- many escalations or errors; and no feedback at all.
+- a budget below ``local_only_below`` (paid tiers are off until its period ends), or with
+  less than ``SPENT_SHARE`` left (calls that do not fit it already go local);
+- many escalations (answers from a stronger tier than the cheapest eligible) or errors;
+  and no feedback at all.
 """
 
 from __future__ import annotations
@@ -13,14 +16,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tierlm.ledger.reports import GOOD
+from tierlm.pricing import format_usd
 
 if TYPE_CHECKING:
+    from tierlm.ledger.budgets import BudgetState
     from tierlm.ledger.reports import Report
 
 MIN_RATINGS = 20
 MIN_ATTEMPTS = 50
 MIN_BIN = 5  # ratings a complexity bin needs to count
 BIN = 0.1  # must match the roll-ups' complexity tenths
+SPENT_SHARE = 0.25  # a budget with less than this share left is worth a word
 
 
 def scored_well_up_to(points: list[tuple[float, float]]) -> tuple[float, int, float] | None:
@@ -69,11 +75,39 @@ def _cloud_to_local(rep: Report, rated: list[tuple[str, float | None, float]]) -
     return out
 
 
-def recommend(rep: Report, rated: list[tuple[str, float | None, float]]) -> list[str]:
-    """The recommendations for ``rep``; ``rated`` holds (tier, complexity, quality) ratings."""
+def _budgets(budget: BudgetState | None) -> list[str]:
+    """A budget under ``local_only_below`` (paid tiers are off), or nearly spent (soon)."""
+    if budget is None:
+        return []
+    out = []
+    low = budget.local_only_below
+    for b in budget.buckets:
+        if b.limit_nusd == 0 or b.share < low:
+            out.append(
+                f"Budget {b.label} has {b.left} ({b.share:.0%}, below local_only_below "
+                f"{low:.0%}): requests that cost money go to local tiers until the period "
+                "ends; raise its limit in budgets.limits if they should not."
+            )
+        elif b.share < SPENT_SHARE:
+            out.append(
+                f"Budget {b.label} has {b.left} ({b.share:.0%}): calls that do not fit what is "
+                f"left go to local tiers, all paid calls below {low:.0%}; raise its limit in "
+                "budgets.limits if they should not."
+            )
+    return out
+
+
+def recommend(
+    rep: Report,
+    rated: list[tuple[str, float | None, float]],
+    budget: BudgetState | None = None,
+) -> list[str]:
+    """The recommendations for ``rep``; ``rated`` holds (tier, complexity, quality) ratings;
+    ``budget`` the budget buckets running now."""
+    out = _budgets(budget)
     if rep.requests == 0:
-        return ["No requests recorded in this period."]
-    out = _cloud_to_local(rep, rated)
+        return [*out, "No requests recorded in this period."]
+    out += _cloud_to_local(rep, rated)
     for q in rep.quality:
         if q.ratings >= MIN_RATINGS and q.mean < 0.5:
             out.append(
@@ -89,14 +123,15 @@ def recommend(rep: Report, rated: list[tuple[str, float | None, float]]) -> list
             )
     if rep.escalation_rate >= 0.15:
         out.append(
-            f"{rep.escalation_rate:.0%} of requests were escalated after a failed check: "
-            "consider sending such requests to the stronger tier directly."
+            f"{rep.escalation_rate:.0%} of requests were escalated (answered by a stronger tier "
+            "than the cheapest eligible one): if the cheaper tier's answers are scored well, "
+            "lower routing.quality to keep more of them there."
         )
     if rep.error_rate >= 0.02:
         out.append(f"{rep.error_rate:.1%} of requests ended in an error.")
     if rep.savings is not None and rep.savings.saved_share > 0:
         out.append(
-            f"Routing saved ${rep.savings.saved_usd:,.2f} ({rep.savings.saved_share:.0%}) "
+            f"Routing saved {format_usd(rep.savings.saved_usd)} ({rep.savings.saved_share:.0%}) "
             f"against sending everything to the {rep.savings.strongest_tier} tier."
         )
     if not rep.quality:

@@ -33,6 +33,7 @@ from typing import Any
 from tierlm.config.settings import BudgetConfig, BudgetLimit
 from tierlm.errors import BudgetExceeded
 from tierlm.ledger.store import Store, Tx
+from tierlm.pricing import format_usd
 
 NANO = 1_000_000_000
 
@@ -68,6 +69,12 @@ def buckets_for(
     return out
 
 
+def _running(bucket: str, now: float) -> bool:
+    """Whether ``bucket`` (``scope:name:period:start``) belongs to the period running now."""
+    _head, period, start = bucket.rsplit(":", 2)
+    return start == period_start(period, now)
+
+
 @dataclass(frozen=True, slots=True)
 class BucketState:
     bucket: str
@@ -83,9 +90,24 @@ class BucketState:
     def share(self) -> float:
         return self.remaining_nusd / self.limit_nusd if self.limit_nusd > 0 else 0.0
 
+    @property
+    def label(self) -> str:
+        """``global/month``, ``key alice/day``, ``tier cloud/month`` (from the bucket name)."""
+        head, period, _start = self.bucket.rsplit(":", 2)
+        scope, _, name = head.partition(":")
+        return f"{scope}/{period}" if scope == "global" else f"{scope} {name}/{period}"
+
+    @property
+    def left(self) -> str:
+        """``$0.00005 of $200.00 left``."""
+        return (
+            f"{format_usd(self.remaining_nusd / NANO)} of {format_usd(self.limit_nusd / NANO)} left"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "bucket": self.bucket,
+            "label": self.label,
             "limit_usd": self.limit_nusd / NANO,
             "spent_usd": self.spent_nusd / NANO,
             "reserved_usd": self.reserved_nusd / NANO,
@@ -134,18 +156,17 @@ class BudgetState:
         if n <= 0:
             return None
         for b in sorted(self.buckets, key=lambda b: b.share):
-            left = f"${b.remaining_nusd / NANO:.6g} of ${b.limit_nusd / NANO:.6g} left"
             if b.limit_nusd == 0 or b.share < self.local_only_below:
                 return (
-                    f"budget {b.bucket}: {left}, under the local-only threshold "
+                    f"budget {b.label} has {b.left}, below local_only_below "
                     f"({self.local_only_below:.0%})"
                 )
             if n > b.remaining_nusd:
-                return f"budget {b.bucket}: {left}, this call needs ~${usd:.6g}"
+                return f"budget {b.label} has {b.left}; this call needs ~{format_usd(usd)}"
             if n > math.floor(b.remaining_nusd * self.per_request_share):
                 return (
-                    f"budget {b.bucket}: {left}; this call (~${usd:.6g}) is over the per-request "
-                    f"cap of {self.per_request_share:.0%} of what remains"
+                    f"budget {b.label} has {b.left}; this call (~{format_usd(usd)}) is over "
+                    f"per_request_share ({self.per_request_share:.0%} of what remains)"
                 )
         return None
 
@@ -215,6 +236,21 @@ class BudgetBook:
             return BudgetState((), self.config.local_only_below, self.config.per_request_share)
         with self.store.transaction("read") as tx:
             return self._read(tx, buckets, lock=False)
+
+    def current(self, now: float | None = None) -> BudgetState:
+        """Every bucket of the periods running now that has been used (for reports)."""
+        now = now or time.time()
+        with self.store.transaction("read") as tx:
+            rows = tx.q(
+                "SELECT bucket, limit_nusd, spent_nusd, reserved_nusd FROM budget_buckets "
+                "ORDER BY bucket"
+            )
+        states = tuple(
+            BucketState(str(b), int(lim), int(spent), int(held))
+            for b, lim, spent, held in rows
+            if _running(str(b), now)
+        )
+        return BudgetState(states, self.config.local_only_below, self.config.per_request_share)
 
     def reserve(
         self,

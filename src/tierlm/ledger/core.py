@@ -321,16 +321,28 @@ class Ledger:
             until=until,
             strongest_tier=self.strongest_tier,
             baseline_price=self.baseline_price,
+            budget=self.budgets.current() if self.budgets.config.limits else None,
         )
 
     async def areport(self, since: timedelta = timedelta(days=30)) -> Report:
         return await asyncio.to_thread(self.report, since)
 
-    def audit_verify(self) -> AuditResult:
-        """Recompute the audit chain; name the first row that does not verify."""
+    def audit_verify(self, anchor: str | None = None) -> AuditResult:
+        """Recompute the audit chain (it must hold ``anchor``, a head hash kept elsewhere,
+        when given) and cross-check it against the recorded requests; say what is wrong."""
         with self.store.transaction("read") as tx:
             rows = tx.q(f"SELECT {audit.COLUMNS} FROM audit ORDER BY seq")
-        return audit.verify_rows(rows)
+            result = audit.verify_rows(rows, anchor)
+            why = audit.cross_check(tx) if result.ok else None
+        if why is not None:
+            return AuditResult(False, result.rows, None, why, result.head_seq, result.head)
+        return result
+
+    def audit_head(self) -> tuple[int, str] | None:
+        """The newest audit row's ``(seq, hash)``: the anchor to keep outside the ledger."""
+        with self.store.transaction("read") as tx:
+            last = tx.q("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        return (int(last[0][0]), str(last[0][1])) if last else None
 
     def audit_list(self, *, since: float = 0.0, limit: int = 50) -> list[AuditRecord]:
         """The latest audit rows since ``since`` (epoch seconds), newest first."""

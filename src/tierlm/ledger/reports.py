@@ -9,6 +9,11 @@ million. Latency percentiles come from log-spaced histograms (within 0.5%); qual
 
 Savings are measured against sending every request to the strongest tier: at that tier's
 configured price when known, else at the cost per token that tier was observed to charge.
+
+Rates, the same words as plans and records use: ``fallback_rate`` is the share of requests
+answered after an attempt failed (another backend answered); ``escalation_rate`` the share
+answered by a stronger tier than the cheapest one eligible for them. ``budgets`` lists the
+budget buckets of the periods running now, with what is left.
 """
 
 from __future__ import annotations
@@ -19,11 +24,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tierlm.ledger import rollups
 from tierlm.ledger.rollups import LOG_RES, Totals
 from tierlm.ledger.store import Store
+
+if TYPE_CHECKING:
+    from tierlm.ledger.budgets import BudgetState
 
 GOOD = 0.7  # a feedback quality at or above this is "scored well"
 _SPAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -121,6 +129,7 @@ class Report:
     attempt_failures: list[dict[str, Any]] = field(default_factory=list)
     cloud_complexity: list[int] = field(default_factory=list)  # external requests per tenth
     cascade: list[CascadeStats] = field(default_factory=list)
+    budgets: list[dict[str, Any]] = field(default_factory=list)  # buckets running now
     recommendations: list[str] = field(default_factory=list)
     seconds: float = 0.0  # how long building the report took
 
@@ -275,8 +284,10 @@ def build_report(
     until: float | None = None,
     strongest_tier: str | None = None,
     baseline_price: tuple[float, float] | None = None,
+    budget: BudgetState | None = None,
 ) -> Report:
-    """Aggregate the requests recorded in ``[until - since, until)``."""
+    """Aggregate the requests recorded in ``[until - since, until)``; ``budget``: the budget
+    buckets running now, for the report and its recommendations."""
     from tierlm.ledger.advice import recommend
 
     t0 = time.perf_counter()
@@ -322,6 +333,7 @@ def build_report(
             )
         )
         rep.savings = _savings(rep, strongest_tier, baseline_price)
-        rep.recommendations = recommend(rep, rated)
+        rep.budgets = [b.to_dict() for b in budget.buckets] if budget else []
+        rep.recommendations = recommend(rep, rated, budget)
     rep.seconds = round(time.perf_counter() - t0, 4)
     return rep

@@ -10,7 +10,9 @@ Constraints first, each removing candidates and saying why:
    backend at all (the config refuses one);
 2. the API key's allowed tiers and boundary ceiling (:func:`tierlm.privacy.ceiling`);
 3. a pinned model (``model`` = a tier or backend name) and the tier floor/ceiling hints;
-4. the budget: when the ledger says local-only, nothing that costs money is eligible;
+4. the budget: when the ledger says local-only, nothing that costs money is eligible, and a
+   backend whose estimated cost does not fit a budget in force is excluded, with the budget,
+   what is left and the rule that excluded it;
 5. capabilities: context window against the estimated prompt size;
 6. health (only when live health is supplied): unhealthy backends are skipped, warm ones
    preferred;
@@ -27,7 +29,12 @@ deepseek preferred"); ties keep the configured order (warm first).
 Then the objective: the cheapest tier (tiers are ordered cheapest first) whose predicted
 quality clears the request's bar. A tier of strength ``s`` clears the bar ``q`` for a request
 of complexity ``c`` when ``c <= s + (0.5 - q)``. The rest of the eligible tiers follow as
-ordered fallbacks: stronger tiers first (escalation), then weaker ones (degradation).
+ordered fallbacks: stronger tiers first, then weaker ones (degradation).
+
+Every reason names the tier the plan actually chose first. One word means one thing across
+plans, the ledger and ``tierlm report``: a request is **escalated** when the tier that answers
+is stronger than the cheapest tier eligible for it (in a plan: "escalated past tiny"); it
+**fell back** when an attempt failed and another backend answered.
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ class Conditions:
     warm: Mapping[str, bool] | None = None  # backend -> model loaded now
     local_only: bool = False  # the budget says: nothing that costs money
     budget_reason: str = ""
+    over_budget: Mapping[str, str] | None = None  # backend -> why its cost does not fit now
     api_key: ApiKeyConfig | None = None
     paid: Mapping[str, bool] | None = None  # backend -> costs money (else: external = paid)
     energy: EnergyState | None = None  # the cached energy state (Router.energy)
@@ -98,12 +106,8 @@ class Policy:
         if energy is not None and energy.local_first:
             candidates = energy_rules.local_first(candidates)
         if not candidates:
-            if cond.local_only and pinned_external:
-                raise BudgetExceeded(
-                    f"budget exhausted ({cond.budget_reason}); request pins "
-                    f"'{request.model}', which costs money",
-                    request_id=request.request_id,
-                )
+            if pinned_external:
+                self._refuse_pinned(request, cond)
             raise NoEligibleBackend(
                 "no backend may answer this request: " + "; ".join(reasons),
                 request_id=request.request_id,
@@ -180,6 +184,20 @@ class Policy:
         if request.model in self._backends:
             backends = [request.model]
         return any(self._is_paid(b, cond) for b in backends)
+
+    def _refuse_pinned(self, request: ChatRequest, cond: Conditions) -> None:
+        """402 for a request that pins a paid tier or backend the budget excludes."""
+        why = cond.budget_reason if cond.local_only else ""
+        if not why and cond.over_budget:
+            pinned = {request.model} | {
+                b for t in self._tiers if t.name == request.model for b in t.backends
+            }
+            why = next((w for b, w in cond.over_budget.items() if b in pinned), "")
+        if why:
+            raise BudgetExceeded(
+                f"{why}; the request pins '{request.model}', which costs money",
+                request_id=request.request_id,
+            )
 
     def _is_paid(self, name: str, cond: Conditions) -> bool:
         if cond.paid is not None and name in cond.paid:
@@ -283,7 +301,10 @@ class Policy:
         if b.where > ceiling:
             return f"boundary {b.where.label} is beyond {ceiling.label}"
         if cond.local_only and self._is_paid(b.name, cond):
-            return f"budget: local tiers only ({cond.budget_reason or 'budget low'})"
+            why = cond.budget_reason or "local tiers only"
+            return why if why.startswith("budget") else f"budget: {why}"
+        if cond.over_budget and b.name in cond.over_budget:
+            return cond.over_budget[b.name]
         window = b.n_ctx if b.kind == "llama_cpp" else b.context_window
         if window is not None and signals.tokens > window:
             return f"~{signals.tokens} prompt tokens exceed its context of {window}"
