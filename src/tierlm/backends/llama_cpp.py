@@ -39,6 +39,7 @@ from tierlm.errors import (
     InsufficientMemory,
     MissingDependency,
     ModelError,
+    ModelUnavailable,
     Overloaded,
     ProtocolError,
 )
@@ -138,8 +139,11 @@ class LlamaCppBackend(Backend):
             from llama_cpp import Llama
         except ImportError:
             raise MissingDependency("the in-process llama.cpp backend", "local") from None
-        path = self.model_path()
-        self.check_memory()
+        try:
+            path = self.model_path()
+            self.check_memory()
+        except ModelError as e:  # a request gets a 503 naming this backend, never a path
+            raise ModelUnavailable(e, backend=self.name) from e
         llm = Llama(
             model_path=str(path),
             n_ctx=self.config.n_ctx,

@@ -46,7 +46,8 @@ def run_app(app: typer.Typer) -> int:
     try:
         rc = app(standalone_mode=False)  # click returns an Exit's code instead of raising
     except TierlmError as e:
-        _print_error(str(e))
+        advice = local_advice(e)
+        _print_error(f"{e} (do one of: {advice})" if advice else str(e))
         return 2 if type(e).__name__ in ("ConfigError", "InvalidRequest") else 1
     except click.NoArgsIsHelpError as e:  # `tierlm` alone: the help, as usual
         e.show()
@@ -92,6 +93,18 @@ def invalid_value(e: Any) -> str:
     field = ".".join(str(p) for p in first.get("loc", ())) or "value"
     more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
     return f"invalid {field} {first.get('input')!r}: {first.get('msg')}{more}"
+
+
+def local_advice(e: BaseException) -> str:
+    """What to do, for errors that keep it for local faces (``ModelUnavailable.advice``), as
+    one hint: the advice's lines after its first (which the message already says)."""
+    out = []
+    for err in (e, *getattr(e, "errors", ())):
+        text = getattr(err, "advice", None)
+        if isinstance(text, str) and "\n" in text:
+            lines = [ln.strip().removeprefix("- ") for ln in text.splitlines()[1:]]
+            out += [ln for ln in lines if ln and ln != "Do one of:"]
+    return "; ".join(out)
 
 
 def _print_error(message: str) -> None:

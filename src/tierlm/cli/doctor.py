@@ -4,12 +4,14 @@ For each backend: kind, boundary, where it lives (URL without credentials, or th
 in-process kinds), its price and where the price comes from, and its health right now:
 ``loaded`` (warm), ``cold`` (reachable or on disk, not in memory), ``ok``, ``unreachable``
 or ``error``, with the models it offers, in-flight and queued requests where known, and RAM
-needed against RAM free for local models, and a local model's worker process (its
-``llama-server``, state, restarts, last exit). Then, for each tier, the backend it would use
-(the first healthy one, a warm one first when ``routing.prefer_warm``), and the energy state
-read once from the configured source. With a ``llama_cpp`` backend it also runs the llama.cpp
-smoke check (one token through each runtime, in subprocesses; ``--no-smoke`` skips it). Exit
-status 1 when some tier has no usable backend or the smoke check failed.
+needed against RAM free for local models (for an in-process model that is missing, the
+whole advice: every way to get it, or that the configured path does not exist), and a local
+model's worker process (its ``llama-server``, state, restarts, last exit). Then, for each
+tier, the backend it would use (the first healthy one, a warm one first when
+``routing.prefer_warm``), and the energy state read once from the configured source. With a
+``llama_cpp`` backend it also runs the llama.cpp smoke check (one token through each runtime,
+in subprocesses; ``--no-smoke`` skips it). Exit status 1 when some tier has no usable backend
+or the smoke check failed.
 """
 
 from __future__ import annotations
@@ -145,6 +147,7 @@ async def check_backend(
         "state": "error",
         "usable": False,
         "detail": "",
+        "advice": "",
         "health": None,
     }
     try:
@@ -169,10 +172,26 @@ async def check_backend(
     out["detail"] = health.detail
     if health.ok is False:
         out["state"] = "unreachable" if health.detail.startswith("unreachable") else "error"
+        out["advice"] = _model_advice(cfg, settings)
     else:
         out["usable"] = True
         out["state"] = "ok" if health.loaded is None else ("loaded" if health.loaded else "cold")
     return out
+
+
+def _model_advice(cfg: BackendConfig, settings: Settings) -> str:
+    """For a llama.cpp backend whose model is missing: every way to get it (never downloads)."""
+    if cfg.kind != "llama_cpp":
+        return ""
+    from tierlm import models
+    from tierlm.errors import ModelNotFound
+    from tierlm.paths import models_dir
+
+    try:
+        models.resolve(cfg.model, models_dir(settings), download=False)
+    except ModelNotFound as e:
+        return e.message.split("\n", 1)[1] if "\n" in e.message else ""
+    return ""
 
 
 def _fmt_health(b: dict[str, Any]) -> str:
@@ -242,9 +261,11 @@ def format_report(report: dict[str, Any]) -> str:
             "  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]
         )
         if i > 0:
-            detail = _fmt_health(report["backends"][i - 1])
+            b = report["backends"][i - 1]
+            detail = _fmt_health(b)
             if detail:
                 lines.append(f"    {detail}")
+            lines += [f"    {line.strip()}" for line in b.get("advice", "").splitlines()]
     if report.get("smoke"):
         lines += ["", "llama.cpp smoke check (one token, in a subprocess):"]
         from tierlm.llama_runtime import SmokeResult

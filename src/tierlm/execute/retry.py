@@ -18,7 +18,8 @@ caller                 ``ContextLengthExceeded``,                never the same 
 =====================  ========================================  ==========================
 
 Transient and slow-or-broken failures (and ``BackendAuthError``: a broken key is an outage
-of that backend for us) count against the backend's circuit breaker; caller errors do not.
+of that backend for us; ``ModelUnavailable``: so is a local model that is missing) count
+against the backend's circuit breaker; caller errors do not.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tierlm.errors import (
     BackendError,
     BackendTimeout,
     BackendUnavailable,
+    ModelUnavailable,
     Overloaded,
     ProtocolError,
     RateLimited,
@@ -38,7 +40,7 @@ from tierlm.errors import (
 )
 
 _TRANSIENT = (RateLimited, Overloaded, ServerError, BackendUnavailable)
-_UPSTREAM_FAULT = (*_TRANSIENT, BackendTimeout, ProtocolError, BackendAuthError)
+_UPSTREAM_FAULT = (*_TRANSIENT, BackendTimeout, ProtocolError, BackendAuthError, ModelUnavailable)
 
 
 def retry_after(err: BackendError) -> float | None:
