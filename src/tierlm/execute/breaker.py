@@ -24,12 +24,14 @@ tests can drive a one-minute outage in a second.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
 Clock = Callable[[], float]
+log = logging.getLogger(__name__)
 
 
 class BreakerState(StrEnum):
@@ -139,6 +141,10 @@ class CircuitBreaker:
     def _move(self, state: BreakerState) -> None:
         self._state = state
         self.transitions.append((self._clock(), state))
+        level = logging.WARNING if state is BreakerState.OPEN else logging.INFO
+        if log.isEnabledFor(level):
+            extra = f" for {self.retry_in():.1f} s" if state is BreakerState.OPEN else ""
+            log.log(level, "circuit breaker of %s is %s%s", self.name, state.value, extra)
 
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.name} {self.state.value} failures={self._failures}>"

@@ -5,7 +5,9 @@ uvicorn (the asyncio loop, the httptools parser), bound to ``server.host`` (127.
 default), with the connection cap, header read timeout and header size limit of
 :mod:`tierlm.server.limits` and rate-limited logs, and on SIGTERM stops accepting
 connections and drains the requests in flight for at most ``server.drain_seconds`` before it
-exits.
+exits. It logs for its operator (:mod:`tierlm.server.oplog`): a start-up summary with
+warnings for what will fail, an access line per request, and tierlm's own records, as text
+or JSON lines.
 """
 
 from __future__ import annotations
@@ -17,25 +19,28 @@ from tierlm.server.app import create_app
 
 if TYPE_CHECKING:
     from tierlm.config.settings import Settings
+    from tierlm.server.oplog import LogFormat
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, *, log_level: str = "info", log_format: LogFormat = "text") -> None:
     """Run the gateway until SIGINT/SIGTERM (then drain, bounded by ``drain_seconds``)."""
     import gc
 
     import uvicorn
 
     from tierlm.router import Router
-    from tierlm.server.auth import KeyRing
     from tierlm.server.limits import rate_limit_logs
+    from tierlm.server.oplog import log_config
 
-    KeyRing(settings.server.api_keys)  # a bad key hash is a config error now, not a failed start
-    router = Router(settings)  # so is a bad backend (the app closes the router at shutdown)
+    router = Router(settings)  # a bad backend is a config error now, not a failed start
     # A long-running server allocates many short-lived objects per request: collect the
     # youngest generation less often (the start-up heap is frozen once loaded).
     gc.set_threshold(10_000, 50, 50)
-    config = uvicorn_config(settings, create_app(router, freeze_gc=True, owns_router=True))
-    rate_limit_logs()
+    app = create_app(router, freeze_gc=True, owns_router=True, announce=True)
+    config = uvicorn_config(
+        settings, app, log_config=log_config(log_level, log_format), log_level=log_level
+    )
+    rate_limit_logs()  # tierlm.access has a handler of its own: it is never held back
     uvicorn.Server(config).run()
 
 

@@ -36,7 +36,7 @@ from starlette.types import Message
 
 from tierlm import __version__
 from tierlm.errors import TierlmError
-from tierlm.server import anthropic, embeddings, ollama, openai
+from tierlm.server import anthropic, embeddings, ollama, openai, oplog
 from tierlm.server.gateway import (
     Gateway,
     error_response,
@@ -60,10 +60,17 @@ _HTTP_CODES = {
 
 
 def create_app(
-    source: Router | Settings, *, freeze_gc: bool = False, owns_router: bool = False
+    source: Router | Settings,
+    *,
+    freeze_gc: bool = False,
+    owns_router: bool = False,
+    announce: bool = False,
 ) -> Starlette:
     """The gateway app over a ready Router (the caller closes it, unless ``owns_router``) or
     over settings (the app builds the Router at start-up and closes it at shutdown).
+
+    ``announce`` (``serve()`` sets it): check every backend briefly at start-up and log the
+    summary and its warnings (:func:`tierlm.server.oplog.startup`).
 
     ``freeze_gc`` (``serve()`` sets it; it is process-wide): once started, move everything
     loaded so far out of the garbage collector's sight, so collections stay short.
@@ -99,7 +106,9 @@ def create_app(
         app.state.gateway = gw
         # Load the signal models before the first request, not during it.
         await anyio.to_thread.run_sync(lambda: router.signals)
-        gw.health.healthy()  # start the first health check
+        if announce:
+            await oplog.startup(gw)  # also the first health check
+        gw.health.healthy()  # start the first health check (when not announced)
         accounting = getattr(router, "accounting", None)
         if accounting is not None and router.settings.ledger.url != "off":
             # open (and migrate) the ledger now rather than in the first request

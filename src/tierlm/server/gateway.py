@@ -33,6 +33,7 @@ from tierlm.errors import (
 )
 from tierlm.policy import Conditions
 from tierlm.privacy import key_reaches
+from tierlm.server import oplog
 from tierlm.server.auth import KeyRing
 from tierlm.server.health import HealthCache
 from tierlm.server.metrics import Metrics
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     from tierlm.config.settings import ApiKeyConfig
     from tierlm.execute.executor import RoutedStream
     from tierlm.router import Router
-    from tierlm.types import ChatResponse, Plan, StreamEvent
+    from tierlm.types import ChatResponse, Plan, StreamEvent, Usage
 
 # x-tierlm-<name> request headers that become routing hints (header name -> hint field).
 HINT_HEADERS = {
@@ -386,10 +387,22 @@ class Gateway:
         return out
 
     def account(
-        self, route: str, plan: Plan | None, tier: str, backend: str, status: int, started: float
+        self,
+        route: str,
+        plan: Plan | None,
+        tier: str,
+        backend: str,
+        status: int,
+        started: float,
+        *,
+        request_id: str | None = None,
+        usage: Usage | None = None,
     ) -> None:
-        """Count one finished request (and a fallback when the first choice did not answer)."""
-        self.metrics.observe(route, tier, backend, status, time.perf_counter() - started)
+        """Count one finished request (and a fallback when the first choice did not answer),
+        and write its access log line."""
+        seconds = time.perf_counter() - started
+        self.metrics.observe(route, tier, backend, status, seconds)
+        oplog.access(route, request_id, tier, backend, status, seconds, usage)
         if (
             plan is not None
             and backend
@@ -452,7 +465,14 @@ class StreamEnd:
         self.gw.metrics.in_flight -= 1
         rs = self.rs
         self.gw.account(
-            self.route, rs.plan, rs.tier or "", rs.backend or "", self.status, self.started
+            self.route,
+            rs.plan,
+            rs.tier or "",
+            rs.backend or "",
+            self.status,
+            self.started,
+            request_id=rs.plan.request_id,
+            usage=rs.usage,
         )
 
 
@@ -554,7 +574,10 @@ class WireFormat:
                 resp, plan = await gw.complete(req, key)
         except TierlmError as e:
             gw.metrics.in_flight -= 1
-            gw.account(self.route, None, e.tier or "", e.backend or "", e.status, started)
+            rid = req.request_id if req is not None else None
+            gw.account(
+                self.route, None, e.tier or "", e.backend or "", e.status, started, request_id=rid
+            )
             return self.error(
                 e, {"x-tierlm-request-id": req.request_id} if req is not None else None
             )
@@ -563,7 +586,16 @@ class WireFormat:
             raise
         if not req.stream:
             gw.metrics.in_flight -= 1
-            gw.account(self.route, plan, resp.tier, resp.backend, 200, started)
+            gw.account(
+                self.route,
+                plan,
+                resp.tier,
+                resp.backend,
+                200,
+                started,
+                request_id=req.request_id,
+                usage=resp.usage,
+            )
             headers = gw.routing_headers(req, plan, resp.tier, resp.backend, resp.model)
             headers.update(limited)
             return json_response(self.whole(gw, req, plan, resp, started), 200, headers)

@@ -63,16 +63,21 @@ class HealthCache:
             self._task = asyncio.get_running_loop().create_task(self._refresh())
 
     async def _refresh(self) -> None:
+        await self.refresh()
+
+    async def refresh(self, within: float = CHECK_TIMEOUT) -> dict[str, BackendHealth]:
+        """Check every backend now, concurrently, each for at most ``within`` seconds."""
         names = list(self.backends)
-        results = await asyncio.gather(*(self._check(n) for n in names))
+        results = await asyncio.gather(*(self._check(n, within) for n in names))
         self.last = dict(zip(names, results, strict=True))
         self.checked_at = time.monotonic()
+        return self.last
 
-    async def _check(self, name: str) -> BackendHealth:
+    async def _check(self, name: str, within: float) -> BackendHealth:
         try:
-            return await asyncio.wait_for(self.backends[name].health(), CHECK_TIMEOUT)
+            return await asyncio.wait_for(self.backends[name].health(), within)
         except TimeoutError:
-            return BackendHealth(ok=False, detail=f"health check over {CHECK_TIMEOUT:g} s")
+            return BackendHealth(ok=False, detail=f"health check over {within:g} s")
         except TierlmError as e:
             return BackendHealth(ok=False, detail=e.message)
 
