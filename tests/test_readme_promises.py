@@ -1,0 +1,154 @@
+"""README promises, pinned: each test fails when the promise it names breaks.
+
+- Resilience: "5 consecutive upstream failures open [a backend's breaker] for 30 s; one probe
+  is then let through" and "`Retry-After` is honoured up to 5 s, and a longer one moves on at
+  once and pauses that backend for as long as it asked". The executor is built with its
+  defaults (as the Router builds it) and driven with a test clock and a recording sleep:
+  nothing here waits for real.
+- Hints: "Routing hints ride in a `tierlm` body object or `x-tierlm-*` headers", on the
+  Ollama API too: a valid hint header changes the route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+
+from fakes import serve
+from fakes.openai_server import make_app
+from server_util import serve_gateway, settings, upstream_backend
+from tierlm import Router
+from tierlm.backends.base import Backend
+from tierlm.config import load_settings
+from tierlm.config.settings import BackendConfig
+from tierlm.errors import BackendError, BackendTimeout, RateLimited
+from tierlm.execute import BreakerConfig, BreakerState, Executor, RetryPolicy
+from tierlm.types import Boundary, Candidate, ChatRequest, ChatResponse, Message, Plan, Usage
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Upstream(Backend):
+    """An in-memory backend that fails with ``errors`` (one a call, in order), then answers."""
+
+    def __init__(self, name: str, errors: list[BackendError] | None = None) -> None:
+        super().__init__(BackendConfig(name=name, kind="openai", model=name, boundary="site"))
+        self.errors = list(errors or [])
+        self.calls = 0
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return ChatResponse(
+            model=self.model,
+            message=Message(role="assistant", content="ok"),
+            usage=Usage(prompt_tokens=1, completion_tokens=1),
+        )
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[object]:  # type: ignore[override]
+        raise NotImplementedError
+
+
+def _plan(*names: str) -> Plan:
+    return Plan(candidates=[Candidate(n, "t", Boundary.SITE) for n in names])
+
+
+def test_the_router_runs_its_executor_with_the_documented_defaults() -> None:
+    assert BreakerConfig() == BreakerConfig(threshold=5, cooldown=30.0)
+    assert RetryPolicy().retry_after_cap == 5.0
+    with Router(load_settings(env={})) as router:
+        assert router.executor.breakers.config == BreakerConfig()
+        assert router.executor.retry.retry_after_cap == RetryPolicy().retry_after_cap
+
+
+async def test_five_failures_open_the_breaker_for_thirty_seconds() -> None:
+    clock = Clock()
+    flaky = Upstream("flaky", [BackendTimeout("slow", backend="flaky") for _ in range(20)])
+    spare = Upstream("spare")
+    ex = Executor({"flaky": flaky, "spare": spare}, clock=clock)
+    plan = _plan("flaky", "spare")
+
+    async def ask() -> str:
+        return (await ex.complete(ChatRequest.from_prompt("hi"), plan)).model
+
+    for _ in range(5):
+        assert await ask() == "spare"
+    assert flaky.calls == 5 and ex.breakers["flaky"].state is BreakerState.OPEN
+    assert await ask() == "spare" and flaky.calls == 5  # open: skipped
+    clock.now += 29.9
+    assert await ask() == "spare" and flaky.calls == 5  # still open at 29.9 s
+    clock.now += 0.2
+    assert await ask() == "spare" and flaky.calls == 6  # 30 s: one probe goes
+    assert ex.breakers["flaky"].state is BreakerState.OPEN  # it failed: open again
+
+
+async def test_four_failures_do_not_open_it() -> None:
+    flaky = Upstream("flaky", [BackendTimeout("slow", backend="flaky") for _ in range(4)])
+    ex = Executor({"flaky": flaky, "spare": Upstream("spare")}, clock=Clock())
+    for _ in range(4):
+        await ex.complete(ChatRequest.from_prompt("hi"), _plan("flaky", "spare"))
+    assert ex.breakers["flaky"].state is BreakerState.CLOSED
+    resp = await ex.complete(ChatRequest.from_prompt("hi"), _plan("flaky", "spare"))
+    assert resp.model == "flaky" and flaky.calls == 5
+
+
+@pytest.mark.parametrize(("asked", "waited"), [(5.0, True), (5.01, False)])
+async def test_retry_after_is_waited_up_to_five_seconds(asked: float, waited: bool) -> None:
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    clock = Clock()
+    limited = Upstream("limited", [RateLimited("slow down", backend="limited", retry_after=asked)])
+    ex = Executor({"limited": limited, "spare": Upstream("spare")}, clock=clock, sleep=sleep)
+    resp = await ex.complete(ChatRequest.from_prompt("hi"), _plan("limited", "spare"))
+    if waited:
+        assert (waits, resp.model, limited.calls) == ([asked], "limited", 2)
+    else:  # moved on at once, and the backend is paused for as long as it asked
+        assert (waits, resp.model, limited.calls) == ([], "spare", 1)
+        breaker = ex.breakers["limited"]
+        assert breaker.state is BreakerState.OPEN
+        assert breaker.retry_in() == pytest.approx(asked)
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[str]:
+    with serve(make_app()) as url:
+        s = settings(
+            [upstream_backend("small", url, "ok"), upstream_backend("big", url, "ok")],
+            [
+                {"name": "near", "backends": ["small"], "strength": 1.0},
+                {"name": "far", "backends": ["big"], "strength": 1.0},
+            ],
+        )
+        with serve_gateway(s) as base:
+            yield base
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/chat", {"messages": [{"role": "user", "content": "hi"}]}),
+        ("/api/generate", {"prompt": "hi"}),
+    ],
+)
+@pytest.mark.parametrize("hint", [{"x-tierlm-tier-floor": "far"}, {"x-tierlm-optimize": "quality"}])
+def test_ollama_api_routes_by_hint_headers(
+    gateway: str, path: str, body: dict[str, object], hint: dict[str, str]
+) -> None:
+    req = {"model": "auto", "stream": False, **body}
+    plain = httpx.post(gateway + path, json=req, timeout=30)
+    hinted = httpx.post(gateway + path, json=req, headers=hint, timeout=30)
+    assert plain.status_code == hinted.status_code == 200, hinted.text
+    assert plain.headers["x-tierlm-tier"] == "near"
+    assert hinted.headers["x-tierlm-tier"] == "far"
