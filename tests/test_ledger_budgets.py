@@ -187,3 +187,28 @@ async def test_async_wrappers(tmp_path: Path) -> None:
     assert state.remaining_usd == pytest.approx(0.5)
     assert int(state.buckets[0].spent_nusd) == 10 * to_nusd(0.05) == NANO // 2
     await ledger.aclose()
+
+
+def test_buckets_and_refusals_read_as_words() -> None:
+    from tierlm.ledger.budgets import BucketState, BudgetState
+
+    nusd = to_nusd(1.0)
+    glob = BucketState("global:*:month:2026-12", 200 * nusd, 199 * nusd, nusd // 2)
+    assert (glob.label, glob.left) == ("global/month", "$0.50 of $200.00 left")
+    key = BucketState("key:team:a:day:2026-12-01", nusd, 0, 0)
+    assert key.label == "key team:a/day"
+    assert BucketState("tier:cloud:month:2026-12", 0, 0, 0).label == "tier cloud/month"
+    state = BudgetState((glob,), local_only_below=0.10, per_request_share=0.05)
+    assert state.why_not(0.001) == (
+        "budget global/month has $0.50 of $200.00 left, below local_only_below (10%)"
+    )
+    roomy = BudgetState((key,), local_only_below=0.10, per_request_share=0.05)
+    assert roomy.why_not(0.05) is None
+    assert roomy.why_not(0.06) == (
+        "budget key team:a/day has $1.00 of $1.00 left; this call (~$0.06) is over "
+        "per_request_share (5% of what remains)"
+    )
+    assert (
+        roomy.why_not(2.0)
+        == "budget key team:a/day has $1.00 of $1.00 left; this call needs ~$2.00"
+    )

@@ -16,13 +16,15 @@ import typer
 from typer.testing import CliRunner
 
 from fakes import serve
-from server_util import serve_gateway, settings
-from tierlm import models
+from fakes.openai_server import make_app
+from server_util import serve_gateway, settings, upstream_backend
+from tierlm import Router, models
 from tierlm.cli import models as models_cli
 from tierlm.cli.doctor import format_report, gather_report
 from tierlm.config import load_settings
 from tierlm.errors import ModelNotFound
 from tierlm.server import create_app
+from tierlm.types import ChatRequest
 
 MISSING = "/nonexistent-dir/tierlm-missing.gguf"
 
@@ -83,6 +85,28 @@ def test_a_missing_model_is_a_503_naming_the_backend(
     assert "/nonexistent-dir" not in r.text  # no server paths
     if isinstance(err, dict):
         assert err["code"] == "model_unavailable"
+
+
+def test_auto_falls_over_to_the_next_tier(tmp_path: Path) -> None:
+    with serve(make_app()) as upstream:
+        s = settings(
+            [
+                {"name": "smollm2", "kind": "llama_cpp", "model": MISSING},
+                upstream_backend("site", upstream, "ok"),
+            ],
+            [{"name": "tiny", "backends": ["smollm2"]}, {"name": "site", "backends": ["site"]}],
+        )
+        req = ChatRequest.from_prompt("hi")
+        attempts: list[Any] = []
+        with Router(s) as router:
+            plan = router.plan(req)
+            assert [c.tier for c in plan.candidates] == ["tiny", "site"]
+            resp = router._run(router.executor.complete(req, plan, attempts))
+    assert (resp.tier, resp.backend) == ("site", "site")
+    assert [(a.backend, a.outcome) for a in attempts] == [
+        ("smollm2", "model_unavailable"),
+        ("site", "ok"),
+    ]
 
 
 def test_serve_warns_at_startup_about_a_missing_model(caplog: pytest.LogCaptureFixture) -> None:

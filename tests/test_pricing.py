@@ -155,3 +155,24 @@ def test_estimate_counts_everything_billed() -> None:
     fee = _cfg(model="gpt-4o", price=Price(input=1.0, output=1.0, per_request_min=0.01))
     assert estimate_usd(fee, plain) == pytest.approx(0.01)
     assert cost_usd(fee, Usage(prompt_tokens=1, completion_tokens=1)) == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize(
+    ("usd", "text"),
+    [
+        (0.0, "$0"),
+        (5e-05, "$0.00005"),
+        (0.004, "$0.004"),
+        (0.0099, "$0.0099"),
+        (0.01, "$0.01"),
+        (200.0, "$200.00"),
+        (1234.5, "$1,234.50"),
+        (-0.5, "-$0.50"),
+        (-2e-05, "-$0.00002"),
+        (1e-12, "$0"),
+    ],
+)
+def test_money_is_printed_for_people(usd: float, text: str) -> None:
+    from tierlm.pricing import format_usd
+
+    assert format_usd(usd) == text

@@ -78,6 +78,12 @@ def test_every_request_is_recorded_with_its_attempts(
     assert sum(r[4] > 0 for r in rows) == 2, "both cloud answers cost money, local none"
     audit = _rows(tmp_path, "SELECT backend, digest FROM audit")
     assert len(audit) == 2 and all(b == "cloud" and len(d) == 64 for b, d in audit)
+    # escalated, as the plan says it ("escalated past tiny"): a stronger tier than the
+    # cheapest eligible one answered; no attempt failed, so no fallback
+    flags = _rows(tmp_path, "SELECT tier, escalated, fallback, reasons FROM requests")
+    for tier, escalated, fallback, reasons in flags:
+        assert escalated == (tier == "cloud") and not fallback
+        assert ("escalated past tiny" in reasons) == (tier == "cloud")
 
 
 def test_budget_runs_out_then_requests_degrade_to_local(
