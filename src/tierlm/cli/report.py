@@ -131,6 +131,8 @@ def _print(rep: Report, charts: list[Path]) -> None:
 def _cascade_table(console: Console, rep: Report) -> None:
     from rich.table import Table
 
+    from tierlm.pricing import format_usd
+
     t = Table(
         title="Cascade: judged answers per tier (cost, wait: of the escalations)",
         title_justify="left",
@@ -155,7 +157,7 @@ def _cascade_table(console: Console, rep: Report) -> None:
             f"{c.escalated:,}",
             f"{c.kept:,}",
             f"{c.late_fail:,}",
-            _money(c.escalation_cost_usd),
+            format_usd(c.escalation_cost_usd),
             wait,
         )
     console.print(t)
