@@ -134,12 +134,11 @@ def test_escalation_within_the_budget_only(tmp_path: Path, upstream: FaultyUpstr
     assert resp.tier == "tiny" and resp.text
     (trail,) = resp.cascade or []
     assert trail["decision"] == "keep"
-    assert any("budget" in r for r in trail["reasons"]), trail
     assert upstream.count("cloud") == 0
-    assert [(r[0], r[3]) for r in _rows(tmp_path, ATTEMPTS)] == [
-        ("tiny", "keep"),
-        ("cloud", None),  # refused by the budget before anything was sent
-    ]
+    # the plan already leaves out the call the budget cannot cover, and says so
+    ((reasons,),) = _rows(tmp_path, "SELECT reasons FROM requests")
+    assert "excluded cloud: budget global/month has $" in reasons, reasons
+    assert [(r[0], r[3]) for r in _rows(tmp_path, ATTEMPTS)] == [("tiny", "keep")]
 
 
 def test_buffer_mode_streams_the_accepted_or_the_escalated_answer(

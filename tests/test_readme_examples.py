@@ -1,8 +1,8 @@
 """README's examples, read from README.md itself so they cannot drift from what loads.
 
 Every ``yaml`` block is loaded with no environment at all (no site URL, no cloud key): a block
-that declares ``backends``/``tiers`` alone, a fragment (``server:`` ...) on top of the first
-complete one. The Python snippet must import every name it uses.
+that declares ``backends`` alone, a fragment (``server:``, ``tiers:`` ...) on top of the first
+complete one (its top-level keys replace that one's). The Python snippet must import every name it uses.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def _blocks(lang: str) -> list[str]:
 
 
 def _complete(text: str) -> bool:
-    return bool(re.search(r"^(backends|tiers):", text, re.M))
+    return bool(re.search(r"^backends:", text, re.M))
 
 
 YAML = _blocks("yaml")
