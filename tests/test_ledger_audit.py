@@ -183,6 +183,7 @@ def test_a_deleted_tail_is_found_by_the_requests_and_by_an_anchor(
         assert ledger.audit_verify().ok
         bad = ledger.audit_verify(anchor=head[1])
         assert not bad.ok and f"anchor {head[1]} is not in the chain" in bad.reason
+        assert bad.head_seq == external - 1  # what the chain holds now, to compare
         assert ledger.audit_verify(anchor=ledger.audit_list(limit=1)[0].hash).ok
 
 
@@ -221,3 +222,53 @@ def test_audit_cli_head_and_anchor(tmp_path: Path) -> None:
     assert res.exit_code == 1 and "is not in the chain" in res.output
     res = runner.invoke(app, ["audit", "verify", "--config", str(cfg), "--anchor", "abc"])
     assert res.exit_code == 2 and "64 hex digits" in res.output
+
+
+def test_the_hashes_are_a_stable_format() -> None:
+    """Known answers: a chain written today must verify with tomorrow's code, and by anyone
+    who recomputes it (canonical JSON: sorted keys, no spaces, UTF-8 kept)."""
+    from tierlm.ledger.audit import GENESIS, canonical, row_hash
+
+    assert canonical({"b": [1, 2], "a": "ä"}) == '{"a":"ä","b":[1,2]}'
+    abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert digest(b"abc") == digest("abc") == abc
+    body = "23db571f0d8c85810e117ad89ba7ef7c991cd5ab04dc10cd0cd192b1b2fe5021"
+    assert digest({"b": [1, 2], "a": "ä"}) == body
+    first = "fc6cee09194dd2578bd7664604fcb72a539066fd34544cea0009c43eb6cdc289"
+    assert row_hash(GENESIS, {"a": 1}) == first
+
+
+def test_verify_says_how_far_it_got(tmp_path: Path) -> None:
+    with open_url(f"sqlite:///{tmp_path / 'v.db'}", tmp_path) as ledger:
+        empty = ledger.audit_verify()
+        assert (empty.ok, empty.rows, empty.reason, empty.head_seq, empty.head) == (
+            True,
+            0,
+            "",
+            None,
+            None,
+        )
+        external = _fill(ledger, 100)
+        ok = ledger.audit_verify()
+        assert (ok.ok, ok.rows, ok.first_bad, ok.reason) == (True, external, None, "")
+        _exec(ledger, "DELETE FROM audit WHERE seq = 9")
+        bad = ledger.audit_verify()
+        assert (bad.rows, bad.first_bad, bad.reason) == (9, 10, "row 10: expected sequence 9")
+        assert (bad.head_seq, bad.head) == (None, None)  # nothing after a break is vouched for
+        _exec(ledger, "UPDATE audit SET backend = 'x' WHERE seq = 3")
+        bad = ledger.audit_verify(anchor="f" * 64)
+        assert (bad.rows, bad.first_bad) == (3, 3) and bad.reason.endswith("match its hash")
+
+
+def test_an_audit_row_carries_the_time_of_its_attempt(tmp_path: Path) -> None:
+    with open_url(f"sqlite:///{tmp_path / 't.db'}", tmp_path) as ledger:
+        ledger.record(
+            RequestRecord(
+                id="r1",
+                ts=1_000.0,
+                attempts=[AttemptRecord("gpt", "cloud", "external", ts=1_234.5, sent_digest="d")],
+            )
+        )
+        ledger.flush()
+        (row,) = ledger.audit_list()
+    assert row.ts == 1_234.5
