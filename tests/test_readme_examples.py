@@ -2,7 +2,8 @@
 
 Every ``yaml`` block is loaded with no environment at all (no site URL, no cloud key): a block
 that declares ``backends`` alone, a fragment (``server:``, ``tiers:`` ...) on top of the first
-complete one (its top-level keys replace that one's). The Python snippet must import every name it uses.
+complete one (its top-level keys replace that one's). The Python snippet must import every
+name it uses.
 """
 
 from __future__ import annotations

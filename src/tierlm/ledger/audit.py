@@ -113,24 +113,24 @@ def to_record(row: Row) -> AuditRecord:
     )
 
 
-# Requests whose boundary-crossing attempts and audit rows do not match in number.
+# The attempts table keeps no digest, so it bounds the audit rows of a request: at least one
+# per answered external attempt (it sent its body), at most one per external attempt that was
+# not skipped (the executor's error_kind for an attempt that was never sent).
+NOT_SENT = "Skipped"
 _CROSSING = ", ".join(f"'{b}'" for b in sorted(CROSSES))
+_AUDITED = "(SELECT request_id, COUNT(*) AS n FROM audit GROUP BY request_id)"
 _MISMATCH = f"""
-SELECT s.request_id, s.n, COALESCE(u.n, 0) FROM (
-    SELECT request_id, COUNT(*) AS n FROM attempts
-    WHERE boundary IN ({_CROSSING})
-      AND (error_kind IS NULL OR error_kind <> '{NOT_SENT}')
-    GROUP BY request_id) s
-LEFT JOIN (SELECT request_id, COUNT(*) AS n FROM audit GROUP BY request_id) u
-    ON u.request_id = s.request_id
-WHERE COALESCE(u.n, 0) <> s.n
+SELECT s.request_id, s.ok, s.tried, COALESCE(u.n, 0) FROM (
+    SELECT request_id,
+        SUM(CASE WHEN outcome = 'ok' THEN 1 ELSE 0 END) AS ok,
+        SUM(CASE WHEN error_kind IS NULL OR error_kind <> '{NOT_SENT}' THEN 1 ELSE 0 END) AS tried
+    FROM attempts WHERE boundary IN ({_CROSSING}) GROUP BY request_id) s
+LEFT JOIN {_AUDITED} u ON u.request_id = s.request_id
+WHERE COALESCE(u.n, 0) < s.ok OR COALESCE(u.n, 0) > s.tried
 UNION ALL
-SELECT u.request_id, 0, u.n FROM (SELECT request_id, COUNT(*) AS n FROM audit GROUP BY request_id) u
-JOIN requests r ON r.id = u.request_id
+SELECT u.request_id, 0, 0, u.n FROM {_AUDITED} u JOIN requests r ON r.id = u.request_id
 WHERE NOT EXISTS (
-    SELECT 1 FROM attempts a WHERE a.request_id = u.request_id
-      AND a.boundary IN ({_CROSSING})
-      AND (a.error_kind IS NULL OR a.error_kind <> '{NOT_SENT}'))
+    SELECT 1 FROM attempts a WHERE a.request_id = u.request_id AND a.boundary IN ({_CROSSING}))
 ORDER BY 1 LIMIT 1
 """
 
@@ -140,10 +140,15 @@ def cross_check(tx: Tx) -> str | None:
     bad = tx.q(_MISMATCH)
     if not bad:
         return None
-    rid, sent, rows = bad[0]
+    rid, answered, tried, rows = bad[0]
+    if int(rows) < int(answered):
+        return (
+            f"request {rid} is recorded with {answered} answer(s) from beyond the site, but the "
+            f"audit trail holds {rows} row(s) for it: audit rows were deleted"
+        )
     return (
-        f"request {rid} is recorded with {sent} call(s) that left the site, but the audit "
-        f"trail holds {rows} row(s) for it: audit rows were deleted or added"
+        f"request {rid} is recorded with {tried} call(s) that may have left the site, but the "
+        f"audit trail holds {rows} row(s) for it: audit rows were added"
     )
 
 
