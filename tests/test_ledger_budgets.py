@@ -212,3 +212,45 @@ def test_buckets_and_refusals_read_as_words() -> None:
         roomy.why_not(2.0)
         == "budget key team:a/day has $1.00 of $1.00 left; this call needs ~$2.00"
     )
+
+
+def test_periods_and_buckets_are_utc_months_and_days() -> None:
+    from tierlm.ledger.budgets import buckets_for, period_start
+
+    late = 1796081400.0  # 2026-11-30 23:30 UTC
+    assert (period_start("month", late), period_start("day", late)) == ("2026-11", "2026-11-30")
+    limits = [
+        BudgetLimit(usd=10.0),
+        BudgetLimit(usd=4.0),  # the same bucket twice: the smaller limit holds
+        BudgetLimit(scope="key", period="day", usd=1.0),
+        BudgetLimit(scope="tier", name="cloud", usd=2.0),
+    ]
+    assert buckets_for(limits, key="alice", tier="site", now=late) == {
+        "global:*:month:2026-11": to_nusd(4.0),
+        "key:alice:day:2026-11-30": to_nusd(1.0),
+    }
+
+
+def test_the_local_only_threshold_is_strict_and_a_zero_budget_allows_nothing() -> None:
+    from tierlm.ledger.budgets import BucketState, BudgetState
+
+    nusd = to_nusd(1.0)
+    at = BudgetState((BucketState("global:*:month:2026-11", 100 * nusd, 90 * nusd, 0),))
+    assert not at.local_only and at.why_not(0.1) is None  # exactly 10% left: still allowed
+    zero = BudgetState((BucketState("global:*:month:2026-11", 0, 0, 0),))
+    assert zero.local_only and zero.why_not(1e-9) is not None
+    assert zero.why_not(0.0) is None  # what costs nothing is never refused
+
+
+def test_settling_twice_books_once(tmp_path: Path) -> None:
+    with open_url(f"sqlite:///{tmp_path / 'l.db'}", tmp_path, one_budget(10.0)) as ledger:
+        r = ledger.reserve("r", key="k", tier="cloud", backend="gpt", usd=0.2)
+        assert (r.request_id, r.key, r.tier, r.backend) == ("r", "k", "cloud", "gpt")
+        ledger.settle(r, 0.1)
+        ledger.settle(r, 0.1)  # a second verdict on the same call changes nothing
+        ledger.release(r)
+        (b,) = ledger.budget_state(key="k", tier="cloud").buckets
+        assert (b.spent_nusd, b.reserved_nusd) == (to_nusd(0.1), 0)
+        with pytest.raises(BudgetExceeded) as e:
+            ledger.reserve("big", key="k", tier="cloud", backend="gpt", usd=5.0)
+        assert (e.value.tier, e.value.backend, e.value.request_id) == ("cloud", "gpt", "big")

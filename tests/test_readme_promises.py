@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -23,8 +24,8 @@ from tierlm import Router
 from tierlm.backends.base import Backend
 from tierlm.config import load_settings
 from tierlm.config.settings import BackendConfig
-from tierlm.errors import BackendError, BackendTimeout, RateLimited
-from tierlm.execute import BreakerConfig, BreakerState, Executor, RetryPolicy
+from tierlm.errors import BackendError, BackendTimeout, Overloaded, RateLimited
+from tierlm.execute import BreakerConfig, BreakerState, CircuitBreaker, Executor, RetryPolicy
 from tierlm.types import Boundary, Candidate, ChatRequest, ChatResponse, Message, Plan, Usage
 
 
@@ -152,3 +153,32 @@ def test_ollama_api_routes_by_hint_headers(
     assert plain.status_code == hinted.status_code == 200, hinted.text
     assert plain.headers["x-tierlm-tier"] == "near"
     assert hinted.headers["x-tierlm-tier"] == "far"
+
+
+def test_a_breaker_that_recovered_lets_the_next_probe_through() -> None:
+    """Open → probe succeeds → closed; when it opens again, the next cool-down ends with a
+    probe again."""
+
+    clock = Clock()
+    b = CircuitBreaker("x", clock=clock)
+    assert b.retry_in() == 0.0
+    for _ in range(5):
+        b.failure()
+    clock.now += 30.0
+    assert b.allow()  # the probe
+    b.success()
+    assert b.state is BreakerState.CLOSED
+    for _ in range(5):
+        b.failure()
+    assert b.state is BreakerState.OPEN and b.retry_in() == pytest.approx(30.0)
+    clock.now += 30.0
+    assert b.allow(), "the second cool-down must end with a probe too"
+
+
+def test_backoff_never_outlasts_the_time_left() -> None:
+    policy = RetryPolicy(base_delay=10.0, max_delay=10.0, rng=random.Random(1))
+    err = BackendTimeout("t")
+    assert policy.delay(RateLimited("r", retry_after=0), 0, remaining=60) == 0.0
+    assert policy.delay(RateLimited("r", retry_after=3.0), 0, remaining=3.0) is None
+    assert policy.delay(err, 0, remaining=60) is None  # a timeout moves on: not transient
+    assert policy.delay(Overloaded("busy"), 0, remaining=0.001) is None
