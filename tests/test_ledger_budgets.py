@@ -254,3 +254,21 @@ def test_settling_twice_books_once(tmp_path: Path) -> None:
         with pytest.raises(BudgetExceeded) as e:
             ledger.reserve("big", key="k", tier="cloud", backend="gpt", usd=5.0)
         assert (e.value.tier, e.value.backend, e.value.request_id) == ("cloud", "gpt", "big")
+
+
+def test_the_report_sees_the_buckets_of_the_running_periods(tmp_path: Path) -> None:
+    cfg = BudgetConfig(limits=[BudgetLimit(usd=1.0), BudgetLimit(scope="key", usd=0.5)])
+    with open_url(f"sqlite:///{tmp_path / 'l.db'}", tmp_path, cfg) as ledger:
+        ledger.settle(ledger.reserve("a", key="k", tier="t", backend="b", usd=0.01), 0.01)
+        with ledger.store.transaction("budget") as tx:  # last year's bucket is not running
+            tx.q(
+                "INSERT INTO budget_buckets (bucket, limit_nusd, spent_nusd) VALUES (?, ?, ?)",
+                ("global:*:month:2001-01", to_nusd(1.0), to_nusd(1.0)),
+            )
+        state = ledger.budgets.current()
+    assert [(b.label, b.spent_nusd) for b in state.buckets] == [
+        ("global/month", to_nusd(0.01)),
+        ("key k/month", to_nusd(0.01)),
+    ]
+    assert state.buckets[0].to_dict()["label"] == "global/month"
+    assert state.local_only_below == cfg.local_only_below
