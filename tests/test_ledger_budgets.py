@@ -272,3 +272,22 @@ def test_the_report_sees_the_buckets_of_the_running_periods(tmp_path: Path) -> N
     ]
     assert state.buckets[0].to_dict()["label"] == "global/month"
     assert state.local_only_below == cfg.local_only_below
+
+
+def test_the_report_recommends_about_a_low_budget() -> None:
+    from tierlm.ledger.advice import recommend
+    from tierlm.ledger.budgets import BucketState, BudgetState
+    from tierlm.ledger.reports import Report
+
+    def advice(spent: int, kept_local: int = 0) -> list[str]:
+        n = to_nusd(1.0)
+        state = BudgetState((BucketState("global:*:month:2026-12", 100 * n, spent * n, 0),))
+        return recommend(Report(since=0, until=1, budget_kept_local=kept_local), [], state)
+
+    none = "No requests recorded in this period."
+    assert advice(95)[0].startswith(
+        "Budget global/month has $5.00 of $100.00 left (5%, below local_only_below 10%)"
+    )
+    assert advice(80)[0].startswith("Budget global/month has $20.00 of $100.00 left (20%)")
+    assert advice(10, kept_local=3)[0].startswith("3 request(s) in the last day left out")
+    assert advice(10) == [none]

@@ -115,7 +115,12 @@ def test_budget_runs_out_then_requests_degrade_to_local(
     assert "excluded cloud: budget global/month has $" in why, why
     assert "e-0" not in why and "cloud's reach" not in why
     # and the report recommends about the budget, not only about errors
-    assert any(r.startswith("Budget global/month has $") for r in report.recommendations), (
+    assert report.budget_kept_local >= 1
+    assert any(
+        "left out a paid tier because the budget could not cover" in r
+        and "budget global/month has $" in r
+        for r in report.recommendations
+    ), (
         report.recommendations,
         report.budgets,
     )

@@ -5,8 +5,9 @@ Rules, each firing only with enough evidence:
 - cloud requests no harder than what a local tier was scored well on: raise that tier's share;
 - a tier scored poorly: raise the quality bar;
 - a backend whose attempts often fail: check its health and timeouts;
-- a budget below ``local_only_below`` (paid tiers are off until its period ends), or with
-  less than ``SPENT_SHARE`` left (calls that do not fit it already go local);
+- a budget below ``local_only_below`` (paid tiers are off until its period ends), requests
+  it kept local in the last day (their estimate did not fit), or less than ``SPENT_SHARE``
+  left;
 - many escalations (answers from a stronger tier than the cheapest eligible) or errors;
   and no feedback at all.
 """
@@ -75,25 +76,33 @@ def _cloud_to_local(rep: Report, rated: list[tuple[str, float | None, float]]) -
     return out
 
 
-def _budgets(budget: BudgetState | None) -> list[str]:
-    """A budget under ``local_only_below`` (paid tiers are off), or nearly spent (soon)."""
-    if budget is None:
+def _budgets(budget: BudgetState | None, kept_local: int) -> list[str]:
+    """A budget under ``local_only_below`` (paid tiers are off), requests it kept local
+    lately (their estimate did not fit), or one nearly spent."""
+    if budget is None or not budget.buckets:
         return []
-    out = []
     low = budget.local_only_below
-    for b in budget.buckets:
-        if b.limit_nusd == 0 or b.share < low:
-            out.append(
-                f"Budget {b.label} has {b.left} ({b.share:.0%}, below local_only_below "
-                f"{low:.0%}): requests that cost money go to local tiers until the period "
-                "ends; raise its limit in budgets.limits if they should not."
-            )
-        elif b.share < SPENT_SHARE:
-            out.append(
-                f"Budget {b.label} has {b.left} ({b.share:.0%}): calls that do not fit what is "
-                f"left go to local tiers, all paid calls below {low:.0%}; raise its limit in "
-                "budgets.limits if they should not."
-            )
+    out = [
+        f"Budget {b.label} has {b.left} ({b.share:.0%}, below local_only_below {low:.0%}): "
+        "requests that cost money go to local tiers until the period ends; raise its limit in "
+        "budgets.limits if they should not."
+        for b in budget.buckets
+        if b.limit_nusd == 0 or b.share < low
+    ]
+    tightest = min(budget.buckets, key=lambda b: b.share)
+    if not out and kept_local:
+        out.append(
+            f"{kept_local} request(s) in the last day left out a paid tier because the budget "
+            f"could not cover their estimated cost (budget {tightest.label} has "
+            f"{tightest.left}; one call may take {budget.per_request_share:.0%} of it): raise "
+            "budgets.limits or per_request_share, or send a lower max_tokens."
+        )
+    elif not out and tightest.share < SPENT_SHARE:
+        out.append(
+            f"Budget {tightest.label} has {tightest.left} ({tightest.share:.0%}): below "
+            f"{low:.0%} every paid call goes local; raise its limit in budgets.limits if it "
+            "should not."
+        )
     return out
 
 
@@ -104,7 +113,7 @@ def recommend(
 ) -> list[str]:
     """The recommendations for ``rep``; ``rated`` holds (tier, complexity, quality) ratings;
     ``budget`` the budget buckets running now."""
-    out = _budgets(budget)
+    out = _budgets(budget, rep.budget_kept_local)
     if rep.requests == 0:
         return [*out, "No requests recorded in this period."]
     out += _cloud_to_local(rep, rated)

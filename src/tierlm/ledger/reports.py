@@ -13,7 +13,9 @@ configured price when known, else at the cost per token that tier was observed t
 Rates, the same words as plans and records use: ``fallback_rate`` is the share of requests
 answered after an attempt failed (another backend answered); ``escalation_rate`` the share
 answered by a stronger tier than the cheapest one eligible for them. ``budgets`` lists the
-budget buckets of the periods running now, with what is left.
+budget buckets of the periods running now, with what is left; ``budget_kept_local`` counts
+the requests of the last day (raw rows: one day at most is scanned) whose plan left a paid
+tier out because the budget could not cover it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from tierlm.ledger import rollups
 from tierlm.ledger.rollups import LOG_RES, Totals
-from tierlm.ledger.store import Store
+from tierlm.ledger.store import Store, Tx
 
 if TYPE_CHECKING:
     from tierlm.ledger.budgets import BudgetState
@@ -130,6 +132,7 @@ class Report:
     cloud_complexity: list[int] = field(default_factory=list)  # external requests per tenth
     cascade: list[CascadeStats] = field(default_factory=list)
     budgets: list[dict[str, Any]] = field(default_factory=list)  # buckets running now
+    budget_kept_local: int = 0  # requests of the last day whose plan left a paid tier out
     recommendations: list[str] = field(default_factory=list)
     seconds: float = 0.0  # how long building the report took
 
@@ -277,6 +280,16 @@ def _daily(totals: Totals) -> list[dict[str, Any]]:
     ]
 
 
+def _kept_local(tx: Tx, start: float, end: float) -> int:
+    """Requests in ``[start, end)`` whose plan left a paid backend out for the budget (the
+    policy's reason reads ``excluded NAME: budget ...``)."""
+    ((n,),) = tx.q(
+        "SELECT COUNT(*) FROM requests WHERE ts >= ? AND ts < ? AND reasons LIKE ?",
+        (start, end, "%excluded %: budget %"),
+    )
+    return int(n)
+
+
 def build_report(
     store: Store,
     *,
@@ -334,6 +347,8 @@ def build_report(
         )
         rep.savings = _savings(rep, strongest_tier, baseline_price)
         rep.budgets = [b.to_dict() for b in budget.buckets] if budget else []
+        if budget is not None and budget.buckets:
+            rep.budget_kept_local = _kept_local(tx, max(start, end - 86400.0), end)
         rep.recommendations = recommend(rep, rated, budget)
     rep.seconds = round(time.perf_counter() - t0, 4)
     return rep
