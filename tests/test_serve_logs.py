@@ -64,7 +64,6 @@ def test_startup_summary_warns_about_what_will_fail(
         r = httpx.post(
             url + "/v1/chat/completions",
             json={"model": "near", "messages": [{"role": "user", "content": SECRET}]},
-            headers={"x-request-id": "req-log-1"},
             timeout=30,
         )
         assert r.status_code == 200, r.text
@@ -82,7 +81,7 @@ def test_startup_summary_warns_about_what_will_fail(
     (line,) = by_logger["tierlm.access"]
     fields = {k: getattr(line, k) for k in ("request_id", "route", "tier", "backend", "status")}
     assert fields == {
-        "request_id": "req-log-1",
+        "request_id": r.headers["x-tierlm-request-id"],
         "route": "/v1/chat/completions",
         "tier": "near",
         "backend": "site",
