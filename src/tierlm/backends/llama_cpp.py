@@ -130,6 +130,17 @@ class LlamaCppBackend(Backend):
                 backend=self.name,
             )
 
+    def ready_to_load(self) -> Path:
+        """The model file, checked to fit in memory. A failure is :class:`ModelUnavailable`:
+        a request gets a 503 naming this backend (never a path), the executor moves on, and
+        the whole advice stays in its ``advice`` for local faces."""
+        try:
+            path = self.model_path()
+            self.check_memory()
+        except ModelError as e:
+            raise ModelUnavailable(e, backend=self.name) from e
+        return path
+
     def _load(self) -> Any:
         # OpenMP threads that sleep while they wait: spinning ones collapsed generation on a
         # busy CPU (0.5 tokens/s instead of ~40 in bench/bench_worker.py). Read when llama.cpp's
@@ -139,11 +150,7 @@ class LlamaCppBackend(Backend):
             from llama_cpp import Llama
         except ImportError:
             raise MissingDependency("the in-process llama.cpp backend", "local") from None
-        try:
-            path = self.model_path()
-            self.check_memory()
-        except ModelError as e:  # a request gets a 503 naming this backend, never a path
-            raise ModelUnavailable(e, backend=self.name) from e
+        path = self.ready_to_load()
         llm = Llama(
             model_path=str(path),
             n_ctx=self.config.n_ctx,

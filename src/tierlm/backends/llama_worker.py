@@ -98,7 +98,7 @@ class LlamaWorkerBackend(LlamaCppBackend):
         sup = self.supervisor
         if sup.state != "ready":
             if sup.state == "stopped":
-                self.check_memory()
+                self.ready_to_load()
             try:
                 await asyncio.to_thread(sup.wait_ready, self._load_timeout)
             except WorkerDown as e:
@@ -171,7 +171,7 @@ class LlamaWorkerBackend(LlamaCppBackend):
     def complete_blocking(self, request: ChatRequest) -> str:
         """Answer from the calling thread (signals that rate a request with this model)."""
         if self.supervisor.state != "ready":
-            self.check_memory()
+            self.ready_to_load()
         try:
             self.supervisor.wait_ready(self._load_timeout)
         except WorkerDown as e:
