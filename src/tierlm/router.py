@@ -16,7 +16,7 @@ import asyncio
 import dataclasses
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -372,17 +372,52 @@ class Router:
         finally:
             self._run(rs.aclose())
 
-    async def aclose(self) -> None:
+    # -- reloading -------------------------------------------------------------------------
+    def successor(self, settings: Settings) -> Router:
+        """A Router for ``settings`` (a reloaded configuration) that shares what did not
+        change: each backend whose configuration is equal (a loaded model stays loaded), the
+        ledger when ``ledger.url`` is the same, and the signal readers and scan workers when
+        ``routing`` is the same (unless a local model rates complexity). Close this one with
+        ``aclose(keep=[successor])`` once its requests have finished."""
+        from tierlm.backends import create_backend
+
+        before = {b.name: b for b in self.settings.backends}
+        backends = {
+            b.name: self.backends[b.name]
+            if before.get(b.name) == b
+            else create_backend(b, settings)
+            for b in settings.backends
+        }
+        ledger = (
+            self.accounting._ledger if settings.ledger.url == self.settings.ledger.url else None
+        )
+        new = Router(settings, backends=backends, ledger=ledger)
+        if (
+            settings.routing == self.settings.routing
+            and settings.routing.complexity_method != "llm"
+        ):
+            new._signals, new._scan_pool = self._signals, self._scan_pool
+        return new
+
+    async def aclose(self, *, keep: Iterable[Router] = ()) -> None:
+        """Release backends, scan workers and the ledger, except what a Router in ``keep``
+        (successors still serving: :meth:`successor`) shares."""
+        others = list(keep)
+        shared = {id(b) for r in others for b in r.backends.values()}
         for b in self.backends.values():
-            await b.aclose()
-        if self._scan_pool is not None:
-            await anyio.to_thread.run_sync(self._scan_pool.close)
-        await self.layer0.aclose()
-        if self.energy is not None:
+            if id(b) not in shared:
+                await b.aclose()
+        pool = self._scan_pool
+        if pool is not None and all(r._scan_pool is not pool for r in others):
+            await anyio.to_thread.run_sync(pool.close)
+        await self.layer0.aclose()  # each Router has its own (rules and answer cache)
+        if self.energy is not None:  # and its own energy monitor
             await anyio.to_thread.run_sync(self.energy.close)
         if self._embeddings is not None:
             await self._embeddings.aclose()
-        self.accounting.close()
+        ledger = self.accounting._ledger
+        if ledger is None or all(r.accounting._ledger is not ledger for r in others):
+            self.accounting.close()
 
     def close(self) -> None:
         self._run(self.aclose())

@@ -254,6 +254,11 @@ class LlamaCppBackend(Backend):
     def loaded(self) -> bool:
         return self._loaded > 0
 
+    @property
+    def idle_seconds(self) -> float:
+        """Seconds since the last request finished (0 while one runs)."""
+        return 0.0 if self._in_flight else time.monotonic() - self._last_used
+
     async def health(self) -> BackendHealth:
         """Found, fits in memory, warm or cold, busy: without loading anything."""
         try:

@@ -1,4 +1,5 @@
-"""``tierlm models list|pull|rm``: the local GGUF files the in-process tier can use."""
+"""``tierlm models list|pull|rm``: the local GGUF files the in-process tier can use
+(``ps|load|unload|recommend``: :mod:`tierlm.cli.models_live`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ models_app = typer.Typer(
 
 
 def register(app: typer.Typer) -> None:
+    from tierlm.cli import models_live
+
+    models_live.register(models_app)
     app.add_typer(models_app, name="models")
 
 

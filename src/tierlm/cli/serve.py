@@ -48,7 +48,9 @@ def serve(
         help="json: one JSON object per line, for log collectors.",
     ),
 ) -> None:
-    """Serve /v1/chat/completions, /v1/models, the Ollama API, /health and /metrics."""
+    """Serve /v1/chat/completions, /v1/models, the Ollama API, /health and /metrics.
+
+    SIGHUP (or POST /admin/reload) reloads the configuration without a restart."""
     from tierlm.server import serve as run
 
     server: dict[str, object] = {}
@@ -56,7 +58,10 @@ def serve(
         server["host"] = host
     if port is not None:
         server["port"] = port
-    settings = load(config, preset, **({"server": server} if server else {}))
+    overrides = {"server": server} if server else {}
     run(
-        settings, log_level=log_level.lower(), log_format="json" if log_format == "json" else "text"
+        load(config, preset, **overrides),
+        log_level=log_level.lower(),
+        log_format="json" if log_format == "json" else "text",
+        reload=lambda: load(config, preset, **overrides),
     )

@@ -5,9 +5,9 @@ uvicorn (the asyncio loop, the httptools parser), bound to ``server.host`` (127.
 default), with the connection cap, header read timeout and header size limit of
 :mod:`tierlm.server.limits` and rate-limited logs, and on SIGTERM stops accepting
 connections and drains the requests in flight for at most ``server.drain_seconds`` before it
-exits. It logs for its operator (:mod:`tierlm.server.oplog`): a start-up summary with
-warnings for what will fail, an access line per request, and tierlm's own records, as text
-or JSON lines.
+exits; on SIGHUP it reloads its configuration without dropping a request. It logs for its
+operator (:mod:`tierlm.server.oplog`): a start-up summary with warnings for what will fail, an
+access line per request, and tierlm's own records, as text or JSON lines.
 """
 
 from __future__ import annotations
@@ -18,12 +18,22 @@ from typing import TYPE_CHECKING, Any
 from tierlm.server.app import create_app
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from tierlm.config.settings import Settings
     from tierlm.server.oplog import LogFormat
 
 
-def serve(settings: Settings, *, log_level: str = "info", log_format: LogFormat = "text") -> None:
-    """Run the gateway until SIGINT/SIGTERM (then drain, bounded by ``drain_seconds``)."""
+def serve(
+    settings: Settings,
+    *,
+    log_level: str = "info",
+    log_format: LogFormat = "text",
+    reload: Callable[[], Settings] | None = None,
+) -> None:
+    """Run the gateway until SIGINT/SIGTERM (then drain, bounded by ``drain_seconds``);
+    with ``reload`` (reads the configuration again), SIGHUP reloads it
+    (:mod:`tierlm.server.admin`)."""
     import gc
 
     import uvicorn
@@ -36,7 +46,9 @@ def serve(settings: Settings, *, log_level: str = "info", log_format: LogFormat 
     # A long-running server allocates many short-lived objects per request: collect the
     # youngest generation less often (the start-up heap is frozen once loaded).
     gc.set_threshold(10_000, 50, 50)
-    app = create_app(router, freeze_gc=True, owns_router=True, announce=True)
+    app = create_app(
+        router, freeze_gc=True, owns_router=True, announce=True, reload=reload, sighup=True
+    )
     config = uvicorn_config(
         settings, app, log_config=log_config(log_level, log_format), log_level=log_level
     )

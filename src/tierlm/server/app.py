@@ -9,7 +9,8 @@ Routes: ``/v1/chat/completions``, ``/v1/models``, ``/v1/messages`` (Anthropic-sh
 errors), the Ollama API (``/api/chat``,
 ``/api/generate``, ``/api/tags``, ``/api/show``, ``/api/version``), ``/health`` (open),
 ``/metrics`` and ``/admin/*`` (an admin key when keys are configured; ``/admin/cache``:
-the answer cache's stats, ``DELETE`` clears it), ``/openapi.json``
+the answer cache's stats, ``DELETE`` clears it; reload and local models in
+:mod:`tierlm.server.admin`), ``/openapi.json``
 (open), and, when the Router has a ledger, ``POST /v1/feedback`` and ``GET /admin/report``.
 ``/health`` and ``/metrics`` include each local model's worker process (state, restarts,
 crashes). Every body is read incrementally under ``server.max_body_bytes`` (feedback: 64 KiB)
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -36,7 +38,8 @@ from starlette.types import Message
 
 from tierlm import __version__
 from tierlm.errors import TierlmError
-from tierlm.server import anthropic, embeddings, ollama, openai, oplog
+from tierlm.server import admin, anthropic, embeddings, ollama, openai, oplog
+from tierlm.server.admin import Live, Loader
 from tierlm.server.gateway import (
     Gateway,
     error_response,
@@ -65,6 +68,8 @@ def create_app(
     freeze_gc: bool = False,
     owns_router: bool = False,
     announce: bool = False,
+    reload: Loader | None = None,
+    sighup: bool = False,
 ) -> Starlette:
     """The gateway app over a ready Router (the caller closes it, unless ``owns_router``) or
     over settings (the app builds the Router at start-up and closes it at shutdown).
@@ -74,7 +79,10 @@ def create_app(
 
     ``freeze_gc`` (``serve()`` sets it; it is process-wide): once started, move everything
     loaded so far out of the garbage collector's sight, so collections stay short.
+    ``reload``: reads the configuration again for ``POST /admin/reload`` and, with
+    ``sighup`` (main thread only), on SIGHUP (:mod:`tierlm.server.admin`).
     """
+    live = Live(reload)
     routes = [
         Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
         Route("/v1/models", openai.list_models, methods=["GET"]),
@@ -93,6 +101,10 @@ def create_app(
         Route("/admin/report", report, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/admin/cache", admin_cache, methods=["GET", "DELETE"]),
+        Route("/admin/reload", admin.reload_route, methods=["POST"]),
+        Route("/admin/models", admin.models_route, methods=["GET"]),
+        Route("/admin/models/load", admin.load_route, methods=["POST"]),
+        Route("/admin/models/unload", admin.unload_route, methods=["POST"]),
     ]
 
     @asynccontextmanager
@@ -113,20 +125,22 @@ def create_app(
         if accounting is not None and router.settings.ledger.url != "off":
             # open (and migrate) the ledger now rather than in the first request
             gw.ledger = await anyio.to_thread.run_sync(lambda: accounting.ledger)
-        _ledger_endpoints(app, gw)
+        live.on_swap = lambda g: _ledger_endpoints(app, g)
+        live.start(app, gw, owns=owns)
+        if sighup and reload is not None:
+            live.watch_sighup()
         if freeze_gc:
             gc.collect()
             gc.freeze()
         try:
             yield
         finally:
-            await gw.aclose()
-            if owns:
-                await router.aclose()
+            await live.aclose()
 
     return Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(admin.Pinned, live=live)],
         exception_handlers={
             HTTPException: _http_error,
             TierlmError: _tierlm_error,
