@@ -210,6 +210,11 @@ _OLLAMA_EMBED = {
     },
 }
 _ANY_OBJECT = {"type": "object"}
+_BACKEND = {
+    "type": "object",
+    "required": ["backend"],
+    "properties": {"backend": {"type": "string"}},
+}
 
 
 def _answers(ok: str, error: dict[str, Any], *, stream: bool = False) -> dict[str, Any]:
@@ -290,6 +295,10 @@ def openapi_document(*, keys: bool) -> dict[str, Any]:
             },
             "/admin/health": {"get": _op("every backend's health", e)},
             "/admin/report": {"get": _op("the ledger's report", e, params=[since])},
+            "/admin/reload": {"post": _op("reload the configuration", e)},
+            "/admin/models": {"get": _op("the local models and their state", e)},
+            "/admin/models/load": {"post": _op("load a local model", e, _BACKEND)},
+            "/admin/models/unload": {"post": _op("unload a local model", e, _BACKEND)},
             "/v1/feedback": {"post": _op("feedback on one request", e, _FEEDBACK)},
             "/openapi.json": {"get": _op("this document", e)},
         },
