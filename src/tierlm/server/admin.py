@@ -60,6 +60,7 @@ class Live:
         self._drained: dict[Gateway, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
+        self._sighup = False
 
     def start(self, app: Starlette, gw: Gateway, *, owns: bool) -> None:
         self.app = app
@@ -110,6 +111,7 @@ class Live:
                 await router.aclose(keep=[old.router])
                 raise
             gw.metrics, gw.started = old.metrics, old.started
+            gw.health.healthy()  # start its first health check
             self._install(gw, owns=True)
             self._retire(old)
             ms = (time.perf_counter() - t0) * 1000.0
@@ -143,6 +145,7 @@ class Live:
     def watch_sighup(self) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload_logged()))
+        self._sighup = True
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -152,11 +155,9 @@ class Live:
     async def aclose(self) -> None:
         """At shutdown: stop watching SIGHUP, close the gateways still retiring, then the
         current one (its Router only when the app owns it)."""
-        if self.app is not None and self.loader is not None:
-            try:
-                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-            except (RuntimeError, ValueError):  # not the main thread: nothing was installed
-                pass
+        if self._sighup:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            self._sighup = False
         for ev in self._drained.values():
             ev.set()  # the server has drained its connections already
         if self._tasks:
