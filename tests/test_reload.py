@@ -92,7 +92,7 @@ def ask(client: httpx.Client, model: str, *, stream: bool = False) -> httpx.Resp
 def in_flight(url: str) -> int:
     for line in httpx.get(url + "/metrics", headers=ADMIN).text.splitlines():
         if line.startswith("tierlm_requests_in_flight "):
-            return int(line.split()[1])
+            return int(float(line.split()[1]))
     return 0
 
 

@@ -319,7 +319,7 @@ def test_client_gone_mid_stream_frees_everything(gateway: str, client: httpx.Cli
     # only freeing the abandoned stream can bring in-flight to 0; the deadline is a hang guard
     deadline = time.monotonic() + 30
     with httpx.Client(base_url=gateway, headers={"x-api-key": ADMIN_KEY}) as c:
-        while "tierlm_requests_in_flight 0\n" not in c.get("/metrics").text:
+        while "tierlm_requests_in_flight 0.0\n" not in c.get("/metrics").text:
             assert time.monotonic() < deadline, "the abandoned stream is still in flight"
             time.sleep(0.05)
 
@@ -327,7 +327,7 @@ def test_client_gone_mid_stream_frees_everything(gateway: str, client: httpx.Cli
 def test_nothing_left_in_flight(gateway: str) -> None:
     with httpx.Client(base_url=gateway, headers={"x-api-key": ADMIN_KEY}) as c:
         text = c.get("/metrics").text
-    assert "tierlm_requests_in_flight 0\n" in text
+    assert "tierlm_requests_in_flight 0.0\n" in text
     assert "tierlm_stream_errors_total" in text
 
 

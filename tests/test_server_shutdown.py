@@ -87,7 +87,7 @@ def _start(upstream: str, tmp_path: Path, drain: float) -> tuple[subprocess.Pope
 def _in_flight(url: str) -> int:
     for line in httpx.get(url + "/metrics").text.splitlines():
         if line.startswith("tierlm_requests_in_flight "):
-            return int(line.split()[1])
+            return int(float(line.split()[1]))
     return 0
 
 

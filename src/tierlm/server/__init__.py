@@ -40,6 +40,7 @@ def serve(
 
     from tierlm.router import Router
     from tierlm.server.limits import rate_limit_logs
+    from tierlm.server.metrics import process_exited
     from tierlm.server.oplog import log_config
 
     router = Router(settings)  # a bad backend is a config error now, not a failed start
@@ -53,7 +54,10 @@ def serve(
         settings, app, log_config=log_config(log_level, log_format), log_level=log_level
     )
     rate_limit_logs()  # tierlm.access has a handler of its own: it is never held back
-    uvicorn.Server(config).run()
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        process_exited()
 
 
 def uvicorn_config(settings: Settings, app: Any, **overrides: Any) -> Any:
