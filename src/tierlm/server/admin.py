@@ -123,9 +123,7 @@ class Live:
         self._drained[gw] = drained = asyncio.Event()
         if self._users[gw] == 0:
             drained.set()
-        task = asyncio.get_running_loop().create_task(self._close_when_drained(gw, drained))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._close_when_drained(gw, drained))
 
     async def _close_when_drained(self, gw: Gateway, drained: asyncio.Event) -> None:
         await drained.wait()
@@ -160,8 +158,9 @@ class Live:
             self._sighup = False
         for ev in self._drained.values():
             ev.set()  # the server has drained its connections already
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for failed in await asyncio.gather(*self._tasks, return_exceptions=True):
+            if isinstance(failed, BaseException):
+                log.error("closing a replaced configuration failed", exc_info=failed)
         gw = self.current
         if gw is not None:
             await gw.aclose()
