@@ -273,3 +273,24 @@ def test_sighup_reloads_tierlm_serve(fake: str, tmp_path: Path) -> None:
             proc.kill()
             reader.join(timeout=10)
             stderr.close()
+
+
+def test_rate_limit_counts_survive_a_reload(fake: str, tmp_path: Path) -> None:
+    """A reload that leaves the keys alone is no way around a key's rate limit."""
+    path = tmp_path / "tierlm.yaml"
+    cfg = config(fake, ["alpha"])
+    cfg["server"]["api_keys"][0]["rpm"] = 2
+    write(path, cfg)
+    app = create_app(load_settings(path), reload=lambda: load_settings(path))
+    with serve(app, lifespan="on", start_within=60) as url, httpx.Client(base_url=url) as c:
+        assert [ask(c, "alpha").status_code for _ in range(2)] == [200, 200]
+        cfg["backends"][0]["timeouts"]["first_token"] = 20.0
+        write(path, cfg)
+        assert c.post("/admin/reload", headers=ADMIN).json()["changed"] == ["alpha"]
+        limited = ask(c, "alpha")
+        assert limited.status_code == 429 and "retry-after" in limited.headers
+        # new limits are new counts
+        cfg["server"]["api_keys"][0]["rpm"] = 5
+        write(path, cfg)
+        assert c.post("/admin/reload", headers=ADMIN).status_code == 200
+        assert ask(c, "alpha").status_code == 200

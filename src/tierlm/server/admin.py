@@ -7,8 +7,9 @@ readers are shared, so a loaded model stays loaded) is swapped in at once for ne
 Each request is pinned, for its whole life (a stream until its last byte), to the gateway
 it started on (:class:`Pinned`, the outermost middleware, counts it); a replaced gateway is
 closed (what its successors do not share: removed or changed backends, a ledger whose URL
-changed) when its last request has finished. Metrics carry over. A configuration that does
-not load or build is refused: the route answers 400 ``config_error`` naming the key (``param``),
+changed) when its last request has finished. Metrics carry over, and so do rate-limit counts
+when the keys and ``server.rate_limit_url`` did not change. A configuration that does not load
+or build is refused: the route answers 400 ``config_error`` naming the key (``param``),
 SIGHUP logs it, and the old gateway keeps serving. One reload runs at a time.
 
 **Local models** (``GET /admin/models``, ``POST /admin/models/load`` and ``/unload`` with
@@ -111,6 +112,9 @@ class Live:
                 await router.aclose(keep=[old.router])
                 raise
             gw.metrics, gw.started = old.metrics, old.started
+            if _same_limits(old.settings, settings):  # rate-limit windows go on
+                await gw.limits.aclose()
+                gw.limits = old.limits
             gw.health.healthy()  # start its first health check
             self._install(gw, owns=True)
             self._retire(old)
@@ -129,7 +133,11 @@ class Live:
         await drained.wait()
         del self._drained[gw], self._users[gw]
         owns = self._owns.pop(gw)
-        await gw.aclose()
+        # Gateway.aclose without its shutdown wait (that counts every gateway's requests) and
+        # without closing rate limits a successor still uses
+        await gw.health.aclose()
+        if all(g.limits is not gw.limits for g in self._owns):
+            await gw.limits.aclose()
         if owns:
             await gw.router.aclose(keep=[g.router for g in self._owns])
 
@@ -166,6 +174,12 @@ class Live:
             await gw.aclose()
             if self._owns.get(gw):
                 await gw.router.aclose()
+
+
+def _same_limits(before: Settings, after: Settings) -> bool:
+    """Whether the rate limits are configured the same (the keys and where counts live)."""
+    a, b = before.server, after.server
+    return (a.api_keys, a.rate_limit_url) == (b.api_keys, b.rate_limit_url)
 
 
 def _changes(before: Settings, after: Settings) -> dict[str, list[str]]:
