@@ -31,6 +31,7 @@ _GROUPS = (
     "judge",
     "learn",
     "cache",
+    "hotpaths",
 )
 
 

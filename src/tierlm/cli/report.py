@@ -121,6 +121,8 @@ def _print(rep: Report, charts: list[Path]) -> None:
             f"{format_usd(s.baseline_usd)} for sending everything to {s.strongest_tier} "
             f"({'configured price' if s.method == 'price' else 'observed cost per token'})"
         )
+    if rep.hot_paths:
+        _hot_paths_table(console, rep)
     console.print("[bold]Recommendations[/]")
     for r in rep.recommendations:
         console.print(f"- {r}", soft_wrap=True)
@@ -160,4 +162,18 @@ def _cascade_table(console: Console, rep: Report) -> None:
             format_usd(c.escalation_cost_usd),
             wait,
         )
+    console.print(t)
+
+
+def _hot_paths_table(console: Console, rep: Report) -> None:
+    from rich.table import Table
+
+    t = Table(
+        title="Hot paths: what a rule or pinned answer would save (tierlm hotpaths proposes them)",
+        title_justify="left",
+    )
+    for col in ("shape", "requests", "cost", "model calls"):
+        t.add_column(col, justify="left" if col == "shape" else "right")
+    for h in rep.hot_paths:
+        t.add_row(h["shape"], f"{h['requests']:,}", _money(h["cost_usd"]), f"{h['model_calls']:,}")
     console.print(t)

@@ -134,6 +134,8 @@ class Report:
     budgets: list[dict[str, Any]] = field(default_factory=list)  # buckets running now
     budget_kept_local: int = 0  # requests of the last day whose plan left a paid tier out
     recommendations: list[str] = field(default_factory=list)
+    # the most frequent request shapes (stored prompts only) and what a rule would save
+    hot_paths: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0  # how long building the report took
 
     def to_dict(self) -> dict[str, Any]:
@@ -290,6 +292,21 @@ def _kept_local(tx: Tx, start: float, end: float) -> int:
     return int(n)
 
 
+def _hot_paths(tx: Tx, start: float, end: float) -> list[dict[str, Any]]:
+    """What answering the top shapes by rules or pinned answers would save."""
+    from tierlm.layer0.hotpaths import top_shapes
+
+    return [
+        {
+            "shape": c.shape,
+            "requests": c.requests,
+            "cost_usd": round(c.cost_usd, 9),
+            "model_calls": c.model_calls,
+        }
+        for c in top_shapes(tx, start, end)
+    ]
+
+
 def build_report(
     store: Store,
     *,
@@ -350,5 +367,6 @@ def build_report(
         if budget is not None and budget.buckets:
             rep.budget_kept_local = _kept_local(tx, max(start, end - 86400.0), end)
         rep.recommendations = recommend(rep, rated, budget)
+        rep.hot_paths = _hot_paths(tx, start, end)
     rep.seconds = round(time.perf_counter() - t0, 4)
     return rep
