@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
-from tierlm.layer0.guard import anchors
+from tierlm.layer0.guard import Anchors, anchors
 
 if TYPE_CHECKING:
     from tierlm.layer0.embed import Embedder
@@ -156,30 +156,31 @@ def merge(
 ) -> list[Cluster]:
     """Near shapes merged into clusters, most requests first (see the module docstring)."""
     ranked = sorted(groups.values(), key=lambda g: (-g.requests, g.shape))
-    heads: list[Cluster] = []
-    vectors: list[Any] = []
-    keys: list[tuple[tuple[str, ...], Any]] = []
-    for i, g in enumerate(ranked):
-        if i >= max_shapes:
-            heads.append(g)
-            continue
-        v = embedder.embed(g.shape)
-        key = (tuple(sorted(_HOLE.findall(g.shape))), anchors(g.shape))
-        if vectors:
-            sims = np.stack(vectors) @ v
-            for j in np.flatnonzero(sims >= threshold):
-                if keys[j][0] == key[0] and keys[j][1].agrees(key[1]) is None:
-                    heads[j].add(g)
-                    break
-            else:
-                heads.append(g)
-                vectors.append(v)
-                keys.append(key)
-            continue
-        heads.append(g)
-        vectors.append(v)
-        keys.append(key)
-    return sorted(heads, key=lambda c: (-c.requests, c.shape))
+    embedded = ranked[:max_shapes]
+    if not embedded:
+        return []
+    vectors = np.stack([embedder.embed(g.shape) for g in embedded])
+    sims = vectors @ vectors.T  # max_shapes squared floats at most
+    keys: dict[int, tuple[tuple[str, ...], Anchors]] = {}  # computed when first compared
+
+    def key(i: int) -> tuple[tuple[str, ...], Anchors]:
+        if i not in keys:
+            s = embedded[i].shape
+            keys[i] = (tuple(sorted(_HOLE.findall(s))), anchors(s))
+        return keys[i]
+
+    heads: list[int] = []  # indexes into embedded
+    for i, g in enumerate(embedded):
+        row = sims[i, heads] if heads else np.zeros(0, dtype=np.float32)
+        for j in np.flatnonzero(row >= threshold):
+            h = heads[j]
+            if key(h)[0] == key(i)[0] and key(h)[1].agrees(key(i)[1]) is None:
+                embedded[h].add(g)
+                break
+        else:
+            heads.append(i)
+    clusters = [embedded[i] for i in heads] + ranked[max_shapes:]  # rarer shapes stay alone
+    return sorted(clusters, key=lambda c: (-c.requests, c.shape))
 
 
 def hot_paths(

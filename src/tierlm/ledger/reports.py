@@ -134,7 +134,7 @@ class Report:
     budgets: list[dict[str, Any]] = field(default_factory=list)  # buckets running now
     budget_kept_local: int = 0  # requests of the last day whose plan left a paid tier out
     recommendations: list[str] = field(default_factory=list)
-    # the most frequent request shapes (stored prompts only) and what a rule would save
+    # the most frequent shapes of the newest 100,000 stored prompts, and what a rule would save
     hot_paths: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0  # how long building the report took
 
