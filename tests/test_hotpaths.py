@@ -9,11 +9,13 @@ import random
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from typer.testing import CliRunner
 
 from ledger_support import DAY
+from server_util import serve_gateway, settings, upstream_backend
 from tierlm.cli.main import app as cli_app
 from tierlm.config.loader import load_settings
 from tierlm.layer0.embed import HashedEmbedder, load_embedder
@@ -238,6 +240,42 @@ def test_cli_json_and_report_section(ledger_path: Path, tmp_path: Path) -> None:
     }
     table = CliRunner().invoke(cli_app, ["report", "-c", str(config)])
     assert "Hot paths" in table.output and "turn on pump {n}" in table.output
+
+
+def test_admin_report_over_http_has_the_hot_paths(ledger_path: Path, tmp_path: Path) -> None:
+    cfg = settings(
+        [upstream_backend("site", "http://127.0.0.1:9", "ok")],
+        [{"name": "site", "backends": ["site"]}],
+        ledger={"url": f"sqlite:///{ledger_path}"},
+        data_dir=str(tmp_path),
+    )
+    with serve_gateway(cfg) as url:
+        r = httpx.get(url + "/admin/report", params={"since": "60d"}, timeout=30)
+    assert r.status_code == 200, r.text
+    hot = r.json()["hot_paths"]
+    assert [h["shape"] for h in hot[:3]] == [
+        "turn on pump {n}",
+        "turn off pump {n}",
+        "what are the opening hours?",
+    ]
+    assert [h["requests"] for h in hot[:3]] == [PUMP_ON, PUMP_OFF, HOURS]
+    assert hot[0]["cost_usd"] == pytest.approx(PUMP_ON * CLOUD_PRICE)
+
+
+def test_layer0_answers_are_not_hot_paths_again(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    rng = random.Random(2)
+    with Ledger(
+        open_store(f"sqlite:///{path}", tmp_path), store_prompts=True, spill_path=tmp_path / "s"
+    ) as ledger:
+        for i in range(30):
+            r = _rec(i, time.time() - 30 * DAY, rng, f"Turn on pump {i}", "done")
+            r.tier = ("rules", "cache", "cloud")[i % 3]
+            ledger.record(r)
+        assert ledger.flush(30)
+    hp = run_hot_paths(path)
+    assert hp.scanned == 10 and hp.clusters[0].requests == 10
+    assert hp.clusters[0].tiers == {"cloud": 10}
 
 
 def test_bad_since_is_one_line_exit_2(tmp_path: Path) -> None:

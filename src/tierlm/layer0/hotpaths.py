@@ -86,7 +86,7 @@ class Cluster:
     model_calls: int = 0
     tiers: dict[str, int] = field(default_factory=dict)
     backends: dict[str, int] = field(default_factory=dict)
-    answers: list[str] = field(default_factory=list)  # a few, redacted as stored
+    answers: list[str] = field(default_factory=list)  # the most given, redacted as stored
     rule: dict[str, Any] | None = None  # the proposed rule (layer-0 rules format)
 
     def add(self, other: Cluster) -> None:
@@ -97,8 +97,6 @@ class Cluster:
         for mine, theirs in ((self.tiers, other.tiers), (self.backends, other.backends)):
             for k, v in theirs.items():
                 mine[k] = mine.get(k, 0) + v
-        self.answers += [a for a in other.answers if a not in self.answers][:_SAMPLES]
-        self.answers = self.answers[:_SAMPLES]
 
 
 @dataclass(slots=True)
