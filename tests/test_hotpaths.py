@@ -91,11 +91,12 @@ def record_month(path: Path, store_prompts: bool) -> float:
     return start
 
 
-def run_hot_paths(path: Path, **kw: float) -> HotPaths:
+def run_hot_paths(path: Path, threshold: float = 0.9) -> HotPaths:
     store = open_store(f"sqlite:///{path}", path.parent)
     try:
         with store.transaction("read") as tx:
-            return hot_paths(tx, HashedEmbedder(), start=0.0, end=time.time() + 1, **kw)  # type: ignore[arg-type]
+            end = time.time() + 1
+            return hot_paths(tx, HashedEmbedder(), start=0.0, end=end, threshold=threshold)
     finally:
         store.close()
 
