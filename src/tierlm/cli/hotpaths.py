@@ -38,6 +38,7 @@ def hotpaths(
     from tierlm.layer0.hotpaths import hot_paths, snippet
     from tierlm.ledger import open_ledger
     from tierlm.ledger.reports import parse_since
+    from tierlm.pricing import format_usd
 
     try:
         span = parse_since(since)
@@ -69,7 +70,7 @@ def hotpaths(
     )
     for i, c in enumerate(hp.clusters, 1):
         typer.echo(
-            f"\n{i}. {c.shape!r}: {c.requests:,} requests, ${c.cost_usd:,.4f}, "
+            f"\n{i}. {c.shape!r}: {c.requests:,} requests, {format_usd(c.cost_usd)}, "
             f"{c.model_calls:,} model calls"
         )
         if len(c.shapes) > 1:

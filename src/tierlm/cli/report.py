@@ -168,6 +168,8 @@ def _cascade_table(console: Console, rep: Report) -> None:
 def _hot_paths_table(console: Console, rep: Report) -> None:
     from rich.table import Table
 
+    from tierlm.pricing import format_usd
+
     t = Table(
         title="Hot paths: what a rule or pinned answer would save (tierlm hotpaths proposes them)",
         title_justify="left",
@@ -175,5 +177,7 @@ def _hot_paths_table(console: Console, rep: Report) -> None:
     for col in ("shape", "requests", "cost", "model calls"):
         t.add_column(col, justify="left" if col == "shape" else "right")
     for h in rep.hot_paths:
-        t.add_row(h["shape"], f"{h['requests']:,}", _money(h["cost_usd"]), f"{h['model_calls']:,}")
+        t.add_row(
+            h["shape"], f"{h['requests']:,}", format_usd(h["cost_usd"]), f"{h['model_calls']:,}"
+        )
     console.print(t)
