@@ -10,7 +10,8 @@ import typer
 from tierlm.cli.common import CONFIG_HELP, fail, load
 
 models_app = typer.Typer(
-    help="Local model files (GGUF) for the in-process tier.", no_args_is_help=True
+    help="Local models: GGUF files, and the models a running gateway has loaded.",
+    no_args_is_help=True
 )
 
 
