@@ -11,7 +11,7 @@ from tierlm.cli.common import CONFIG_HELP, fail, load
 
 models_app = typer.Typer(
     help="Local models: GGUF files, and the models a running gateway has loaded.",
-    no_args_is_help=True
+    no_args_is_help=True,
 )
 
 
