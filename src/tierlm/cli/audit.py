@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from tierlm.cli.common import CONFIG_HELP, PRESET_HELP, fail, load
+from tierlm.cli.common import CONFIG_HELP, PRESET_HELP, fail, load, period
 
 
 def register(app: typer.Typer) -> None:
@@ -83,12 +83,8 @@ def list_rows(
     from datetime import UTC, datetime
 
     from tierlm.ledger import open_ledger
-    from tierlm.ledger.reports import parse_since
 
-    try:
-        start = time.time() - parse_since(since).total_seconds()
-    except ValueError as e:
-        raise fail(str(e), 2) from None
+    start = time.time() - period(since).total_seconds()
     with open_ledger(load(config, preset)) as ledger:
         rows = ledger.audit_list(since=start, limit=limit)
     if json_out:

@@ -10,6 +10,7 @@ allowed). Other tierlm errors (a backend down, a model missing) are one line too
 from __future__ import annotations
 
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
@@ -30,6 +31,16 @@ def load(config: Path | None, preset: str | None, **overrides: Any) -> Settings:
     from tierlm.config import load_settings
 
     return load_settings(config, preset=preset, overrides=overrides or None)
+
+
+def period(since: str) -> timedelta:
+    """``--since`` (30d, 12h, 2w, ... or 'all') as a span; a bad value exits 2 with one line."""
+    from tierlm.ledger.reports import parse_since
+
+    try:
+        return parse_since(since)
+    except ValueError as e:
+        raise fail(str(e), 2) from None
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

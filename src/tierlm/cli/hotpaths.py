@@ -15,7 +15,7 @@ from pathlib import Path
 
 import typer
 
-from tierlm.cli.common import CONFIG_HELP, PRESET_HELP, fail, load
+from tierlm.cli.common import CONFIG_HELP, PRESET_HELP, load, period
 
 
 def register(app: typer.Typer) -> None:
@@ -37,13 +37,9 @@ def hotpaths(
     from tierlm.layer0.embed import load_embedder
     from tierlm.layer0.hotpaths import hot_paths, snippet
     from tierlm.ledger import open_ledger
-    from tierlm.ledger.reports import parse_since
     from tierlm.pricing import format_usd
 
-    try:
-        span = parse_since(since)
-    except ValueError as e:
-        raise fail(str(e), 2) from None
+    span = period(since)
     settings = load(config, preset)
     embedder = load_embedder(settings.cache.semantic.embedder)
     end = time.time()

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from tierlm.cli.common import CONFIG_HELP, PRESET_HELP, fail, load
+from tierlm.cli.common import CONFIG_HELP, PRESET_HELP, load, period
 
 if TYPE_CHECKING:
     from tierlm.learn import TierFit
@@ -33,13 +33,9 @@ def learn(
     from tierlm.execute.cascade import threshold_for
     from tierlm.judge.model import load_params
     from tierlm.ledger import open_ledger
-    from tierlm.ledger.reports import parse_since
     from tierlm.paths import data_dir
 
-    try:
-        span = parse_since(since)
-    except ValueError as e:
-        raise fail(str(e), 2) from None
+    span = period(since)
     settings = load(config, preset)
     learned = lr.read_calibration(data_dir(settings))
     default = float(load_params()["threshold"])

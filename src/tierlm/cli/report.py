@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from tierlm.cli.common import CONFIG_HELP, PRESET_HELP, fail, load
+from tierlm.cli.common import CONFIG_HELP, PRESET_HELP, load, period
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -29,12 +29,8 @@ def report(
 ) -> None:
     """Summarize the recorded requests: where they went, what they cost, how they did."""
     from tierlm.ledger import open_ledger
-    from tierlm.ledger.reports import parse_since
 
-    try:
-        span = parse_since(since)
-    except ValueError as e:
-        raise fail(str(e), 2) from None
+    span = period(since)
     with open_ledger(load(config, preset)) as ledger:
         rep = ledger.report(span)
     charts: list[Path] = []
