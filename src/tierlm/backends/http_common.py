@@ -21,6 +21,7 @@ fields are used.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 from collections.abc import Mapping
@@ -53,6 +54,7 @@ from tierlm.backends.http_stream import (
 from tierlm.errors import BackendTimeout
 
 LARGE_BODY = 1 << 20  # bytes; aiohttp sends larger bodies as a stream
+_CLOSE_WAIT_S = 5.0  # how long aclose waits for a session closing on another thread's loop
 
 if TYPE_CHECKING:
     from tierlm.config.settings import BackendConfig
@@ -168,8 +170,11 @@ class SessionHolder:
             _close_sockets(s)
             await s.close()  # on a closed loop this only marks it closed
         elif loop.is_running():
-            # another thread's loop (the sync Router API): close it there
-            asyncio.run_coroutine_threadsafe(s.close(), loop)
+            # another thread's loop (the sync Router API): close it there, and wait for that
+            # (bounded): a close still pending when that loop stops is destroyed half-done
+            done = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(s.close(), loop))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done, _CLOSE_WAIT_S)
         else:
             _detach(s)
 
