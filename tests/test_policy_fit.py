@@ -115,3 +115,11 @@ def test_image_parts_need_vision() -> None:
 def test_plant_words_are_not_a_medical_domain() -> None:
     prompt = "Raise the chemical dose at the water treatment plant to 4 mg/l."
     assert "medical" not in _needs(ChatRequest.from_prompt(prompt))
+
+
+def test_domains_and_language_are_read_only_when_some_backend_declares_one() -> None:
+    request = ChatRequest.from_prompt(FRENCH + " " + MEDICAL)
+    task = detect_task(request).to_dict()
+    assert needs(request, task) == ["medical", "fr"]
+    assert needs(request, task, among=frozenset({"code", "tools"})) == []
+    assert needs(request, task, among=frozenset({"fr"})) == ["fr"]

@@ -83,6 +83,8 @@ class Policy:
         self._tiers = settings.tiers
         self._backends = {b.name: b for b in settings.backends}
         self._strength = {t.name: settings.tier_strength(t) for t in self._tiers}
+        # every good_at word some backend declares: what a request's needs are read for
+        self._declared = frozenset().union(*(b.strengths() for b in settings.backends))
 
     def plan(self, request: ChatRequest, signals: Signals, cond: Conditions) -> Plan:
         reasons: list[str] = []
@@ -283,7 +285,7 @@ class Policy:
         if len(candidates) < 2:
             return candidates
         if signals.needs is None:
-            signals.needs = task_needs(request, signals.task)
+            signals.needs = task_needs(request, signals.task, self._declared)
         needs = signals.needs
         fit = {
             c.backend: [k for k in needs if k in self._backends[c.backend].strengths()]

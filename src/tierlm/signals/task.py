@@ -180,16 +180,23 @@ def detect_task(request: ChatRequest, *, long_context_tokens: int = 8000) -> Tas
     )
 
 
-def needs(request: ChatRequest, task: Mapping[str, Any]) -> list[str]:
+def needs(
+    request: ChatRequest, task: Mapping[str, Any], among: frozenset[str] = STRENGTHS
+) -> list[str]:
     """What a backend would have to be good at for ``request`` (``good_at`` words): its task
     kinds (from ``task``, :meth:`TaskInfo.to_dict`), the domains whose vocabulary it uses and
     its language when not English. Read on demand: only a tier with a choice of backends
-    needs it."""
+    needs it, and domains and language only when some backend in ``among`` declares one."""
+    named = [k for k in _KINDS if task.get(k)]
+    read_domains = not among.isdisjoint(_DOMAIN_WORDS)
+    read_language = not among.isdisjoint(LANGUAGES)
+    if not (read_domains or read_language):
+        return named
     asked = "\n".join(m.text for m in request.messages if m.role in ("user", "system"))
     asked = asked[:_DOMAIN_SAMPLE].lower()
-    named = [k for k in _KINDS if task.get(k)]
-    named += _domains(asked)
-    lang = language(asked)
+    if read_domains:
+        named += _domains(asked)
+    lang = language(asked) if read_language else None
     if lang is not None and lang != "en":
         named.append(lang)
     return named
