@@ -182,6 +182,36 @@ def test_ctrl_c_stops_an_answer_and_the_repl_goes_on(tmp_path: Path) -> None:
     assert up.count("slow") == 1
 
 
+def test_chat_exits_when_its_reader_goes_away(tmp_path: Path) -> None:
+    """``tierlm chat --once ... | head``: once the reader has gone, the next write fails in the
+    router's loop thread; the command must end, not wait for that thread forever."""
+    from fakes.faulty_upstream import FaultyUpstream, Scenario
+
+    with FaultyUpstream() as up:  # far more than a pipe buffer: writes go on after the close
+        config = _upstream_config(tmp_path, up.add("long", Scenario(tokens=200_000)))
+        p = subprocess.Popen(
+            [TIERLM, "chat", "--once", "Say the words.", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert p.stdout is not None and p.stderr is not None
+        seen = ""
+        while "w4 " not in seen and len(seen) < 10_000:
+            seen += p.stdout.read(1)
+        assert "w4 " in seen, seen
+        p.stdout.close()  # the reader goes away mid-answer (as `head` does)
+        try:
+            code = p.wait(timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+        err = p.stderr.read()
+        p.stderr.close()
+    assert code != 0
+    assert "Traceback" not in err, err
+
+
 def test_the_status_line_is_one_line_when_piped(tmp_path: Path) -> None:
     from fakes.faulty_upstream import FaultyUpstream, Scenario
 
@@ -193,3 +223,21 @@ def test_the_status_line_is_one_line_when_piped(tmp_path: Path) -> None:
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and len(lines[0]) > 80, r.stderr  # longer than the terminal...
     assert lines[0].startswith("site · slow") and "first token" in lines[0]  # ...not wrapped
+
+
+def test_ctrl_c_in_any_command_is_exit_130_without_a_traceback(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import typer
+
+    from tierlm.cli.common import run_app
+
+    app = typer.Typer()
+
+    @app.command()
+    def slow() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("sys.argv", ["tierlm"])
+    assert run_app(app) == 130
+    assert "Traceback" not in capsys.readouterr().err

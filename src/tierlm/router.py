@@ -444,6 +444,8 @@ class Router:
         future = asyncio.run_coroutine_threadsafe(_wrap(aw), self._loop)
         try:
             return future.result()
+        except _Escaped as e:
+            raise e.exc from None
         except BaseException:  # Ctrl-C in the caller's thread: stop the work in the loop too
             future.cancel()
             raise
@@ -496,8 +498,22 @@ def _text_size(request: ChatRequest) -> int:
     return size + (len(str(request.tools)) if request.tools else 0)
 
 
+class _Escaped(Exception):
+    """A ``SystemExit`` or ``KeyboardInterrupt`` raised by work on the loop thread (rich raises
+    ``SystemExit`` when stdout's reader has gone: ``tierlm chat | head``), carried to the
+    caller's thread. Left alone, asyncio lets it end the loop thread, and the caller would wait
+    for the result forever."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(repr(exc))
+        self.exc = exc
+
+
 async def _wrap(aw: Awaitable[T]) -> T:
-    return await aw
+    try:
+        return await aw
+    except (SystemExit, KeyboardInterrupt) as e:
+        raise _Escaped(e) from e
 
 
 def _ms(t0: float) -> float:

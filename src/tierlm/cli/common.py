@@ -73,7 +73,7 @@ def run_app(app: typer.Typer) -> int:
         return int(e.exit_code)
     except typer.Exit as e:
         return int(e.exit_code or 0)
-    except (KeyboardInterrupt, click.Abort, typer.Abort):
+    except (KeyboardInterrupt, typer.Abort):  # typer's vendored click has no Abort
         print(file=sys.stderr)
         return 130
     except Exception as e:
