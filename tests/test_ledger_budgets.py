@@ -13,7 +13,7 @@ from ledger_support import db_url, one_budget, open_url, run_reserve_processes
 from tierlm.config.settings import BudgetConfig, BudgetLimit
 from tierlm.errors import BudgetExceeded
 from tierlm.ledger import Ledger
-from tierlm.ledger.budgets import NANO, to_nusd
+from tierlm.ledger.budgets import NANO, STALE_AFTER_S, to_nusd
 
 DBS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
@@ -170,6 +170,24 @@ def test_release_and_expiry_give_money_back(tmp_path: Path) -> None:
             tx.q("UPDATE reservations SET ts = ts - 1000")
     with open_url(f"sqlite:///{tmp_path / 'l.db'}", tmp_path, cfg) as reopened:
         assert _spent(reopened) == (to_nusd(0.25), 0, 0)  # freed when the ledger opened
+
+
+@pytest.mark.parametrize("db", DBS)
+def test_a_dead_replicas_reservations_are_freed_by_the_living_ones(
+    db: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    cfg = one_budget(1.0, local_only_below=0.0, per_request_share=1.0)
+    url = db_url(db, tmp_path, request)
+    t0 = time.time()
+    with open_url(url, tmp_path, cfg) as living, open_url(url, tmp_path, cfg) as dying:
+        dying.budgets.reserve("held", key=None, tier="cloud", backend="g", usd=0.6, now=t0)
+        # the dying replica is killed here: its reservation is never settled
+        with pytest.raises(BudgetExceeded):  # still held, and not yet stale
+            living.budgets.reserve("a", key=None, tier="cloud", backend="g", usd=0.6, now=t0 + 120)
+        later = t0 + STALE_AFTER_S + 1  # the living replica sweeps again, without a restart
+        r = living.budgets.reserve("b", key=None, tier="cloud", backend="g", usd=0.6, now=later)
+        living.settle(r, 0.5)
+        assert _spent(living) == (to_nusd(0.5), 0, 0)
 
 
 async def test_async_wrappers(tmp_path: Path) -> None:

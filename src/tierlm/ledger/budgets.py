@@ -17,6 +17,11 @@ touching the database, so local tiers are never blocked by a money budget. The r
 :meth:`BudgetState.allows` to degrade to local tiers; only a request that pins an external tier
 sees the error. Settle with the real cost; when it exceeds the estimate, the excess is still
 booked (the call was made), so estimates should be upper bounds (``max_tokens`` based).
+
+A process that dies between reserve and settle (a killed replica) leaves its reservations
+held. ``expire`` frees those older than ``STALE_AFTER_S``: when a ledger opens, and from
+``reserve`` at most once every ``SWEEP_EVERY_S`` per process, so replicas that keep running
+give a dead one's money back without a restart.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from tierlm.ledger.store import Store, Tx
 from tierlm.pricing import format_usd
 
 NANO = 1_000_000_000
+STALE_AFTER_S = 900.0  # a reservation this old belongs to a process that died
+SWEEP_EVERY_S = 60.0
 
 
 def to_nusd(usd: float) -> int:
@@ -213,6 +220,7 @@ class BudgetBook:
     def __init__(self, store: Store, config: BudgetConfig) -> None:
         self.store = store
         self.config = config
+        self._next_sweep = 0.0  # when reserve next frees stale reservations
 
     def _read(self, tx: Tx, buckets: dict[str, int], lock: bool) -> BudgetState:
         names = sorted(buckets)
@@ -269,6 +277,8 @@ class BudgetBook:
         res = Reservation(rid, request_id, nusd, tuple(sorted(buckets)), key, tier, backend)
         if res.noop:
             return res
+        if now >= self._next_sweep:
+            self.expire(now=now)
         with self.store.transaction("budget") as tx:
             tx.many(
                 "INSERT INTO budget_buckets (bucket, limit_nusd) VALUES (?, ?) "
@@ -323,9 +333,11 @@ class BudgetBook:
             (nusd, spent, *buckets),
         )
 
-    def expire(self, older_than_s: float = 900.0, now: float | None = None) -> int:
+    def expire(self, older_than_s: float = STALE_AFTER_S, now: float | None = None) -> int:
         """Free reservations older than this (their process died before settling)."""
-        cutoff = (now or time.time()) - older_than_s
+        now = now or time.time()
+        self._next_sweep = now + SWEEP_EVERY_S
+        cutoff = now - older_than_s
         with self.store.transaction("budget") as tx:
             stale = tx.q("SELECT id, buckets FROM reservations WHERE ts < ? ORDER BY id", (cutoff,))
             for rid, buckets in stale:
