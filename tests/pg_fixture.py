@@ -4,7 +4,8 @@
 (``/usr/lib/postgresql/*/bin``: ``initdb`` + ``pg_ctl``) in a temporary directory, listening on
 a free loopback port only, and stops it at the end of the session. PostgreSQL refuses to run
 as root, so as root it runs as the ``postgres`` user (``runuser -u postgres --``).
-``postgres_db`` (function): a fresh, empty database on that server for one test.
+``postgres_db`` (function): a fresh, empty database on that server for one test
+(``new_database`` makes one for a wider scope).
 
 Missing binaries fail the test with the install line (``apt-get install -y postgresql``);
 they are not skipped.
@@ -98,12 +99,17 @@ def postgres_url() -> Iterator[str]:
         stop()
 
 
-@pytest.fixture
-def postgres_db(postgres_url: str) -> str:
-    """The URL of a new, empty database on the test server."""
+def new_database(postgres_url: str) -> str:
+    """Create a new, empty database on the server at ``postgres_url``; return its URL."""
     import psycopg
 
     name = "t_" + uuid.uuid4().hex[:12]
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     return postgres_url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture
+def postgres_db(postgres_url: str) -> str:
+    """The URL of a new, empty database on the test server."""
+    return new_database(postgres_url)

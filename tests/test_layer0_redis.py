@@ -4,45 +4,14 @@ private answer stays in the process that produced it; clearing one clears the sh
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from fakes import free_port, serve
+from fakes import serve
 from fakes.openai_server import make_app
-from server_util import upstream_backend
-
-RUN = "from tierlm.cli.main import main; main()"
-
-
-def _start(cfg: dict[str, Any], tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    path = tmp / f"gw-{port}.yaml"
-    path.write_text(yaml.safe_dump({**cfg, "server": {"port": port}}))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", RUN, "serve", "--config", str(path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:  # wait for the replica to answer its health check
-        if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+from server_util import start_serve, upstream_backend
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +26,7 @@ def replicas(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             "data_dir": str(tmp),
             "cache": {"store": "redis", "redis_url": redis_url},
         }
-        procs = [_start(cfg, tmp) for _ in range(2)]
+        procs = [start_serve(cfg, tmp) for _ in range(2)]
         try:
             yield [url for _, url in procs]
         finally:

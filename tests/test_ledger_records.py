@@ -1,7 +1,9 @@
-"""Request records: group commit, durability under SIGKILL, backpressure, spill, privacy."""
+"""Request records: group commit, durability under SIGKILL, backpressure, spill, privacy, and
+answers held until their record is committed (``ledger.commit_before_reply``)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -16,12 +18,17 @@ from pathlib import Path
 
 import pytest
 
+from fakes import serve
+from fakes.openai_server import make_app
 from ledger_support import db_url, open_url, traffic
+from server_util import upstream_backend
+from tierlm import Router
 from tierlm.config import load_settings
 from tierlm.errors import ConfigError
 from tierlm.ledger import AttemptRecord, Ledger, RequestRecord, open_ledger
 from tierlm.ledger.migrations import MIGRATIONS
 from tierlm.ledger.sqlite import SqliteStore
+from tierlm.types import ChatRequest
 
 DBS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
@@ -253,3 +260,66 @@ def test_open_ledger_from_settings(tmp_path: Path) -> None:
         open_ledger(s)
     with pytest.raises(ConfigError, match=r"ledger\.url"):
         open_ledger(load_settings(overrides={"ledger": {"url": "mysql://x"}}))
+
+
+async def _queued(ledger: Ledger, n: int) -> None:
+    deadline = time.monotonic() + 30  # a hang guard: wait until the record is queued
+    while ledger.stats()["queued"] < n:
+        assert time.monotonic() < deadline, "the record was never queued"
+        await asyncio.sleep(0.01)
+
+
+async def _answer_and_commit(
+    router: Router, ledger: Ledger, store: _GatedStore, wait: bool
+) -> None:
+    req = ChatRequest.from_prompt("What is the boiling point of water?")
+    answer = asyncio.create_task(router.achat(req))
+    await _queued(ledger, 1)
+    if wait:  # the answer waits for the commit
+        assert not answer.done() and ledger.get_request(req.request_id) is None
+        store.gate.set()
+        assert (await asyncio.wait_for(answer, 30)).text
+        assert ledger.get_request(req.request_id) is not None  # already committed
+    else:  # the answer goes out while its record is still queued
+        assert (await asyncio.wait_for(answer, 30)).text
+        assert ledger.get_request(req.request_id) is None
+
+
+@pytest.mark.parametrize("wait", [True, False])
+async def test_commit_before_reply_holds_the_answer_until_its_record_is_committed(
+    tmp_path: Path, wait: bool
+) -> None:
+    store = _GatedStore(tmp_path / "c.db")
+    store.gate.set()
+    ledger = Ledger(store, spill_path=tmp_path / "spill.jsonl")
+    store.gate.clear()  # the writer stops at its next batch
+    with serve(make_app()) as up:
+        s = load_settings(
+            env={},
+            overrides={
+                "data_dir": str(tmp_path),
+                "backends": [upstream_backend("site", up, "plain")],
+                "tiers": [{"name": "site", "backends": ["site"]}],
+                "routing": {"complexity_method": "length"},
+                "ledger": {"commit_before_reply": wait},
+            },
+        )
+        router = Router(s, ledger=ledger)
+        try:
+            await _answer_and_commit(router, ledger, store, wait)
+        finally:
+            store.gate.set()
+            await router.aclose()
+    assert ledger.stats()["committed"] == 1
+
+
+async def test_acommitted_returns_once_a_record_is_spilled(tmp_path: Path) -> None:
+    store = _GatedStore(tmp_path / "s.db")
+    store.gate.set()
+    spill = tmp_path / "spill.jsonl"
+    ledger = Ledger(store, spill_path=spill)
+    store.broken = True  # the database refuses every write: the record goes to the spill file
+    ledger.record(traffic(1, start=time.time())[0])
+    await asyncio.wait_for(ledger.acommitted(), 30)
+    assert ledger.stats()["spilled"] == 1 and len(spill.read_text().splitlines()) == 1
+    await ledger.aclose()

@@ -9,6 +9,10 @@
   every attempt, tokens, cost and outcome. Attempts that crossed the site boundary carry the
   digest of the exact bytes sent (set by the executor), from which the ledger builds its audit
   chain. A refused request is recorded with its privacy level and finding kinds.
+- With ``ledger.commit_before_reply``, :meth:`Accounting.committed` waits until the record
+  is committed, and the Router calls it before it hands an answer back (a whole reply, or a
+  stream's end): every answer a client received has its record in the database, even when
+  the process is killed right after.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class Accounting:
         self._configs = {b.name: b for b in settings.backends}
         self._tier_index = {t.name: i for i, t in enumerate(settings.tiers)}
         self._budgets = bool(settings.budgets.limits)
+        self._wait_for_commit = settings.ledger.commit_before_reply
 
     @property
     def ledger(self) -> Ledger:
@@ -53,6 +58,12 @@ class Accounting:
     def close(self) -> None:
         if self._ledger is not None:
             self._ledger.close()
+
+    async def committed(self) -> None:
+        """With ``ledger.commit_before_reply``: wait until the records queued so far are
+        committed (or spilled). Otherwise return at once."""
+        if self._wait_for_commit and self._ledger is not None and self._ledger.recording:
+            await self._ledger.acommitted()
 
     def local_only(self, request: ChatRequest, cond: Conditions) -> None:
         """Sync twin of :meth:`apply_budget` (for stream set-up)."""

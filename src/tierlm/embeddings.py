@@ -227,6 +227,7 @@ class Embeddings:
             tier=result.tier,
         )
         self.accounting.record(req.chat, plan, attempts, response=resp, latency_ms=_ms(t0))
+        await self.accounting.committed()
         return result
 
     async def _budget_low(self, req: EmbedRequest) -> bool:

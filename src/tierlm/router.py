@@ -282,6 +282,7 @@ class Router:
             self.accounting.record(request, plan, attempts, error=e, latency_ms=_ms(t0))
             raise
         self.accounting.record(request, plan, attempts, response=resp, latency_ms=_ms(t0))
+        await self.accounting.committed()
         return resp, plan
 
     def astream(
@@ -346,6 +347,7 @@ class Router:
                 latency_ms=_ms(t0),
                 ttft_ms=rs.ttft_ms,
             )
+        await self.accounting.committed()  # the stream's end goes out after its record
 
     def chat(
         self,

@@ -225,6 +225,7 @@ class ServerConfig(_Strict):
 class LedgerConfig(_Strict):
     url: str | None = None  # None: SQLite file in the data directory; "postgresql://..."; "off"
     store_prompts: bool = False  # when on, sensitive findings are redacted before storing
+    commit_before_reply: bool = False  # an answer goes out only once its record is committed
 
 
 class BudgetLimit(_Strict):

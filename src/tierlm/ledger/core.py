@@ -1,8 +1,9 @@
 """The :class:`Ledger`: records, budgets, feedback, audit and reports over one store.
 
 A sync core (the CLI and tests use it directly) with ``a*`` async wrappers for the gateway:
-``record`` only enqueues (never blocks unless the queue is full) and needs no wrapper; the
-budget calls are short transactions run in a worker thread by ``areserve`` / ``asettle``.
+``record`` only enqueues (never blocks unless the queue is full) and needs no wrapper, and
+``acommitted`` waits for the commit (``ledger.commit_before_reply``); the budget calls are
+short transactions run in a worker thread by ``areserve`` / ``asettle``.
 """
 
 from __future__ import annotations
@@ -183,6 +184,25 @@ class Ledger:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every record queued so far is committed."""
         return self._writer.flush(timeout)
+
+    async def acommitted(self) -> None:
+        """Wait (without blocking the loop) until every record queued so far is committed, or
+        spilled to the spill file when the database would not take it."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def resolve() -> None:
+            if not done.done():  # the waiter may have been cancelled
+                done.set_result(None)
+
+        def from_writer() -> None:
+            try:
+                loop.call_soon_threadsafe(resolve)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+
+        self._writer.when_committed(from_writer)
+        await done
 
     def stats(self) -> dict[str, int]:
         """Writer counters for metrics: queued, committed, batches, blocked, spilled, pending."""

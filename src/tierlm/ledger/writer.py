@@ -6,7 +6,9 @@ commit. The queue is bounded: when it is full, ``put`` blocks until the writer c
 (counted in ``stats.blocked``, with a warning) and never drops a record. A batch that cannot be
 committed after a few tries is spilled to a JSON-lines file next to the ledger (counted in
 ``stats.spilled``, logged as an error) and can be replayed with ``Ledger.replay_spill``.
-``flush`` waits until everything queued before it is committed; ``close`` flushes and stops.
+``flush`` waits until everything queued before it is committed; ``when_committed`` calls back
+(on the writer thread) once it is, so an event loop can await it without a thread of its own;
+``close`` flushes and stops.
 """
 
 from __future__ import annotations
@@ -41,10 +43,10 @@ class WriterStats:
 
 
 class _Flush:
-    __slots__ = ("event",)
+    __slots__ = ("done",)
 
-    def __init__(self) -> None:
-        self.event = threading.Event()
+    def __init__(self, done: Callable[[], None]) -> None:
+        self.done = done
 
 
 _STOP = object()
@@ -95,9 +97,16 @@ class BatchWriter:
         """Wait until everything queued so far is committed (or spilled)."""
         if not self._thread.is_alive():
             return self._q.empty()
-        f = _Flush()
-        self._q.put(f)
-        return f.event.wait(timeout)
+        event = threading.Event()
+        self._q.put(_Flush(event.set))
+        return event.wait(timeout)
+
+    def when_committed(self, done: Callable[[], None]) -> None:
+        """Call ``done`` once everything queued so far is committed (or spilled)."""
+        if not self._thread.is_alive():
+            done()
+            return
+        self._q.put(_Flush(done))
 
     def close(self, timeout: float | None = 60.0) -> None:
         if self._closed:
@@ -119,7 +128,7 @@ class BatchWriter:
                 self._commit(batch)
             for i in items:
                 if isinstance(i, _Flush):
-                    i.event.set()
+                    i.done()
             if any(i is _STOP for i in items):
                 return
 
