@@ -254,7 +254,6 @@ def test_rate_limits_hold_across_replicas(cluster: Cluster) -> None:
     refilled = int(elapsed * RPM / 60)  # the bucket refills continuously, N a minute
     assert RPM <= admitted <= RPM + refilled, (admitted, elapsed)
     assert statuses.count(429) == 3 * RPM - admitted
-    assert {a.replica for a in answers if a.status == 200} == {0, 1}
     refused = [a for a in answers if a.status == 429]
     assert all(a.retry_after and int(a.retry_after) >= 1 for a in refused)
     assert all(a.body and a.body["error"]["code"] == "rate_limit_exceeded" for a in refused)
