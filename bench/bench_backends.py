@@ -222,13 +222,11 @@ def serve_canned(n_chunks: int) -> tuple[str, Callable[[], None]]:
 async def adapter_overhead(requests: int, n_chunks: int) -> dict[str, float]:
     """Median seconds per request, raw httpx vs OpenAIBackend, against a zero-latency server."""
     from tierlm.backends.openai_compat import OpenAIBackend
-    from tierlm.config.settings import BackendConfig
+    from tierlm.config.backends import OpenAIConfig
 
     base, stop = serve_canned(n_chunks)
     kw = {"max_tokens": n_chunks}
-    backend = OpenAIBackend(
-        BackendConfig(name="canned", kind="openai", url=base, model="m", boundary="host")
-    )
+    backend = OpenAIBackend(OpenAIConfig(name="canned", url=base, model="m", boundary="host"))
     raw_times: list[Sample] = []
     ours: list[Sample] = []
     try:
@@ -285,7 +283,7 @@ async def main_async(args: argparse.Namespace) -> None:
 
     from tierlm.backends.llama_cpp import LlamaCppBackend
     from tierlm.backends.openai_compat import OpenAIBackend
-    from tierlm.config.settings import BackendConfig
+    from tierlm.config.backends import LlamaCppConfig, OpenAIConfig
 
     llm = llama_cpp.Llama(
         str(MODEL), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads, verbose=False
@@ -297,15 +295,11 @@ async def main_async(args: argparse.Namespace) -> None:
         "logit_bias": {str(llm.token_eos()): -100.0},
     }
     local = LlamaCppBackend(
-        BackendConfig(
-            name="tiny", kind="llama_cpp", model=str(MODEL), n_ctx=2048, threads=args.threads
-        )
+        LlamaCppConfig(name="tiny", model=str(MODEL), n_ctx=2048, threads=args.threads)
     )
     log = Path(os.environ.get("TMPDIR", "/tmp")) / "bench_backends_server.log"
     proc, base = start_server(args.threads, log)
-    http = OpenAIBackend(
-        BackendConfig(name="srv", kind="openai", provider="llama-server", url=base, model="m")
-    )
+    http = OpenAIBackend(OpenAIConfig(name="srv", provider="llama-server", url=base, model="m"))
     results: dict[str, list[Sample]] = {k: [] for k in ("raw", "tierlm", "raw_http", "openai")}
     try:
         async with httpx.AsyncClient(timeout=120) as client:

@@ -469,7 +469,7 @@ def tierlm_config(upstream: str, port: int, tmp: Path, ledger: bool, limits: boo
                 "url": upstream + "/v1",
                 "model": MODEL,
                 "boundary": "site",
-                "options": {"max_connections": 1024},
+                "max_connections": 1024,
             }
         ],
         "tiers": [{"name": "site", "backends": ["upstream"]}],

@@ -37,7 +37,7 @@ import bench_tiny  # the raw llama_cpp.Llama timing
 
 from tierlm.backends.llama_cpp import LlamaCppBackend
 from tierlm.backends.llama_worker import LlamaWorkerBackend
-from tierlm.config.settings import BackendConfig
+from tierlm.config.backends import LlamaCppConfig
 from tierlm.errors import TierlmError
 from tierlm.llama_runtime import find_server
 from tierlm.types import ChatRequest
@@ -46,21 +46,20 @@ MODEL, PROMPT = bench_tiny.MODEL, bench_tiny.PROMPT
 Run = tuple[float, float, int]  # time to first token (s), tokens/s after it, tokens
 
 
-def _cfg(worker: bool, threads: int | None, slots: int = 1, **options: Any) -> BackendConfig:
-    return BackendConfig(
+def _cfg(worker: bool, threads: int | None, slots: int = 1, **settings: Any) -> LlamaCppConfig:
+    return LlamaCppConfig(
         name="tiny",
-        kind="llama_cpp",
         model=str(MODEL),
         n_ctx=1024,
         threads=threads,
         max_concurrency=slots,
         worker=worker,
         keep_alive=0,
-        options=options,
+        **settings,
     )
 
 
-def _backend(cfg: BackendConfig, binary: Path | None = None) -> LlamaCppBackend:
+def _backend(cfg: LlamaCppConfig, binary: Path | None = None) -> LlamaCppBackend:
     if not cfg.worker:
         return LlamaCppBackend(cfg, MODEL.parent)
     binary = binary or find_server()

@@ -19,7 +19,7 @@ from fakes.anthropic_server import make_app
 from tierlm.backends import create_backend
 from tierlm.backends.anthropic import AnthropicBackend, to_anthropic
 from tierlm.backends.base import collect
-from tierlm.config.settings import BackendConfig
+from tierlm.config.backends import AnthropicConfig
 from tierlm.errors import (
     BackendAuthError,
     BackendBadRequest,
@@ -59,9 +59,8 @@ def url(app: Starlette) -> Iterator[str]:
 
 
 def _backend(url: str, model: str = "claude-fake", **kw: Any) -> AnthropicBackend:
-    cfg = BackendConfig(
+    cfg = AnthropicConfig(
         name="claude",
-        kind="anthropic",
         model=model,
         url=url,
         boundary="external",
@@ -257,9 +256,7 @@ async def test_stream_errors(url: str) -> None:
 
 
 async def test_missing_key_and_health(url: str) -> None:
-    cfg = BackendConfig(
-        name="c", kind="anthropic", model="claude-3-5-haiku-latest", boundary="external"
-    )
+    cfg = AnthropicConfig(name="c", model="claude-3-5-haiku-latest", boundary="external")
     nokey = AnthropicBackend(cfg)
     with pytest.raises(BackendAuthError, match="ANTHROPIC_API_KEY"):
         await nokey.complete(ChatRequest.from_prompt("x"))

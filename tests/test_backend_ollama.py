@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import ollama
 import pytest
@@ -18,7 +19,7 @@ from fakes.ollama_server import make_app
 from tierlm.backends import create_backend
 from tierlm.backends.base import collect
 from tierlm.backends.ollama import OllamaBackend, full_name
-from tierlm.config.settings import BackendConfig
+from tierlm.config.backends import OllamaConfig
 from tierlm.errors import (
     BackendBadRequest,
     BackendUnavailable,
@@ -53,15 +54,14 @@ def url(app: Starlette) -> Iterator[str]:
         yield base
 
 
-def _backend(url: str, model: str = "llama3.2", **options: object) -> OllamaBackend:
+def _backend(url: str, model: str = "llama3.2", **settings: Any) -> OllamaBackend:
     b = create_backend(
-        BackendConfig(
+        OllamaConfig(
             name="ollama",
-            kind="ollama",
             model=model,
             url=url,
             boundary="host",
-            options=dict(options),
+            **settings,
         )
     )
     assert isinstance(b, OllamaBackend)

@@ -33,7 +33,7 @@ from tierlm.backends.base import collect
 from tierlm.backends.http_common import parse_retry_after, sse_events
 from tierlm.backends.openai_compat import OpenAIBackend, parse_queue_metrics
 from tierlm.backends.tools import tool_call_schema
-from tierlm.config.settings import BackendConfig
+from tierlm.config.backends import OpenAIConfig
 from tierlm.errors import (
     BackendAuthError,
     BackendBadRequest,
@@ -121,9 +121,7 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _llama_backend(url: str, **kw: Any) -> OpenAIBackend:
-    cfg = BackendConfig(
-        name="llama-server", kind="openai", provider="llama-server", url=url, model="smollm2", **kw
-    )
+    cfg = OpenAIConfig(name="llama-server", provider="llama-server", url=url, model="smollm2", **kw)
     backend = create_backend(cfg)
     assert isinstance(backend, OpenAIBackend)
     return backend
@@ -197,7 +195,7 @@ async def test_health_against_llama_server(llama_server: str) -> None:
 async def test_prompt_tools_with_grammar_against_llama_server(llama_server: str) -> None:
     """llama-server has no native tools: the adapter describes them in the prompt and
     constrains decoding with the tool-call JSON schema; the client gets OpenAI tool_calls."""
-    backend = _llama_backend(llama_server, options={"constrain_tools": "json_object"})
+    backend = _llama_backend(llama_server, constrain_tools="json_object")
     req = _req(
         "What is the weather in Paris?", max_tokens=60, tools=[WEATHER_TOOL], tool_choice="required"
     )
@@ -231,9 +229,8 @@ def fake_url(fake_app: Starlette) -> Iterator[str]:
 
 
 def _fake(url: str, scenario: str, **kw: Any) -> OpenAIBackend:
-    cfg = BackendConfig(
+    cfg = OpenAIConfig(
         name="fake",
-        kind="openai",
         url=url,
         model=scenario,
         boundary="site",
@@ -337,7 +334,7 @@ async def test_error_inside_stream(fake_url: str) -> None:
 
 
 async def test_stream_usage_model_and_request_body(fake_url: str, fake_app: Starlette) -> None:
-    backend = _fake(fake_url, "ok", options={"headers": {"x-extra": "1"}})
+    backend = _fake(fake_url, "ok", headers={"x-extra": "1"})
     req = _req(max_tokens=5, stop=["\n"], top_k=3, extra={"logit_bias": {"50256": -100}})
     try:
         events = [ev async for ev in backend.stream(req)]
@@ -448,7 +445,7 @@ def test_parse_queue_metrics_other_servers() -> None:
 
 
 async def test_external_provider_without_key_fails_without_network() -> None:
-    cfg = BackendConfig(name="openai", kind="openai", provider="openai", model="gpt-4o-mini")
+    cfg = OpenAIConfig(name="openai", provider="openai", model="gpt-4o-mini")
     backend = OpenAIBackend(cfg)
     assert backend.base_url == "https://api.openai.com/v1"
     with pytest.raises(BackendAuthError, match="OPENAI_API_KEY"):
@@ -459,31 +456,28 @@ async def test_external_provider_without_key_fails_without_network() -> None:
 
 def test_provider_presets_and_quirks() -> None:
     mistral = OpenAIBackend(
-        BackendConfig(name="m", kind="openai", provider="mistral", model="mistral-small-latest")
+        OpenAIConfig(name="m", provider="mistral", model="mistral-small-latest")
     )
     body = mistral.body(_req(top_k=5), stream=True)
     assert "stream_options" not in body  # quirk of the provider row
     assert "top_k" not in body  # not sent to an external provider
     local = OpenAIBackend(
-        BackendConfig(
+        OpenAIConfig(
             name="v",
-            kind="openai",
             provider="vllm",
             url="http://gpu:8000",
             model="m",
-            options={"quirks": ["max_completion_tokens"]},
+            quirks=["max_completion_tokens"],
         )
     )
     assert local.base_url == "http://gpu:8000/v1"
     body = local.body(_req(), stream=False)
     assert body["max_completion_tokens"] == 12 and "max_tokens" not in body
     with pytest.raises(ConfigError):
-        OpenAIBackend(BackendConfig(name="x", kind="openai", model="m", boundary="site"))
+        OpenAIBackend(OpenAIConfig(name="x", model="m", boundary="site"))
     with pytest.raises(ConfigError):
         OpenAIBackend(
-            BackendConfig(
-                name="x", kind="openai", model="m", provider="nope", url="http://h", boundary="site"
-            )
+            OpenAIConfig(name="x", model="m", provider="nope", url="http://h", boundary="site")
         )
 
 
@@ -630,9 +624,8 @@ async def test_env_proxies_only_for_external_backends(
         monkeypatch.delenv(var, raising=False)
 
     def external() -> OpenAIBackend:
-        cfg = BackendConfig(
+        cfg = OpenAIConfig(
             name="fake",
-            kind="openai",
             url=fake_url,
             model="ok",
             boundary="external",

@@ -16,7 +16,7 @@ import pytest
 from tierlm.backends import create_backend
 from tierlm.backends.base import collect
 from tierlm.backends.transformers import TransformersBackend
-from tierlm.config.settings import BackendConfig
+from tierlm.config.backends import TransformersConfig
 from tierlm.errors import InsufficientMemory, MissingDependency, ModelNotFound
 from tierlm.types import ChatRequest
 
@@ -61,7 +61,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _backend(path: Path | str, **kw: object) -> TransformersBackend:
-    b = create_backend(BackendConfig(name="hf", kind="transformers", model=str(path), **kw))
+    b = create_backend(TransformersConfig(name="hf", model=str(path), **kw))
     assert isinstance(b, TransformersBackend)
     return b
 
@@ -114,7 +114,7 @@ async def test_prompt_tools_shape(tiny_model: Path) -> None:
 
 async def test_models_dir_missing_model_and_memory(tiny_model: Path, tmp_path: Path) -> None:
     b = TransformersBackend(
-        BackendConfig(name="hf", kind="transformers", model=tiny_model.name),
+        TransformersConfig(name="hf", model=tiny_model.name),
         models_dir=tiny_model.parent,
     )
     assert b.model_path() == tiny_model

@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tierlm.backends.base import Backend
-from tierlm.config.settings import BackendConfig, Timeouts
+from tierlm.backends.function import Answer, FunctionBackend, FunctionInfo
+from tierlm.config.settings import Timeouts
 from tierlm.errors import (
     AllAttemptsFailed,
     BackendBadRequest,
@@ -32,7 +33,7 @@ from tierlm.execute import (
     RoutedStream,
 )
 from tierlm.ledger.records import AttemptRecord
-from tierlm.types import Candidate, ChatRequest, ChatResponse, Message, Plan, StreamEvent, Usage
+from tierlm.types import Candidate, ChatRequest, Plan, StreamEvent
 
 
 class FakeClock:
@@ -167,53 +168,39 @@ def test_no_retry_on_the_same_backend_for(err: BackendError) -> None:
 # ---------------------------------------------------------------------------- executor guards
 
 
-class Scripted(Backend):
-    """An in-memory backend that plays a script: one entry per call."""
+def scripted(name: str, script: list[str], timeouts: Timeouts) -> FunctionBackend:
+    """An in-memory backend that plays a script: one entry per call (the last repeats)."""
+    steps = list(script)
 
-    def __init__(self, name: str, script: list[str], timeouts: Timeouts) -> None:
-        super().__init__(
-            BackendConfig(
-                name=name, kind="openai", model=f"{name}-model", boundary="site", timeouts=timeouts
-            )
-        )
-        self.script = script
-        self.calls = 0
-
-    def _next(self) -> str:
-        self.calls += 1
-        return self.script[min(self.calls, len(self.script)) - 1]
-
-    async def complete(self, request: ChatRequest) -> ChatResponse:
-        step = self._next()
+    async def answer(request: ChatRequest, info: FunctionInfo) -> Answer:
+        step = steps.pop(0) if len(steps) > 1 else steps[0]
         if step == "hang":
             await asyncio.sleep(3600)
         if step == "503":
             raise Overloaded("busy", upstream_status=503)
         if step == "ctx":
             raise ContextLengthExceeded("too long", upstream_status=400)
-        return ChatResponse(
-            model=self.model,
-            message=Message(role="assistant", content="ok"),
-            usage=Usage(prompt_tokens=1, completion_tokens=1),
-        )
+        return _events(step) if info.stream else "ok"
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        step = self._next()
-        if step == "hang":
-            await asyncio.sleep(3600)
-        if step == "error_first":
-            yield StreamEvent(finish_reason="error")  # failed before any token
-            return
-        yield StreamEvent(text="a")
-        if step == "stall":
-            await asyncio.sleep(3600)
-        if step == "end":
-            return  # ends without a final event
-        if step == "error":
-            yield StreamEvent(finish_reason="error")  # a backend saying it failed mid-answer
-            return
-        yield StreamEvent(text="b")
-        yield StreamEvent(finish_reason="stop")  # no usage: the executor estimates
+    return FunctionBackend(
+        answer, name=name, model=f"{name}-model", boundary="site", timeouts=timeouts
+    )
+
+
+async def _events(step: str) -> AsyncIterator[StreamEvent]:
+    if step == "error_first":
+        yield StreamEvent(finish_reason="error")  # failed before any token
+        return
+    yield StreamEvent(text="a")
+    if step == "stall":
+        await asyncio.sleep(3600)
+    if step == "end":
+        return  # ends without a final event
+    if step == "error":
+        yield StreamEvent(finish_reason="error")  # a backend saying it failed mid-answer
+        return
+    yield StreamEvent(text="b")
+    yield StreamEvent(finish_reason="stop")  # no usage: the executor estimates
 
 
 FAST = Timeouts(connect=0.1, first_token=0.3, stall=0.2, total=5.0)
@@ -247,7 +234,7 @@ async def _stream_text(rs: RoutedStream) -> tuple[str, StreamEvent | None, Excep
 async def test_executor_deadlines_guard_any_backend(step: str) -> None:
     """No adapter deadlines here: the executor alone must stop a hang, a stall or a stream
     that just ends, and rescue the answer on the next candidate."""
-    bad, good = Scripted("bad", [step], NO_TOTAL), Scripted("good", ["ok"], FAST)
+    bad, good = scripted("bad", [step], NO_TOTAL), scripted("good", ["ok"], FAST)
     ex, plan = _executor(bad, good)
     rs = ex.stream(ChatRequest.from_prompt("hi"), plan)
     async with asyncio.timeout(HANG_GUARD):  # the first-token / stall limits fire, or we hang
@@ -266,8 +253,8 @@ async def test_executor_deadlines_guard_any_backend(step: str) -> None:
 
 
 async def test_complete_total_timeout_of_any_backend() -> None:
-    bad = Scripted("bad", ["hang"], Timeouts(first_token=0.3, stall=0.2, total=1.0))
-    ex, plan = _executor(bad, Scripted("good", ["ok"], FAST))
+    bad = scripted("bad", ["hang"], Timeouts(first_token=0.3, stall=0.2, total=1.0))
+    ex, plan = _executor(bad, scripted("good", ["ok"], FAST))
     attempts: list[AttemptRecord] = []
     async with asyncio.timeout(HANG_GUARD):
         resp = await ex.complete(ChatRequest.from_prompt("hi"), plan, attempts)
@@ -278,8 +265,8 @@ async def test_complete_total_timeout_of_any_backend() -> None:
 
 async def test_concurrent_requests_send_one_probe() -> None:
     clock = FakeClock()
-    bad = Scripted("bad", ["503", "hang"], Timeouts(first_token=0.3, stall=0.2, total=0.5))
-    good = Scripted("good", ["ok"], FAST)
+    bad = scripted("bad", ["503", "hang"], Timeouts(first_token=0.3, stall=0.2, total=0.5))
+    good = scripted("good", ["ok"], FAST)
     ex = Executor(
         {"bad": bad, "good": good},
         retry=RetryPolicy(max_retries=0),
@@ -301,7 +288,7 @@ async def test_concurrent_requests_send_one_probe() -> None:
 
 
 async def test_caller_errors_do_not_open_the_breaker() -> None:
-    bad = Scripted("bad", ["ctx"], FAST)
+    bad = scripted("bad", ["ctx"], FAST)
     ex, plan = _executor(bad, threshold=1)
     for _ in range(3):
         with pytest.raises(AllAttemptsFailed) as info:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tierlm.config import load_settings
+from tierlm.config.backends import AnthropicConfig, LlamaCppConfig, OpenAIConfig
 from tierlm.errors import ConfigError
 from tierlm.types import Boundary
 
@@ -66,7 +67,26 @@ def test_env_top_level_names(tmp_path: Path) -> None:
             "tiers[0].backends",
             "uses backend 'y'",
         ),
-        ("backends:\n  - {name: x, kind: grpc, model: m}\n", "backends.0.kind", "Input should be"),
+        (
+            "backends:\n  - {name: x, kind: grpc, model: m}\n",
+            "backends.0.kind",
+            "backend 'x': unknown backend kind 'grpc' (known: anthropic, function, llama_cpp,",
+        ),
+        (
+            "backends:\n  - {name: x, kind: llama_cpp, model: m, n_ctxx: 512}\n",
+            "backends.0.n_ctxx",
+            "Extra inputs are not permitted",
+        ),
+        (  # a key of another kind is refused too
+            "backends:\n  - {name: x, kind: openai, model: m, boundary: site, n_ctx: 512}\n",
+            "backends.0.n_ctx",
+            "Extra inputs are not permitted",
+        ),
+        (
+            "backends:\n  - {name: x, kind: llama_cpp, model: m, options: {top_q: 1}}\n",
+            "backends.0",
+            "options.top_q: kind 'llama_cpp' has no such setting",
+        ),
     ],
 )
 def test_validation_errors_point_at_the_key(tmp_path: Path, text: str, key: str, why: str) -> None:
@@ -197,3 +217,39 @@ def test_tier_named_like_a_backend_with_more_backends(tmp_path: Path) -> None:
         )
     assert "uses backend 'gpu9', which is not defined" in str(e.value)
     assert "ambiguous" not in str(e.value)
+
+
+def test_each_kind_has_its_own_typed_settings(tmp_path: Path) -> None:
+    text = (
+        "backends:\n"
+        "  - {name: tiny, kind: llama_cpp, model: m, n_ctx: 512, sampling: {temperature: 0.2}}\n"
+        "  - {name: site, kind: openai, model: m, url: 'http://h/v1', boundary: site,\n"
+        "     quirks: [top_k], headers: {x-team: a}, max_connections: 8}\n"
+        "  - {name: claude, kind: anthropic, model: c, max_tokens: 512}\n"
+        "tiers:\n  - {name: t, backends: [tiny, site, claude]}\n"
+    )
+    s = load_settings(_write(tmp_path, text), env={})
+    tiny, site, claude = s.backends
+    assert isinstance(tiny, LlamaCppConfig) and isinstance(site, OpenAIConfig)
+    assert isinstance(claude, AnthropicConfig)
+    assert (tiny.n_ctx, tiny.sampling.temperature, tiny.prompt_window()) == (512, 0.2, 512)
+    assert (site.quirks, site.headers, site.max_connections) == (["top_k"], {"x-team": "a"}, 8)
+    assert claude.where is Boundary.EXTERNAL and claude.provider_name() == "anthropic"
+
+
+def test_the_old_options_bag_still_loads(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    text = (
+        "backends:\n"
+        "  - {name: tiny, kind: llama_cpp, model: m,\n"
+        "     options: {temperature: 0.3, repeat_penalty: 1.2, poll: 50, max_tokens: 64}}\n"
+        "  - {name: site, kind: openai, model: m, url: 'http://h/v1', boundary: site,\n"
+        "     options: {quirks: [top_k], keepalive_timeout: 0}}\n"
+        "tiers:\n  - {name: t, backends: [tiny, site]}\n"
+    )
+    s = load_settings(_write(tmp_path, text), env={})
+    tiny, site = s.backends
+    assert isinstance(tiny, LlamaCppConfig) and isinstance(site, OpenAIConfig)
+    assert (tiny.sampling.temperature, tiny.sampling.repeat_penalty) == (0.3, 1.2)
+    assert (tiny.poll, tiny.max_tokens) == (50, 64)
+    assert (site.quirks, site.keepalive_timeout) == (["top_k"], 0.0)
+    assert "`sampling.temperature`, `sampling.repeat_penalty`, `poll`" in caplog.text

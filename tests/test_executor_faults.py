@@ -21,7 +21,8 @@ import pytest
 
 from fakes.faulty_upstream import FaultyUpstream, Scenario, expected_text, openai_error, word
 from tierlm.backends.openai_compat import OpenAIBackend
-from tierlm.config.settings import BackendConfig, Timeouts
+from tierlm.config.backends import OpenAIConfig
+from tierlm.config.settings import Timeouts
 from tierlm.errors import (
     AllAttemptsFailed,
     BudgetExceeded,
@@ -99,9 +100,8 @@ class Rig:
         provider: str = "sglang",  # an OpenAI-compatible server without prefill
     ) -> Rig:
         url = (on or self.up).add(name, scenario)
-        cfg = BackendConfig(
+        cfg = OpenAIConfig(
             name=name,
-            kind="openai",
             provider=provider,
             url=url,
             model=scenario.model,

@@ -12,7 +12,7 @@ import pytest
 from conftest import MODELS, SMOLLM2, STORIES
 from tierlm import models
 from tierlm.backends.llama_cpp import LlamaCppBackend
-from tierlm.config.settings import BackendConfig
+from tierlm.backends.registry import parse_backend
 from tierlm.errors import (
     ContextLengthExceeded,
     InsufficientMemory,
@@ -24,7 +24,7 @@ from tierlm.types import ChatRequest
 
 
 def _backend(model: Path = SMOLLM2, **kw: object) -> LlamaCppBackend:
-    cfg = BackendConfig.model_validate(
+    cfg = parse_backend(
         {"name": "tiny", "kind": "llama_cpp", "model": str(model), "n_ctx": 1024, **kw}
     )
     return LlamaCppBackend(cfg, MODELS)

@@ -33,7 +33,7 @@ from server_util import upstream_backend
 from test_tools import GET_WEATHER
 from tierlm.backends import create_backend
 from tierlm.backends.llama_worker import LlamaWorkerBackend
-from tierlm.config.settings import BackendConfig
+from tierlm.backends.registry import parse_backend
 from tierlm.errors import BackendUnavailable
 from tierlm.execute.breaker import BreakerState
 from tierlm.llama_runtime import find_server
@@ -89,7 +89,7 @@ def _proc_state(pid: int) -> str:
 
 # -- the backend --------------------------------------------------------------------------------
 async def test_worker_answers_streams_and_batches(server_binary: Path) -> None:
-    backend = create_backend(BackendConfig.model_validate(_tiny()))
+    backend = create_backend(parse_backend(_tiny()))
     assert isinstance(backend, LlamaWorkerBackend)
     sup = backend.supervisor
     try:
@@ -115,7 +115,7 @@ async def test_worker_answers_streams_and_batches(server_binary: Path) -> None:
 
 
 async def test_prompt_tools_through_the_worker(server_binary: Path) -> None:
-    backend = create_backend(BackendConfig.model_validate(_tiny()))
+    backend = create_backend(parse_backend(_tiny()))
     try:
         req = ChatRequest.from_prompt(
             "What is the weather in Paris?", max_tokens=48, temperature=0, tools=[GET_WEATHER]
@@ -130,7 +130,7 @@ async def test_prompt_tools_through_the_worker(server_binary: Path) -> None:
 
 
 async def test_a_crash_in_flight_is_backend_unavailable(server_binary: Path) -> None:
-    backend = create_backend(BackendConfig.model_validate(_tiny()))
+    backend = create_backend(parse_backend(_tiny()))
     assert isinstance(backend, LlamaWorkerBackend)
     try:
         req = ChatRequest.from_prompt(LONG, max_tokens=400, temperature=0)

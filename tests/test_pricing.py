@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from tierlm.config.settings import BackendConfig, Price
+from tierlm.backends.registry import parse_backend
+from tierlm.config.backends import AnthropicConfig, BackendConfig, LlamaCppConfig, OpenAIConfig
+from tierlm.config.settings import Price
 from tierlm.pricing import (
     DEFAULT_OUTPUT_CAP,
     IMAGE_TOKENS,
@@ -33,7 +35,7 @@ def _cfg(**kw: Any) -> BackendConfig:
         "provider": "openai",
     }
     base.update(kw)
-    return BackendConfig(**base)
+    return parse_backend(base)
 
 
 def test_table_is_dated_and_sourced() -> None:
@@ -81,15 +83,13 @@ def test_unknown_model_is_none_and_priced_conservatively_when_external() -> None
 def test_config_override_beats_table_and_local_is_zero() -> None:
     over = _cfg(price=Price(input=1.0, output=2.0))
     assert price_source(over) == (Price(input=1.0, output=2.0), "config")
-    local = BackendConfig(name="l", kind="llama_cpp", model="smollm2")
+    local = LlamaCppConfig(name="l", model="smollm2")
     assert price_source(local) == (Price(), "local")
-    site = BackendConfig(
-        name="s", kind="openai", provider="vllm", url="http://h/v1", model="gpt-4o"
+    site = OpenAIConfig(
+        name="s", provider="vllm", url="http://h/v1", model="gpt-4o"
     )  # same name as a cloud model, but on our own server
     assert price_for(site) == Price()
-    anth = BackendConfig(
-        name="a", kind="anthropic", model="claude-3-5-haiku-latest", boundary="external"
-    )
+    anth = AnthropicConfig(name="a", model="claude-3-5-haiku-latest", boundary="external")
     assert price_source(anth)[1] == "table"
 
 
@@ -99,9 +99,9 @@ def test_cost_usd() -> None:
     usage = Usage(prompt_tokens=1000, completion_tokens=500)
     expected = (1000 * row["input"] + 500 * row["output"]) / 1e6
     assert cost_usd(cfg, usage) == pytest.approx(expected)
-    energy = BackendConfig(name="l", kind="llama_cpp", model="m", price=Price(per_hour=0.36))
+    energy = LlamaCppConfig(name="l", model="m", price=Price(per_hour=0.36))
     assert cost_usd(energy, usage, seconds=10) == pytest.approx(0.001)
-    assert cost_usd(BackendConfig(name="l", kind="llama_cpp", model="m"), usage) == 0.0
+    assert cost_usd(LlamaCppConfig(name="l", model="m"), usage) == 0.0
 
 
 def test_estimate_is_an_upper_bound() -> None:

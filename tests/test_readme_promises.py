@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -21,12 +21,11 @@ from fakes import serve
 from fakes.openai_server import make_app
 from server_util import serve_gateway, settings, upstream_backend
 from tierlm import Router
-from tierlm.backends.base import Backend
+from tierlm.backends.function import FunctionBackend, FunctionInfo
 from tierlm.config import load_settings
-from tierlm.config.settings import BackendConfig
 from tierlm.errors import BackendError, BackendTimeout, Overloaded, RateLimited
 from tierlm.execute import BreakerConfig, BreakerState, CircuitBreaker, Executor, RetryPolicy
-from tierlm.types import Boundary, Candidate, ChatRequest, ChatResponse, Message, Plan, Usage
+from tierlm.types import Boundary, Candidate, ChatRequest, Plan
 
 
 class Clock:
@@ -37,26 +36,16 @@ class Clock:
         return self.now
 
 
-class Upstream(Backend):
+def upstream(name: str, errors: list[BackendError] | None = None) -> FunctionBackend:
     """An in-memory backend that fails with ``errors`` (one a call, in order), then answers."""
+    left = list(errors or [])
 
-    def __init__(self, name: str, errors: list[BackendError] | None = None) -> None:
-        super().__init__(BackendConfig(name=name, kind="openai", model=name, boundary="site"))
-        self.errors = list(errors or [])
-        self.calls = 0
+    def answer(request: ChatRequest, info: FunctionInfo) -> str:
+        if left:
+            raise left.pop(0)
+        return "ok"
 
-    async def complete(self, request: ChatRequest) -> ChatResponse:
-        self.calls += 1
-        if self.errors:
-            raise self.errors.pop(0)
-        return ChatResponse(
-            model=self.model,
-            message=Message(role="assistant", content="ok"),
-            usage=Usage(prompt_tokens=1, completion_tokens=1),
-        )
-
-    def stream(self, request: ChatRequest) -> AsyncIterator[object]:  # type: ignore[override]
-        raise NotImplementedError
+    return FunctionBackend(answer, name=name, model=name, boundary="site")
 
 
 def _plan(*names: str) -> Plan:
@@ -73,8 +62,8 @@ def test_the_router_runs_its_executor_with_the_documented_defaults() -> None:
 
 async def test_five_failures_open_the_breaker_for_thirty_seconds() -> None:
     clock = Clock()
-    flaky = Upstream("flaky", [BackendTimeout("slow", backend="flaky") for _ in range(20)])
-    spare = Upstream("spare")
+    flaky = upstream("flaky", [BackendTimeout("slow", backend="flaky") for _ in range(20)])
+    spare = upstream("spare")
     ex = Executor({"flaky": flaky, "spare": spare}, clock=clock)
     plan = _plan("flaky", "spare")
 
@@ -93,8 +82,8 @@ async def test_five_failures_open_the_breaker_for_thirty_seconds() -> None:
 
 
 async def test_four_failures_do_not_open_it() -> None:
-    flaky = Upstream("flaky", [BackendTimeout("slow", backend="flaky") for _ in range(4)])
-    ex = Executor({"flaky": flaky, "spare": Upstream("spare")}, clock=Clock())
+    flaky = upstream("flaky", [BackendTimeout("slow", backend="flaky") for _ in range(4)])
+    ex = Executor({"flaky": flaky, "spare": upstream("spare")}, clock=Clock())
     for _ in range(4):
         await ex.complete(ChatRequest.from_prompt("hi"), _plan("flaky", "spare"))
     assert ex.breakers["flaky"].state is BreakerState.CLOSED
@@ -110,8 +99,8 @@ async def test_retry_after_is_waited_up_to_five_seconds(asked: float, waited: bo
         waits.append(seconds)
 
     clock = Clock()
-    limited = Upstream("limited", [RateLimited("slow down", backend="limited", retry_after=asked)])
-    ex = Executor({"limited": limited, "spare": Upstream("spare")}, clock=clock, sleep=sleep)
+    limited = upstream("limited", [RateLimited("slow down", backend="limited", retry_after=asked)])
+    ex = Executor({"limited": limited, "spare": upstream("spare")}, clock=clock, sleep=sleep)
     resp = await ex.complete(ChatRequest.from_prompt("hi"), _plan("limited", "spare"))
     if waited:
         assert (waits, resp.model, limited.calls) == ([asked], "limited", 2)

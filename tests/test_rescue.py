@@ -112,9 +112,9 @@ async def test_the_in_process_model_continues_a_prefill() -> None:
     is continued into the same answer, not answered again."""
     from conftest import MODELS, SMOLLM2
     from tierlm.backends.llama_cpp import LlamaCppBackend
-    from tierlm.config.settings import BackendConfig
+    from tierlm.config.backends import LlamaCppConfig
 
-    cfg = BackendConfig(name="tiny", kind="llama_cpp", model=str(SMOLLM2), n_ctx=1024)
+    cfg = LlamaCppConfig(name="tiny", model=str(SMOLLM2), n_ctx=1024)
     b = LlamaCppBackend(cfg, MODELS)
     req = ChatRequest.from_prompt("Describe Paris in two sentences.", max_tokens=32, temperature=0)
     try:
@@ -146,9 +146,9 @@ PREFILL = [  # (backend config, supports prefill)
 @pytest.mark.parametrize(("cfg", "prefill"), PREFILL, ids=[str(c) for c, _ in PREFILL])
 def test_which_backends_continue_a_prefill(cfg: dict[str, str], prefill: bool) -> None:
     from tierlm.backends import create_backend
-    from tierlm.config.settings import BackendConfig
+    from tierlm.backends.registry import parse_backend
 
-    b = create_backend(BackendConfig.model_validate({"name": "b", "boundary": "site", **cfg}), None)
+    b = create_backend(parse_backend({"name": "b", "boundary": "site", **cfg}), None)
     assert b.supports_prefill is prefill
 
 
@@ -157,18 +157,14 @@ def test_prefill_bodies() -> None:
     (its API refuses a final assistant turn that ends with whitespace)."""
     from tierlm.backends.anthropic import AnthropicBackend
     from tierlm.backends.openai_compat import OpenAIBackend
-    from tierlm.config.settings import BackendConfig
+    from tierlm.config.backends import AnthropicConfig, OpenAIConfig
 
     req = continuation_request(ChatRequest.from_prompt("hi"), "Hello, I am ", prefill=True)
-    vllm = OpenAIBackend(
-        BackendConfig(name="v", kind="openai", provider="vllm", url="http://h:1/v1", model="m")
-    )
+    vllm = OpenAIBackend(OpenAIConfig(name="v", provider="vllm", url="http://h:1/v1", model="m"))
     body = vllm.body(req, stream=True)
     assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
     assert "continue_final_message" not in vllm.body(ChatRequest.from_prompt("hi"), stream=True)
-    claude = AnthropicBackend(
-        BackendConfig(name="a", kind="anthropic", model="claude", boundary="external")
-    )
+    claude = AnthropicBackend(AnthropicConfig(name="a", model="claude", boundary="external"))
     assert claude.body(req, stream=True)["messages"][-1] == {
         "role": "assistant",
         "content": [{"type": "text", "text": "Hello, I am"}],

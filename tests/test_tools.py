@@ -216,10 +216,10 @@ async def test_finish_response_and_stream() -> None:
 def smollm2() -> Iterator[Any]:
     from conftest import SMOLLM2
     from tierlm.backends.llama_cpp import LlamaCppBackend
-    from tierlm.config.settings import BackendConfig
+    from tierlm.config.backends import LlamaCppConfig
 
     backend = LlamaCppBackend(
-        BackendConfig(name="tiny", kind="llama_cpp", model=str(SMOLLM2), n_ctx=1024, threads=2)
+        LlamaCppConfig(name="tiny", model=str(SMOLLM2), n_ctx=1024, threads=2)
     )
     yield backend
     backend.unload()

@@ -40,6 +40,7 @@ from tierlm.backends.http_errors import (
     error_from_response,
     error_from_transport,
 )
+from tierlm.config.backends import OpenAIConfig
 from tierlm.errors import (
     BackendError,
     InvalidRequest,
@@ -65,7 +66,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from tierlm.accounting import Accounting
-    from tierlm.config.settings import ApiKeyConfig, BackendConfig, Settings
+    from tierlm.config.settings import ApiKeyConfig, Settings
     from tierlm.layer0.embed import Embedder
     from tierlm.ledger import AttemptRecord
 
@@ -124,7 +125,9 @@ class Embeddings:
         self.accounting = accounting
         self._scan_text = scan_text
         self._embedder = embedder
-        self.backends = {b.name: b for b in settings.backends if b.embeddings}
+        self.backends = {
+            b.name: b for b in settings.backends if isinstance(b, OpenAIConfig) and b.embeddings
+        }
         self._tiers = {
             name: [t.name for t in settings.tiers if name in t.backends] for name in self.backends
         }
@@ -314,7 +317,7 @@ class Embeddings:
             await s.aclose()
 
 
-def _headers(cfg: BackendConfig) -> dict[str, str]:
+def _headers(cfg: OpenAIConfig) -> dict[str, str]:
     from tierlm.config.providers import PROVIDERS
 
     provider = PROVIDERS.get(cfg.provider) if cfg.provider else None

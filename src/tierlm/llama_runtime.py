@@ -36,7 +36,7 @@ from tierlm.supervisor import (
 )
 
 if TYPE_CHECKING:
-    from tierlm.config.settings import BackendConfig
+    from tierlm.config.backends import LlamaCppConfig
 
 SERVER_ENV = "TIERLM_LLAMA_SERVER"
 # What scripts/setup builds with on x86-64 (CMAKE_ARGS unset), and the oldest-CPU fallback.
@@ -71,7 +71,7 @@ def default_threads() -> int:
 
 
 def server_command(
-    binary: Path, model: Path, port: int, cfg: BackendConfig, slots: int
+    binary: Path, model: Path, port: int, cfg: LlamaCppConfig, slots: int
 ) -> list[str]:
     """``llama-server`` for one model on 127.0.0.1:``port`` with ``slots`` parallel slots
     (continuous batching), each with the backend's full ``n_ctx``."""
@@ -87,24 +87,24 @@ def server_command(
         "--no-kv-unified",
         "--threads", str(threads),
         "--threads-batch", str(threads),
-        "--poll", str(cfg.options.get("poll", 0)),
-        "--cache-ram", str(cfg.options.get("cache_ram_mb", 256)),
+        "--poll", str(cfg.poll),
+        "--cache-ram", str(cfg.cache_ram_mb),
         "--no-webui",
         "--metrics",
         "--no-warmup",
     ]  # fmt: skip
-    if "n_batch" in cfg.options:
-        cmd += ["--batch-size", str(cfg.options["n_batch"])]
-    cmd += [str(a) for a in cfg.options.get("server_args") or ()]
+    if cfg.n_batch is not None:
+        cmd += ["--batch-size", str(cfg.n_batch)]
+    cmd += cfg.server_args
     return cmd
 
 
-def worker_env(cfg: BackendConfig) -> dict[str, str]:
+def worker_env(cfg: LlamaCppConfig) -> dict[str, str]:
     """The worker's environment: ours, OpenMP threads that sleep rather than spin while they
-    wait (measured: see README), and ``options.env``."""
+    wait (measured: see README), and ``env``."""
     env = {**os.environ}
     env.setdefault("OMP_WAIT_POLICY", "passive")
-    env.update({str(k): str(v) for k, v in (cfg.options.get("env") or {}).items()})
+    env.update(cfg.env)
     return env
 
 
@@ -172,9 +172,9 @@ def _smoke_module(model: Path) -> SmokeResult:
 def _smoke_server(binary: Path, model: Path) -> SmokeResult:
     name = "llama-server worker"
     start = time.perf_counter()
-    from tierlm.config.settings import BackendConfig
+    from tierlm.config.backends import LlamaCppConfig
 
-    cfg = BackendConfig(name="smoke", kind="llama_cpp", model="smoke", n_ctx=256)
+    cfg = LlamaCppConfig(name="smoke", model="smoke", n_ctx=256)
     sup = WorkerSupervisor(
         "smoke",
         lambda port: server_command(binary, model, port, cfg, slots=1),

@@ -79,8 +79,7 @@ def price_source(config: BackendConfig) -> tuple[Price, PriceSource]:
         return config.price, "config"
     if config.where is not Boundary.EXTERNAL:
         return Price(), "local"
-    provider = config.provider or (config.kind if config.kind == "anthropic" else None)
-    found = lookup(provider, config.model)
+    found = lookup(config.provider_name(), config.model)
     if found is not None:
         return found, "table"
     return UNKNOWN_EXTERNAL, "unknown"

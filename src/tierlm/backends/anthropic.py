@@ -54,7 +54,7 @@ from tierlm.types import (
 )
 
 if TYPE_CHECKING:
-    from tierlm.config.settings import BackendConfig
+    from tierlm.config.backends import AnthropicConfig
 
 DEFAULT_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
@@ -186,27 +186,29 @@ class AnthropicBackend(HttpBackend):
 
     supports_prefill = True
 
-    def __init__(self, config: BackendConfig) -> None:
+    config: AnthropicConfig
+
+    def __init__(self, config: AnthropicConfig) -> None:
         super().__init__(config)
         url = (config.url or DEFAULT_URL).rstrip("/")
         self.base_url = url.removesuffix("/v1")
         self._chat_url = self.base_url + "/v1/messages"
 
     def _headers(self) -> dict[str, str]:
-        p = PROVIDERS.get(self.config.provider or "anthropic")
+        p = PROVIDERS.get(self.config.provider_name() or "anthropic")
         key = resolve_api_key(self.config, p.key_env if p else "ANTHROPIC_API_KEY")
         if key is None:
             var = self.config.api_key_env or (p.key_env if p else "ANTHROPIC_API_KEY")
             raise BackendAuthError(f"no API key configured (set {var})", backend=self.name)
-        opts = self.config.options
+        cfg = self.config
         headers = {
             "x-api-key": key,
-            "anthropic-version": str(opts.get("version", API_VERSION)),
+            "anthropic-version": cfg.version or API_VERSION,
             "content-type": "application/json",
         }
-        if opts.get("beta"):
-            headers["anthropic-beta"] = str(opts["beta"])
-        headers.update({str(k): str(v) for k, v in (opts.get("headers") or {}).items()})
+        if cfg.beta:
+            headers["anthropic-beta"] = cfg.beta
+        headers.update(cfg.headers)
         return headers
 
     def body(self, req: ChatRequest, *, stream: bool) -> dict[str, Any]:
@@ -216,7 +218,7 @@ class AnthropicBackend(HttpBackend):
         body: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
-            "max_tokens": req.max_tokens or int(self.config.options.get("max_tokens", 4096)),
+            "max_tokens": req.max_tokens or self.config.max_tokens,
         }
         if system:
             body["system"] = system
@@ -238,7 +240,7 @@ class AnthropicBackend(HttpBackend):
         user_id = _user_id(req.extra)
         if user_id is not None:
             body["metadata"] = {"user_id": user_id}
-        body.update(self.config.options.get("extra_body") or {})
+        body.update(self.config.extra_body)
         return body
 
     # ------------------------------------------------------------------ answers

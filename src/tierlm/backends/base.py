@@ -14,13 +14,16 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from tierlm.errors import ConfigError
 from tierlm.types import Boundary, ChatRequest, ChatResponse, Message, StreamEvent, ToolCall, Usage
 
 if TYPE_CHECKING:
     from tierlm.config.settings import BackendConfig, Settings
 
+
+C = TypeVar("C", bound="BackendConfig")
 
 _SENT: ContextVar[list[bytes] | None] = ContextVar("tierlm_sent_bodies", default=None)
 
@@ -115,6 +118,17 @@ class Backend(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} model={self.model} {self.boundary.label}>"
+
+
+def expect_config(config: BackendConfig, cls: type[C]) -> C:
+    """``config`` as its kind's class ``cls``, or :class:`ConfigError` (an adapter given
+    another kind's configuration)."""
+    if not isinstance(config, cls):
+        raise ConfigError(
+            f"needs a {cls.__name__}, not a {type(config).__name__}",
+            key=f"backends.{config.name}.kind",
+        )
+    return config
 
 
 async def collect(events: AsyncIterator[StreamEvent], *, model: str) -> ChatResponse:

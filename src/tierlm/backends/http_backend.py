@@ -43,7 +43,7 @@ from tierlm.backends.http_stream import Deadlines, read_with_deadlines
 from tierlm.errors import BackendAuthError, BackendTimeout
 
 if TYPE_CHECKING:
-    from tierlm.config.settings import BackendConfig
+    from tierlm.config.backends import HttpConfig
     from tierlm.types import ChatRequest, ChatResponse, StreamEvent
 
 # One GET of a health probe: (status, headers, body).
@@ -55,8 +55,9 @@ class HttpBackend(Backend):
 
     base_url: str
     _chat_url: str
+    config: HttpConfig
 
-    def __init__(self, config: BackendConfig) -> None:
+    def __init__(self, config: HttpConfig) -> None:
         super().__init__(config)
         self._session = SessionHolder(config)
         t = config.timeouts

@@ -57,7 +57,7 @@ LARGE_BODY = 1 << 20  # bytes; aiohttp sends larger bodies as a stream
 _CLOSE_WAIT_S = 5.0  # how long aclose waits for a session closing on another thread's loop
 
 if TYPE_CHECKING:
-    from tierlm.config.settings import BackendConfig
+    from tierlm.config.backends import BackendConfig, HttpConfig
 
 __all__ = [
     "TRANSPORT_ERRORS",
@@ -110,18 +110,18 @@ def client_timeout(
 
 
 def build_session(
-    config: BackendConfig, *, headers: Mapping[str, str] | None = None
+    config: HttpConfig, *, headers: Mapping[str, str] | None = None
 ) -> aiohttp.ClientSession:
     """One session per backend (call on the loop that will use it): split timeouts, pooled
     keep-alive connections, no cookies; environment proxies (``HTTPS_PROXY``, ``NO_PROXY``,
     .netrc) only for external backends, never for the LAN or this host."""
     connector = aiohttp.TCPConnector(
-        limit=int(config.options.get("max_connections", 100)),
+        limit=config.max_connections,
         limit_per_host=0,
         ttl_dns_cache=300,
         # seconds an idle pooled connection may be reused; 0: a new connection per request
         # (the local llama-server worker, which may close a connection just as it is reused)
-        keepalive_timeout=float(config.options.get("keepalive_timeout", 15.0)),
+        keepalive_timeout=config.keepalive_timeout,
     )
     return aiohttp.ClientSession(
         connector=connector,
@@ -142,7 +142,7 @@ class SessionHolder:
 
     __slots__ = ("_config", "_loop", "_session")
 
-    def __init__(self, config: BackendConfig) -> None:
+    def __init__(self, config: HttpConfig) -> None:
         self._config = config
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -202,7 +202,7 @@ def _detach(session: aiohttp.ClientSession) -> None:
     session.detach()
 
 
-def resolve_api_key(config: BackendConfig, provider_key_env: str | None) -> str | None:
+def resolve_api_key(config: HttpConfig, provider_key_env: str | None) -> str | None:
     """The key: ``api_key`` from config, else ``api_key_env``, else the provider's variable."""
     if config.api_key is not None:
         return config.api_key.get_secret_value() or None

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from tierlm import models
 from tierlm.backends import tools as prompt_tools
-from tierlm.backends.base import Backend, BackendHealth
+from tierlm.backends.base import Backend, BackendHealth, expect_config
+from tierlm.config.backends import LlamaCppConfig
 from tierlm.errors import (
     ConfigError,
     ContextLengthExceeded,
@@ -62,14 +63,14 @@ _PASSTHROUGH = (
     "typical_p",
     "mirostat_mode",
 )
-_SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty")
 _DEFAULT_MAX_TOKENS = 1024
 
 
 class LlamaCppBackend(Backend):
     supports_prefill = True
+    config: LlamaCppConfig
 
-    def __init__(self, config: BackendConfig, models_dir: Path | None = None) -> None:
+    def __init__(self, config: LlamaCppConfig, models_dir: Path | None = None) -> None:
         super().__init__(config)
         self._models_dir = models_dir or default_models_dir()
         self._path: Path | None = None
@@ -85,12 +86,13 @@ class LlamaCppBackend(Backend):
         )
         self._last_used = time.monotonic()
         self._unload_timer: threading.Timer | None = None
-        self._sampling = {k: v for k, v in config.options.items() if k in _SAMPLING}
+        self._sampling: dict[str, Any] = config.sampling.model_dump(exclude_none=True)
 
     @classmethod
     def from_settings(cls, config: BackendConfig, settings: Settings | None) -> LlamaCppBackend:
         """The worker backend (``llama-server`` in a supervised process) unless ``worker:
         false``, or no ``llama-server`` is installed and ``worker`` is not required."""
+        config = expect_config(config, LlamaCppConfig)
         if config.worker is not False:
             from tierlm.backends.llama_worker import LlamaWorkerBackend
             from tierlm.llama_runtime import SERVER_ENV, find_server
@@ -159,11 +161,9 @@ class LlamaCppBackend(Backend):
             # which on a busy machine made time to first token ~10x worse in the bench)
             n_threads_batch=self.config.threads,
             verbose=False,
-            **{
-                k: v
-                for k, v in self.config.options.items()
-                if k in ("n_batch", "n_gpu_layers", "chat_format", "seed")
-            },
+            **self.config.model_dump(
+                include={"n_batch", "n_gpu_layers", "chat_format", "seed"}, exclude_none=True
+            ),
         )
         with self._lock:
             self._loaded += 1
@@ -286,16 +286,18 @@ class LlamaCppBackend(Backend):
 
     # -- generation -------------------------------------------------------------------------
     def _tool_grammar(self) -> str | None:
-        """How tool-call replies are constrained: ``options.constrain_tools`` (default
-        ``json_object``: a JSON-schema grammar, which makes tiny models reliable; null: off)."""
-        mode = self.config.options.get("constrain_tools", "json_object")
-        return str(mode) if mode else None
+        """How tool-call replies are constrained: ``constrain_tools`` (default ``json_object``:
+        a JSON-schema grammar, which makes tiny models reliable; null: off)."""
+        return self.config.constrain_tools
+
+    def max_tokens(self) -> int:
+        """Answer length when a request does not say: ``max_tokens``, else 1024."""
+        return self.config.max_tokens or _DEFAULT_MAX_TOKENS
 
     def _kwargs(self, request: ChatRequest) -> dict[str, Any]:
         kw: dict[str, Any] = {
             "messages": [_to_llama_message(m) for m in request.messages],
-            "max_tokens": request.max_tokens
-            or self.config.options.get("max_tokens", _DEFAULT_MAX_TOKENS),
+            "max_tokens": request.max_tokens or self.max_tokens(),
         }
         for name, default in self._sampling.items():
             kw[name] = default  # the backend's configured sampling defaults

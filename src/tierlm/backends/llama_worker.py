@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 from tierlm.backends.base import BackendHealth, dumps
 from tierlm.backends.http_errors import ErrorContext
-from tierlm.backends.llama_cpp import _DEFAULT_MAX_TOKENS, LlamaCppBackend
+from tierlm.backends.llama_cpp import LlamaCppBackend
 from tierlm.backends.openai_compat import OpenAIBackend
-from tierlm.config.settings import BackendConfig
+from tierlm.config.backends import LlamaCppConfig, OpenAIConfig
 from tierlm.errors import BackendError, BackendTimeout, BackendUnavailable
 from tierlm.llama_runtime import server_command, worker_env
 from tierlm.supervisor import WorkerDown, WorkerSupervisor, urlopen_direct
@@ -43,14 +43,13 @@ from tierlm.supervisor import WorkerDown, WorkerSupervisor, urlopen_direct
 if TYPE_CHECKING:
     from tierlm.types import ChatRequest, ChatResponse, StreamEvent
 
-_LOAD_TIMEOUT = 120.0  # seconds a worker may take to load its model (options.load_timeout)
 _EXIT_GRACE = 2.0  # seconds to wait for a worker's exit after its connection dropped
 
 
 class LlamaWorkerBackend(LlamaCppBackend):
     """``kind: llama_cpp`` with its model in a supervised ``llama-server`` process."""
 
-    def __init__(self, config: BackendConfig, models_dir: Path, binary: Path) -> None:
+    def __init__(self, config: LlamaCppConfig, models_dir: Path, binary: Path) -> None:
         super().__init__(config, models_dir)
         self.binary = binary
         self.slots = config.max_concurrency
@@ -60,7 +59,7 @@ class LlamaWorkerBackend(LlamaCppBackend):
             env=worker_env(config),
         )
         self._client: tuple[int, OpenAIBackend] | None = None
-        self._load_timeout = float(config.options.get("load_timeout", _LOAD_TIMEOUT))
+        self._load_timeout = config.load_timeout
 
     # -- the worker -------------------------------------------------------------------------
     def memory_needed_bytes(self) -> int:
@@ -81,15 +80,15 @@ class LlamaWorkerBackend(LlamaCppBackend):
     def _adapter(self) -> OpenAIBackend:
         """The OpenAI-compatible adapter for the current worker (prompt tools constrained by
         the worker's JSON-schema grammar)."""
-        cfg = BackendConfig(
+        cfg = OpenAIConfig(
             name=self.name,
-            kind="openai",
             model=self.model,
             url=self.supervisor.base_url + "/v1",
             boundary=self.boundary,
             tools=False,
             timeouts=self.config.timeouts,
-            options={"constrain_tools": self._tool_grammar(), "keepalive_timeout": 0.0},
+            constrain_tools=self._tool_grammar(),
+            keepalive_timeout=0.0,
         )
         return OpenAIBackend(cfg)
 
@@ -133,7 +132,7 @@ class LlamaWorkerBackend(LlamaCppBackend):
             else:
                 extra.setdefault(name, value)
         if request.max_tokens is None:
-            update["max_tokens"] = self.config.options.get("max_tokens", _DEFAULT_MAX_TOKENS)
+            update["max_tokens"] = self.max_tokens()
         update["extra"] = extra
         return request.model_copy(update=update)
 

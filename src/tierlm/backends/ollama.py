@@ -9,9 +9,9 @@ The body is built from an allowlist: each message's role, text, base64 images, t
 (``name``, ``description``, ``parameters``); sampling options; and ``format`` from the
 request's ``response_format``. Nothing else is sent.
 
-Options: ``keep_alive`` (``"10m"``, seconds, or ``-1`` for ever; sent with every request),
-``num_ctx`` (the context Ollama loads the model with), ``ollama_options`` (merged into the
-request's ``options``), ``headers``.
+Settings (:class:`~tierlm.config.backends.OllamaConfig`): ``keep_alive`` (``"10m"``, seconds,
+or ``-1`` for ever; sent with every request), ``num_ctx`` (the context Ollama loads the model
+with), ``ollama_options`` (merged into the request's ``options``), ``headers``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from tierlm.types import (
 )
 
 if TYPE_CHECKING:
-    from tierlm.config.settings import BackendConfig
+    from tierlm.config.backends import OllamaConfig
 
 DEFAULT_URL = "http://127.0.0.1:11434"
 GIB = 1024**3
@@ -121,16 +121,16 @@ class OllamaBackend(HttpBackend):
 
     supports_prefill = True
 
-    def __init__(self, config: BackendConfig) -> None:
+    config: OllamaConfig
+
+    def __init__(self, config: OllamaConfig) -> None:
         super().__init__(config)
         self.base_url = normalise_base_url(config.url or DEFAULT_URL).removesuffix("/api")
         self._chat_url = self.base_url + "/api/chat"
 
     def _headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json"}
-        headers.update(
-            {str(k): str(v) for k, v in (self.config.options.get("headers") or {}).items()}
-        )
+        headers.update(self.config.headers)
         return headers
 
     def body(self, req: ChatRequest, *, stream: bool) -> dict[str, Any]:
@@ -146,9 +146,9 @@ class OllamaBackend(HttpBackend):
             value = getattr(req, ours)
             if value is not None:
                 opts[theirs] = value
-        if self.config.options.get("num_ctx"):
-            opts["num_ctx"] = int(self.config.options["num_ctx"])
-        opts.update(self.config.options.get("ollama_options") or {})
+        if self.config.num_ctx:
+            opts["num_ctx"] = self.config.num_ctx
+        opts.update(self.config.ollama_options)
         body: dict[str, Any] = {
             "model": self.model,
             "messages": [_message(m) for m in req.messages],
@@ -156,8 +156,8 @@ class OllamaBackend(HttpBackend):
         }
         if opts:
             body["options"] = opts
-        if "keep_alive" in self.config.options:
-            body["keep_alive"] = self.config.options["keep_alive"]
+        if self.config.keep_alive is not None:
+            body["keep_alive"] = self.config.keep_alive
         if req.tools and req.tool_choice != "none":
             body["tools"] = [tool_spec(t) for t in req.tools]
         fmt = req.extra.get("response_format")

@@ -3,9 +3,9 @@
 vLLM, SGLang, llama.cpp's llama-server, LM Studio, Ollama's ``/v1``, OpenAI, DeepSeek,
 Mistral, Groq, Together, OpenRouter and Gemini's OpenAI endpoint are all this one adapter with
 different settings: a provider row (:mod:`tierlm.config.providers`) gives the base URL, the key
-variable, the boundary and the quirks; ``BackendConfig`` may override each.
+variable, the boundary and the quirks; ``OpenAIConfig`` may override each.
 
-Quirks (provider row, or ``options.quirks`` in config):
+Quirks (provider row, or ``quirks`` in config):
 
 - ``no_stream_usage_option``: do not send ``stream_options`` (the server rejects it).
 - ``max_completion_tokens``: send ``max_completion_tokens`` instead of ``max_tokens``.
@@ -16,7 +16,8 @@ Prefill (the provider row's ``prefill``): ``llama-server`` continues a trailing 
 by itself, vLLM when asked with ``continue_final_message``; other providers answer a new turn,
 so ``supports_prefill`` is false for them.
 
-Other options: ``headers`` (extra request headers), ``extra_body`` (merged into every body),
+Other settings (:class:`~tierlm.config.backends.OpenAIConfig`): ``headers`` (extra request
+headers), ``extra_body`` (merged into every body),
 ``metrics`` (false: do not read a self-hosted server's Prometheus ``/metrics`` in ``health``),
 ``constrain_tools`` (``json_object`` or ``json_schema``: constrain prompt-tool replies).
 
@@ -71,7 +72,7 @@ from tierlm.types import (
 )
 
 if TYPE_CHECKING:
-    from tierlm.config.settings import BackendConfig
+    from tierlm.config.backends import OpenAIConfig
 
 _FINISH: dict[str, FinishReason] = {
     "stop": "stop",
@@ -111,7 +112,9 @@ def usage_from(data: Any) -> Usage | None:
 class OpenAIBackend(HttpBackend):
     """``/chat/completions`` over HTTP, stream and non-stream, with native or prompt tools."""
 
-    def __init__(self, config: BackendConfig) -> None:
+    config: OpenAIConfig
+
+    def __init__(self, config: OpenAIConfig) -> None:
         super().__init__(config)
         self.provider: Provider | None = PROVIDERS.get(config.provider or "")
         if config.provider and self.provider is None:
@@ -128,7 +131,7 @@ class OpenAIBackend(HttpBackend):
             )
         self.base_url = normalise_base_url(url, default_path="/v1")
         quirks = set(self.provider.quirks if self.provider else ())
-        quirks.update(config.options.get("quirks") or ())
+        quirks.update(config.quirks)
         self.quirks = frozenset(quirks)
         native = (
             config.tools
@@ -150,9 +153,7 @@ class OpenAIBackend(HttpBackend):
                 f"no API key configured (set {var or 'api_key_env'})", backend=self.name
             )
         headers = {"content-type": "application/json", "accept": "application/json"}
-        headers.update(
-            {str(k): str(v) for k, v in (self.config.options.get("headers") or {}).items()}
-        )
+        headers.update(self.config.headers)
         if key:
             headers["authorization"] = f"Bearer {key}"
         return headers
@@ -201,7 +202,7 @@ class OpenAIBackend(HttpBackend):
                 body["tool_choice"] = req.tool_choice
         if self.prefill == "continue_final_message" and req.messages[-1].role == "assistant":
             body["continue_final_message"], body["add_generation_prompt"] = True, False
-        body.update(self.config.options.get("extra_body") or {})
+        body.update(self.config.extra_body)
         body.update({k: v for k, v in req.extra.items() if k in _PASS_ON})
         return body
 
@@ -209,10 +210,10 @@ class OpenAIBackend(HttpBackend):
         return bool(req.tools) and not self.native_tools and req.tool_choice != "none"
 
     def _prompt_request(self, req: ChatRequest) -> ChatRequest:
-        """Tools in the prompt; with ``options.constrain_tools`` (``json_object`` for
+        """Tools in the prompt; with ``constrain_tools`` (``json_object`` for
         llama.cpp servers, ``json_schema`` for vLLM/SGLang) the reply is also constrained to
         the tool-call JSON schema, which makes small models reliable."""
-        return prompt_tools.constrained_request(req, self.config.options.get("constrain_tools"))
+        return prompt_tools.constrained_request(req, self.config.constrain_tools)
 
     # ------------------------------------------------------------------ complete
 
@@ -346,7 +347,7 @@ class OpenAIBackend(HttpBackend):
             # a self-hosted server lists what it serves, which it holds in memory
             h.loaded = self.model in models or (len(models) == 1 and self.model == "default")
             h.loaded_models = models
-            if self.config.options.get("metrics", True):
+            if self.config.metrics:
                 await self._read_metrics(client, h)
         return h
 

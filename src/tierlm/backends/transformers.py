@@ -2,8 +2,8 @@
 
 For users who run safetensors models directly: ``model`` is a model directory on disk (an
 absolute path, or a name under the models directory) holding what ``save_pretrained`` wrote.
-It runs on the GPU when torch sees one, else on the CPU (``options.device`` overrides;
-``options.dtype`` picks the weight type). Nothing is imported or loaded until the first
+It runs on the GPU when torch sees one, else on the CPU (``device`` overrides; ``dtype``
+picks the weight type). Nothing is imported or loaded until the first
 request (or :meth:`TransformersBackend.load`); hub downloads are never attempted.
 
 Streaming is real: ``generate`` runs in a worker thread feeding a ``TextIteratorStreamer``.
@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from tierlm import hostinfo
 from tierlm.backends import tools as prompt_tools
-from tierlm.backends.base import Backend, BackendHealth
+from tierlm.backends.base import Backend, BackendHealth, expect_config
+from tierlm.config.backends import TransformersConfig
 from tierlm.errors import (
     BackendTimeout,
     InsufficientMemory,
@@ -99,7 +100,9 @@ def _token_streamer(tokenizer: Any, timeout: float) -> Any:
 class TransformersBackend(Backend):
     """A causal LM from a local directory, in this process."""
 
-    def __init__(self, config: BackendConfig, models_dir: Path | None = None) -> None:
+    config: TransformersConfig
+
+    def __init__(self, config: TransformersConfig, models_dir: Path | None = None) -> None:
         super().__init__(config)
         self.models_dir = models_dir
         self._model: Any = None
@@ -113,7 +116,7 @@ class TransformersBackend(Backend):
     def from_settings(cls, config: BackendConfig, settings: Settings | None) -> Backend:
         from tierlm.paths import models_dir
 
-        return cls(config, models_dir(settings))
+        return cls(expect_config(config, TransformersConfig), models_dir(settings))
 
     # ------------------------------------------------------------------ loading
 
@@ -151,13 +154,12 @@ class TransformersBackend(Backend):
                     f"model needs ~{needed / GIB:.2f} GB, {free / GIB:.2f} GB free",
                     backend=self.name,
                 )
-            opts = self.config.options
-            device = str(opts.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+            device = self.config.device or ("cuda" if torch.cuda.is_available() else "cpu")
             if self.config.threads:
                 torch.set_num_threads(self.config.threads)
             tok = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
             model = transformers.AutoModelForCausalLM.from_pretrained(
-                path, local_files_only=True, dtype=opts.get("dtype", "auto")
+                path, local_files_only=True, dtype=self.config.dtype
             )
             model.to(device)
             model.eval()
@@ -180,7 +182,7 @@ class TransformersBackend(Backend):
         return enc.to(self._device)
 
     def _gen_kwargs(self, req: ChatRequest, enc: Any, stop: threading.Event) -> dict[str, Any]:
-        max_new = req.max_tokens or int(self.config.options.get("max_tokens", DEFAULT_MAX_TOKENS))
+        max_new = req.max_tokens or self.config.max_tokens or DEFAULT_MAX_TOKENS
         kw: dict[str, Any] = {
             **enc,
             "max_new_tokens": max_new,

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from tierlm.cli.common import CONFIG_HELP, PRESET_HELP, load
+from tierlm.config.backends import HttpConfig, LlamaCppConfig
 
 if TYPE_CHECKING:
     from tierlm.config.settings import BackendConfig, Settings
@@ -60,7 +61,7 @@ def smoke_report(settings: Settings) -> list[dict[str, Any]]:
     from tierlm.llama_runtime import smoke_check
     from tierlm.paths import models_dir
 
-    local = [b for b in settings.backends if b.kind == "llama_cpp"]
+    local = [b for b in settings.backends if isinstance(b, LlamaCppConfig)]
     if not local:
         return []
     try:
@@ -114,12 +115,16 @@ async def _energy(settings: Settings) -> dict[str, Any] | None:
 
 
 def _where(cfg: BackendConfig, backend: Any) -> str:
-    url = getattr(backend, "base_url", None) or cfg.url
+    url = getattr(backend, "base_url", None) or _url(cfg)
     if not url:
         return cfg.model
     import httpx
 
     return str(httpx.URL(url).copy_with(username=None, password=None, query=None))
+
+
+def _url(cfg: BackendConfig) -> str | None:
+    return cfg.url if isinstance(cfg, HttpConfig) else None
 
 
 async def check_backend(
@@ -134,10 +139,10 @@ async def check_backend(
     out: dict[str, Any] = {
         "name": cfg.name,
         "kind": cfg.kind,
-        "provider": cfg.provider,
+        "provider": cfg.provider if isinstance(cfg, HttpConfig) else None,
         "model": cfg.model,
         "boundary": cfg.where.label,
-        "where": cfg.url or cfg.model,
+        "where": _url(cfg) or cfg.model,
         "price": {
             "input": price.input,
             "output": price.output,
@@ -181,7 +186,7 @@ async def check_backend(
 
 def _model_advice(cfg: BackendConfig, settings: Settings) -> str:
     """For a llama.cpp backend whose model is missing: every way to get it (never downloads)."""
-    if cfg.kind != "llama_cpp":
+    if not isinstance(cfg, LlamaCppConfig):
         return ""
     from tierlm import models
     from tierlm.errors import ModelNotFound

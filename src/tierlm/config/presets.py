@@ -54,7 +54,7 @@ def _tiny(env: Mapping[str, str]) -> dict[str, Any]:
     }
     if model == DEFAULT_TINY_MODEL:
         # SmolLM2's recommended sampling; without a repeat penalty the 135M model loops.
-        b["options"] = {"temperature": 0.2, "top_p": 0.9, "repeat_penalty": 1.1}
+        b["sampling"] = {"temperature": 0.2, "top_p": 0.9, "repeat_penalty": 1.1}
     if env.get("TIERLM_TINY_THREADS"):
         b["threads"] = env["TIERLM_TINY_THREADS"]
     return b

@@ -8,146 +8,46 @@ See ``loader.py`` for where values come from and in which order.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    Field,
+    PlainValidator,
+    SerializeAsAny,
+    field_validator,
+    model_validator,
+)
 
+from tierlm.config.backends import (
+    DEFAULT_JOULES_PER_TOKEN,
+    BackendConfig,
+    OpenAIConfig,
+    Price,
+    Timeouts,
+    _Strict,
+)
 from tierlm.layer0.config import CacheConfig, RuleConfig
 from tierlm.types import Boundary, Privacy
 
-BackendKind = Literal["llama_cpp", "openai", "anthropic", "ollama", "transformers"]
 
-# Where each kind runs when the config does not say: in-process kinds never leave the process.
-_DEFAULT_BOUNDARY: dict[str, Boundary] = {
-    "llama_cpp": Boundary.PROCESS,
-    "transformers": Boundary.PROCESS,
-}
+def _any_kind(value: Any) -> BackendConfig:
+    from tierlm.backends.registry import parse_backend
+
+    return parse_backend(value)
 
 
-# Rough energy per generated token by boundary, joules, when a backend does not say: a small
-# in-process model on a CPU (~10 W at ~30 tokens/s), a model server on this machine, a GPU
-# server on the site (a share of ~700 W). External: unknown (a cloud's energy is not ours to
-# measure); configure ``joules_per_token`` to let energy rules count it.
-DEFAULT_JOULES_PER_TOKEN: dict[Boundary, float] = {
-    Boundary.PROCESS: 0.3,
-    Boundary.HOST: 2.0,
-    Boundary.SITE: 5.0,
-}
+__all__ = [
+    "DEFAULT_JOULES_PER_TOKEN",
+    "AnyBackend",
+    "BackendConfig",
+    "Price",
+    "Settings",
+    "TierConfig",
+    "Timeouts",
+]
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
-class Timeouts(_Strict):
-    """Per-attempt time limits, seconds. Local tiers keep ``connect`` short for fast failover."""
-
-    connect: float = Field(default=2.0, gt=0)
-    first_token: float = Field(default=30.0, gt=0)
-    stall: float = Field(default=15.0, gt=0)  # longest silence between two stream chunks
-    total: float = Field(default=300.0, gt=0)
-
-
-class Price(_Strict):
-    """USD per million tokens. Local backends cost zero unless configured."""
-
-    input: float = Field(default=0.0, ge=0)
-    output: float = Field(default=0.0, ge=0)
-    per_hour: float = Field(default=0.0, ge=0)  # e.g. energy or amortised hardware, local tiers
-    per_request_min: float = Field(default=0.0, ge=0)  # the least one request is billed, USD
-
-
-class BackendConfig(_Strict):
-    """One model at one endpoint."""
-
-    name: str = Field(min_length=1)
-    kind: BackendKind
-    model: str = Field(min_length=1)
-    provider: str | None = None  # named preset for the OpenAI-compatible family (vllm, openai...)
-    url: str | None = None
-    api_key_env: str | None = None  # name of the environment variable holding the key
-    api_key: SecretStr | None = None  # prefer api_key_env; never logged
-    boundary: Boundary | None = None  # required for HTTP kinds: how far the data travels
-    context_window: int | None = Field(default=None, gt=0)
-    max_output_tokens: int | None = Field(default=None, gt=0)  # the model's output ceiling
-    price: Price | None = None  # None: the bundled price table, or zero for local backends
-    tools: bool | None = None  # native tool calling; None: known per kind/provider
-    # What this backend is good at: task kinds (tools, code, extraction, long_context, vision),
-    # domains (legal, medical, finance) and languages (de, fr, ...). None: the provider's
-    # defaults. The policy prefers, within a tier, the backend matching the request.
-    good_at: list[str] | None = None
-    # Energy per generated token, joules; None: a rough default by boundary
-    # (:data:`DEFAULT_JOULES_PER_TOKEN`), unknown for external backends. Read by energy rules.
-    joules_per_token: float | None = Field(default=None, ge=0)
-    timeouts: Timeouts = Field(default_factory=Timeouts)
-    # local (in-process) model settings
-    max_concurrency: int = Field(default=1, ge=1)
-    max_queue: int = Field(default=16, ge=0)
-    keep_alive: float = Field(default=300.0, ge=0)  # seconds idle before unload; 0 = never
-    threads: int | None = Field(default=None, ge=1)
-    n_ctx: int = Field(default=4096, ge=64)
-    memory_limit_gb: float | None = Field(default=None, gt=0)  # cap on RAM a load may assume
-    # llama_cpp: run the model in a supervised llama-server worker process (None: when one is
-    # installed; false: in the calling process, with llama-cpp-python)
-    worker: bool | None = None
-    # an OpenAI-compatible upstream that also serves /v1/embeddings (see tierlm.embeddings)
-    embeddings: bool = False
-    options: dict[str, Any] = Field(default_factory=dict)  # kind-specific extras
-
-    @field_validator("boundary", mode="before")
-    @classmethod
-    def _parse_boundary(cls, v: Any) -> Any:
-        return None if v is None else Boundary.parse(v)
-
-    @model_validator(mode="after")
-    def _boundary_known(self) -> BackendConfig:
-        if self.boundary is None:
-            default = _DEFAULT_BOUNDARY.get(self.kind)
-            if default is None and self.provider is not None:
-                from tierlm.config.providers import PROVIDERS
-
-                p = PROVIDERS.get(self.provider)
-                default = p.boundary if p else None
-            if default is None:
-                raise ValueError(
-                    f"backend '{self.name}' (kind {self.kind}) must declare its boundary: "
-                    "process, host, site or external"
-                )
-            self.boundary = default
-        return self
-
-    @property
-    def where(self) -> Boundary:
-        assert self.boundary is not None
-        return self.boundary
-
-    def energy_per_token(self) -> float | None:
-        """``joules_per_token``, or the default for its boundary (``None``: unknown)."""
-        if self.joules_per_token is not None:
-            return self.joules_per_token
-        return DEFAULT_JOULES_PER_TOKEN.get(self.where)
-
-    def strengths(self) -> frozenset[str]:
-        """``good_at``, or the provider's defaults when it is not set."""
-        if self.good_at is not None:
-            return frozenset(self.good_at)
-        from tierlm.config.providers import PROVIDERS
-
-        name = self.provider or ("anthropic" if self.kind == "anthropic" else None)
-        p = PROVIDERS.get(name) if name else None
-        return p.good_at if p is not None else frozenset()
-
-    @field_validator("good_at")
-    @classmethod
-    def _known_strengths(cls, v: list[str] | None) -> list[str] | None:
-        from tierlm.signals.task import STRENGTHS
-
-        unknown = sorted(set(v or ()) - STRENGTHS)
-        if unknown:
-            raise ValueError(
-                f"unknown good_at {unknown[0]!r} (known: {', '.join(sorted(STRENGTHS))})"
-            )
-        return v
+# A ``backends:`` entry, validated by the configuration class of its kind (the registry's).
+AnyBackend = Annotated[SerializeAsAny[BackendConfig], PlainValidator(_any_kind)]
 
 
 class CascadeConfig(_Strict):
@@ -291,7 +191,7 @@ class Settings(_Strict):
 
     deployment: str = "embedded"
     air_gapped: bool = False
-    backends: list[BackendConfig] = Field(min_length=1)
+    backends: list[AnyBackend] = Field(min_length=1)
     tiers: list[TierConfig] = Field(min_length=1)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
@@ -336,11 +236,10 @@ class Settings(_Strict):
                     f"{', '.join(repr(t) for t in unknown)}, not a tier here "
                     f"(tiers: {', '.join(tier_names)})"
                 )
-        for cfg in self.backends:
-            if cfg.embeddings and cfg.kind != "openai":
-                raise ValueError(f"backend '{cfg.name}': embeddings needs kind openai")
         prefer = self.embeddings.prefer
-        if prefer is not None and not any(b.embeddings and b.name == prefer for b in self.backends):
+        if prefer is not None and not any(
+            isinstance(b, OpenAIConfig) and b.embeddings and b.name == prefer for b in self.backends
+        ):
             raise ValueError(f"embeddings.prefer: '{prefer}' is no backend with embeddings: true")
         if self.air_gapped:
             ext = [b.name for b in self.backends if b.where is Boundary.EXTERNAL]

@@ -230,7 +230,7 @@ def _generated(request: ChatRequest, part: list[str]) -> Usage | None:
 
 
 def _host_key(backend: Backend) -> str:
-    url = getattr(backend, "base_url", None) or backend.config.url or ""
+    url = getattr(backend, "base_url", None) or ""
     return f"{backend.config.kind}:{urlsplit(url).netloc or backend.name}"
 
 

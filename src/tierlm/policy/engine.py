@@ -307,7 +307,7 @@ class Policy:
             return why if why.startswith("budget") else f"budget: {why}"
         if cond.over_budget and b.name in cond.over_budget:
             return cond.over_budget[b.name]
-        window = b.n_ctx if b.kind == "llama_cpp" else b.context_window
+        window = b.prompt_window()
         if window is not None and signals.tokens > window:
             return f"~{signals.tokens} prompt tokens exceed its context of {window}"
         if cond.healthy is not None and not cond.healthy.get(b.name, True):

@@ -84,9 +84,12 @@ def log_config(level: str = "info", fmt: LogFormat = "text") -> dict[str, Any]:
 def missing_key(cfg: BackendConfig) -> str | None:
     """The variable to set when an external backend has no API key, else ``None``."""
     from tierlm.backends.http_common import resolve_api_key
+    from tierlm.config.backends import HttpConfig
     from tierlm.config.providers import PROVIDERS
 
-    provider = PROVIDERS.get(cfg.provider or ("anthropic" if cfg.kind == "anthropic" else ""))
+    if not isinstance(cfg, HttpConfig):
+        return None  # no key to miss: nothing goes over the network
+    provider = PROVIDERS.get(cfg.provider_name() or "")
     var = cfg.api_key_env or (provider.key_env if provider else None)
     if cfg.where.label != "external" or resolve_api_key(cfg, var) is not None:
         return None
