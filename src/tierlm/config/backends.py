@@ -57,11 +57,13 @@ DEFAULT_JOULES_PER_TOKEN: dict[Boundary, float] = {
 }
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """Every settings model: unknown keys are refused, defaults validated."""
+
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
-class Timeouts(_Strict):
+class Timeouts(Strict):
     """Per-attempt time limits, seconds. Local tiers keep ``connect`` short for fast failover."""
 
     connect: float = Field(default=2.0, gt=0)
@@ -70,7 +72,7 @@ class Timeouts(_Strict):
     total: float = Field(default=300.0, gt=0)
 
 
-class Price(_Strict):
+class Price(Strict):
     """USD per million tokens. Local backends cost zero unless configured."""
 
     input: float = Field(default=0.0, ge=0)
@@ -79,7 +81,7 @@ class Price(_Strict):
     per_request_min: float = Field(default=0.0, ge=0)  # the least one request is billed, USD
 
 
-class BackendConfig(_Strict):
+class BackendConfig(Strict):
     """One model at one endpoint: what every kind has. Validate a ``backends:`` entry with
     :func:`tierlm.backends.registry.parse_backend` (the class of its kind), or build a kind's
     class directly (``OpenAIConfig(name=..., url=...)``)."""
@@ -206,7 +208,7 @@ class BackendConfig(_Strict):
 # -------------------------------------------------------------------------- in-process models
 
 
-class Sampling(_Strict):
+class Sampling(Strict):
     """A local model's sampling defaults, used where a request does not say."""
 
     temperature: float | None = Field(default=None, ge=0)

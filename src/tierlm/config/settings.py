@@ -23,8 +23,8 @@ from tierlm.config.backends import (
     BackendConfig,
     OpenAIConfig,
     Price,
+    Strict,
     Timeouts,
-    _Strict,
 )
 from tierlm.layer0.config import CacheConfig, RuleConfig
 from tierlm.types import Boundary, Privacy
@@ -50,7 +50,7 @@ __all__ = [
 AnyBackend = Annotated[SerializeAsAny[BackendConfig], PlainValidator(_any_kind)]
 
 
-class CascadeConfig(_Strict):
+class CascadeConfig(Strict):
     """Judge this tier's answers and escalate those below ``threshold`` (execute/cascade.py).
 
     ``buffer``: the whole cheap answer is judged before any of it is released (every check;
@@ -65,7 +65,7 @@ class CascadeConfig(_Strict):
     check_chars: int = Field(default=200, ge=1)
 
 
-class TierConfig(_Strict):
+class TierConfig(Strict):
     """An ordered level of the hierarchy: one or more backends, tried in order."""
 
     name: str = Field(min_length=1)
@@ -75,7 +75,7 @@ class TierConfig(_Strict):
     cascade: CascadeConfig | None = None  # answer-checked escalation from this tier
 
 
-class RoutingConfig(_Strict):
+class RoutingConfig(Strict):
     quality: float = Field(default=0.5, ge=0, le=1)  # the default quality bar
     complexity_method: Literal["model", "llm", "length"] = "model"
     default_privacy: Privacy = Privacy.PUBLIC
@@ -87,7 +87,7 @@ class RoutingConfig(_Strict):
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class ApiKeyConfig(_Strict):
+class ApiKeyConfig(Strict):
     name: str
     hash: str  # sha256 hex of the key; see `tierlm keys hash`
     privacy: Privacy | None = None  # the key's floor: requests are at least this private
@@ -110,7 +110,7 @@ class ApiKeyConfig(_Strict):
         return digest
 
 
-class ServerConfig(_Strict):
+class ServerConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
@@ -122,26 +122,26 @@ class ServerConfig(_Strict):
     rate_limit_url: str | None = None  # None: per-key rate limits in process; "redis://..."
 
 
-class LedgerConfig(_Strict):
+class LedgerConfig(Strict):
     url: str | None = None  # None: SQLite file in the data directory; "postgresql://..."; "off"
     store_prompts: bool = False  # when on, sensitive findings are redacted before storing
     commit_before_reply: bool = False  # an answer goes out only once its record is committed
 
 
-class BudgetLimit(_Strict):
+class BudgetLimit(Strict):
     scope: Literal["global", "key", "tier"] = "global"
     name: str | None = None  # key or tier name for those scopes
     period: Literal["month", "day"] = "month"
     usd: float = Field(ge=0)
 
 
-class BudgetConfig(_Strict):
+class BudgetConfig(Strict):
     limits: list[BudgetLimit] = Field(default_factory=list)
     local_only_below: float = Field(default=0.10, ge=0, le=1)  # share of budget remaining
     per_request_share: float = Field(default=0.05, gt=0, le=1)  # cap: share of what remains
 
 
-class EnergyConfig(_Strict):
+class EnergyConfig(Strict):
     """Energy-aware routing (signals/energy.py reads the state, policy/energy.py applies it).
 
     Rules (each off when ``None``; urgent requests are never restricted):
@@ -177,7 +177,7 @@ class EnergyConfig(_Strict):
         )
 
 
-class EmbeddingsConfig(_Strict):
+class EmbeddingsConfig(Strict):
     """``/v1/embeddings`` and ``/api/embed`` (see :mod:`tierlm.embeddings`)."""
 
     embedder: Literal["wordllama", "hashed"] = "wordllama"  # the in-process model
@@ -186,7 +186,7 @@ class EmbeddingsConfig(_Strict):
     max_input_chars: int = Field(default=32_768, ge=1)  # characters per text
 
 
-class Settings(_Strict):
+class Settings(Strict):
     """A whole deployment."""
 
     deployment: str = "embedded"
