@@ -2,8 +2,8 @@
 
 - Outbound network is forbidden: a socket may connect to loopback (127.0.0.0/8, ::1) or a
   Unix socket only, so no test can reach the internet, a cloud provider or the hub by accident.
-- Provider keys, proxy variables and TIERLM_* settings are cleared, and the data, cache and
-  config directories point into the test's temporary directory.
+- Provider keys, proxy variables, OTEL_* and TIERLM_* settings are cleared, and the data,
+  cache and config directories point into the test's temporary directory.
 """
 
 from __future__ import annotations
@@ -87,7 +87,11 @@ def _no_network_no_keys(
     monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
     monkeypatch.setattr(socket.socket, "connect_ex", _guarded_connect_ex)
     for var in list(os.environ):
-        if var in _KEY_VARS or (var.startswith("TIERLM_") and var != "TIERLM_TEST_MODELS"):
+        if (
+            var in _KEY_VARS
+            or var.startswith("OTEL_")  # OpenTelemetry's exporter, sampler and resource
+            or (var.startswith("TIERLM_") and var != "TIERLM_TEST_MODELS")
+        ):
             monkeypatch.delenv(var, raising=False)
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))

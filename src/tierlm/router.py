@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
+from tierlm import telemetry
 from tierlm.accounting import Accounting
 from tierlm.config import Settings, load_settings
 from tierlm.errors import ConfigError, TierlmError
@@ -31,7 +32,16 @@ from tierlm.layer0.core import Early, Layer0
 from tierlm.learn import read_calibration
 from tierlm.paths import data_dir
 from tierlm.policy import Conditions, Policy, Signals
-from tierlm.types import ChatRequest, ChatResponse, Finding, Message, Plan, Privacy, StreamEvent
+from tierlm.types import (
+    ChatRequest,
+    ChatResponse,
+    Finding,
+    Message,
+    Plan,
+    Privacy,
+    StreamEvent,
+    Usage,
+)
 
 if TYPE_CHECKING:
     from tierlm.backends.base import Backend
@@ -40,6 +50,7 @@ if TYPE_CHECKING:
     from tierlm.ledger import AttemptRecord, Ledger
     from tierlm.signals.energy import EnergyMonitor
     from tierlm.signals.offload import Scanned, ScanPool
+    from tierlm.telemetry import RequestTrace, Tracing
 
 T = TypeVar("T")
 # Requests with more text than this are scanned in a worker process (below it, the scan
@@ -85,10 +96,13 @@ class Router:
         *,
         backends: Mapping[str, Backend] | None = None,
         ledger: Ledger | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         from tierlm.backends import create_backend
 
         self.settings = settings
+        # OpenTelemetry traces (None: off); ``tracing`` given: that one (tests, successors)
+        self.tracing = tracing or telemetry.open_tracing(settings.telemetry)
         self.backends: dict[str, Backend] = (
             dict(backends)
             if backends
@@ -256,10 +270,22 @@ class Router:
         conditions: Conditions | None = None,
         *,
         signals: Signals | None = None,
+        carrier: Mapping[str, str] | None = None,
     ) -> tuple[ChatResponse, Plan]:
         """:meth:`achat`, also returning the plan it followed (the gateway reports it);
-        ``signals`` when the caller has read them (:meth:`asignals`)."""
-        cond = conditions or Conditions()
+        ``signals`` when the caller has read them (:meth:`asignals`); ``carrier``: the
+        HTTP request's headers, when it came through the gateway (its trace context)."""
+        trace = self._trace(request, carrier)
+        with telemetry.active(trace):
+            return await self._achat(request, conditions or Conditions(), signals, trace)
+
+    async def _achat(
+        self,
+        request: ChatRequest,
+        cond: Conditions,
+        signals: Signals | None,
+        trace: RequestTrace | None,
+    ) -> tuple[ChatResponse, Plan]:
         attempts: list[AttemptRecord] = []
         plan: Plan | None = None
         held: list[Plan] = []
@@ -279,11 +305,46 @@ class Router:
                 self.layer0.remember(early, request, plan, resp)
         except TierlmError as e:
             plan = plan or (held[0] if held else None)
-            self.accounting.record(request, plan, attempts, error=e, latency_ms=_ms(t0))
+            self._record(trace, request, plan, attempts, error=e, latency_ms=_ms(t0))
             raise
-        self.accounting.record(request, plan, attempts, response=resp, latency_ms=_ms(t0))
+        self._record(trace, request, plan, attempts, response=resp, latency_ms=_ms(t0))
         await self.accounting.committed()
         return resp, plan
+
+    def _trace(
+        self, request: ChatRequest, carrier: Mapping[str, str] | None
+    ) -> RequestTrace | None:
+        return self.tracing.request(request, carrier) if self.tracing is not None else None
+
+    def _record(
+        self,
+        trace: RequestTrace | None,
+        request: ChatRequest,
+        plan: Plan | None,
+        attempts: list[AttemptRecord],
+        *,
+        response: ChatResponse | None = None,
+        streamed: tuple[str | None, str | None, str | None, Usage | None] | None = None,
+        error: TierlmError | None = None,
+        outcome: str | None = None,
+        **more: Any,
+    ) -> None:
+        """The request's ledger record (``more``: the rest of its fields) and the end of its
+        trace."""
+        self.accounting.record(
+            request,
+            plan,
+            attempts,
+            response=response,
+            streamed=streamed,
+            error=error,
+            outcome=outcome,
+            **more,
+        )
+        if trace is not None:
+            trace.finish(
+                plan, attempts, response=response, streamed=streamed, error=error, outcome=outcome
+            )
 
     def astream(
         self,
@@ -291,11 +352,13 @@ class Router:
         conditions: Conditions | None = None,
         *,
         signals: Signals | None = None,
+        carrier: Mapping[str, str] | None = None,
     ) -> RoutedStream:
         """Plan now (on ``signals`` when the caller has read them: :meth:`asignals`); stream
-        on iteration. The record is written when the stream ends."""
+        on iteration. The record is written (and the trace ended) when the stream ends."""
         cond = conditions or Conditions()
         t0 = time.perf_counter()
+        trace = self._trace(request, carrier)
         held: list[Plan] = []
         privacy = _PrivacyOf(self, request, cond, signals)
         try:
@@ -306,14 +369,14 @@ class Router:
                 early.annotate(plan)
         except TierlmError as e:
             refused = held[0] if held else None
-            self.accounting.record(request, refused, [], error=e, latency_ms=_ms(t0))
+            self._record(trace, request, refused, [], error=e, latency_ms=_ms(t0))
             raise
         if early.plan is not None:
             rs = self.layer0.stream(early, request)
         else:
             rs = self.cascade.stream(request, plan)
             rs._events = self.layer0.keeping(early, request, rs, aiter(rs))
-        rs._events = self._recorded(request, rs, aiter(rs), t0)
+        rs._events = self._recorded(request, rs, aiter(rs), t0, trace)
         return rs
 
     async def _recorded(
@@ -322,12 +385,17 @@ class Router:
         rs: RoutedStream,
         events: AsyncIterator[StreamEvent],
         t0: float,
+        trace: RequestTrace | None,
     ) -> AsyncIterator[StreamEvent]:
         error: TierlmError | None = None
         keep = self.accounting.store_prompts
         parts: list[str] = []
         try:
-            async for ev in events:
+            while True:
+                with telemetry.active(trace):  # each piece's work is part of the request
+                    ev = await anext(events, None)
+                if ev is None:
+                    break
                 if keep and ev.text:
                     parts.append(ev.text)
                 yield ev
@@ -336,7 +404,8 @@ class Router:
             raise
         finally:
             done = rs.finish_reason is not None
-            self.accounting.record(
+            self._record(
+                trace,
                 request,
                 rs.plan,
                 rs.attempts,
@@ -378,8 +447,9 @@ class Router:
     def successor(self, settings: Settings) -> Router:
         """A Router for ``settings`` (a reloaded configuration) that shares what did not
         change: each backend whose configuration is equal (a loaded model stays loaded), the
-        ledger when ``ledger.url`` is the same, and the signal readers and scan workers when
-        ``routing`` is the same (unless a local model rates complexity). Close this one with
+        ledger when ``ledger.url`` is the same, the tracing when ``telemetry`` is, and the
+        signal readers and scan workers when ``routing`` is the same (unless a local model
+        rates complexity). Close this one with
         ``aclose(keep=[successor])`` once its requests have finished."""
         from tierlm.backends import create_backend
 
@@ -393,7 +463,10 @@ class Router:
         ledger = (
             self.accounting._ledger if settings.ledger.url == self.settings.ledger.url else None
         )
-        new = Router(settings, backends=backends, ledger=ledger)
+        same = settings.telemetry == self.settings.telemetry
+        new = Router(
+            settings, backends=backends, ledger=ledger, tracing=self.tracing if same else None
+        )
         if (
             settings.routing == self.settings.routing
             and settings.routing.complexity_method != "llm"
@@ -402,7 +475,7 @@ class Router:
         return new
 
     async def aclose(self, *, keep: Iterable[Router] = ()) -> None:
-        """Release backends, scan workers and the ledger, except what a Router in ``keep``
+        """Release backends, scan workers, the ledger and tracing, except what a Router in ``keep``
         (successors still serving: :meth:`successor`) shares."""
         others = list(keep)
         shared = {id(b) for r in others for b in r.backends.values()}
@@ -420,6 +493,9 @@ class Router:
         ledger = self.accounting._ledger
         if ledger is None or all(r.accounting._ledger is not ledger for r in others):
             self.accounting.close()
+        tracing = self.tracing
+        if tracing is not None and all(r.tracing is not tracing for r in others):
+            await anyio.to_thread.run_sync(tracing.shutdown)  # flushes queued spans
 
     def close(self) -> None:
         self._run(self.aclose())

@@ -358,6 +358,12 @@ class Plan:
     def sensitive(self) -> bool:
         return bool(self.findings)
 
+    @property
+    def cache_status(self) -> str:
+        """``hit-exact``, ``hit-semantic``, ``miss`` or ``bypass`` (the cache was not asked)."""
+        status: str = self.layer0.get("cache", {}).get("status", "bypass")
+        return status
+
     def to_dict(self) -> dict[str, Any]:
         first = self.candidates[0] if self.candidates else None
         return {

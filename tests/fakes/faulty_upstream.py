@@ -89,6 +89,7 @@ class Scenario:
     model: str = "upstream-model"
     text: str | None = None  # a healthy answer with these words instead of w0 w1 ...
     on_continue: str = "continue"
+    hold: threading.Event | None = None  # a stream waits for it before its finish chunk
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -104,6 +105,7 @@ class _Seen:
     count: int = 0
     first_at: float | None = None
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)  # lower-case names
     times: list[float] = field(default_factory=list)
 
 
@@ -137,6 +139,11 @@ class FaultyUpstream:
     def bodies(self, name: str) -> list[dict[str, Any]]:
         with self._lock:
             return list(self.seen[name].bodies)
+
+    def headers(self, name: str) -> list[dict[str, str]]:
+        """The headers of each chat request ``name`` received (names in lower case)."""
+        with self._lock:
+            return list(self.seen[name].headers)
 
     def request_times(self, name: str) -> list[float]:
         """``time.monotonic()`` of each chat request ``name`` received."""
@@ -221,6 +228,7 @@ class FaultyUpstream:
             seen = self.seen[name]
             seen.count += 1
             seen.bodies.append(body)
+            seen.headers.append(headers)
             seen.times.append(time.monotonic())
             if seen.first_at is None:
                 seen.first_at = time.monotonic()
@@ -343,6 +351,8 @@ class _Reply:
         if kind == "stall":
             await self.reader.read()
             return
+        if sc.hold is not None:
+            await asyncio.to_thread(sc.hold.wait, 30)
         if kind != "no_finish":
             await _chunk(w, _sse(self._delta(None, finish="stop")))
             if self.usage_wanted:

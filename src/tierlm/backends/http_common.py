@@ -8,7 +8,9 @@
   this hot path (``bench/bench_gateway.py``), a gateway request costs about a third of the
   time with it.
 - :func:`fetch` (one whole request), :func:`open_stream` and :func:`raise_for_status` (a
-  streamed one) send; :func:`resolve_api_key` and :func:`normalise_base_url` read settings.
+  streamed one) send (with the attempt's ``traceparent`` when the request is traced and the
+  backend is not external: :mod:`tierlm.telemetry`); :func:`resolve_api_key` and
+  :func:`normalise_base_url` read settings.
 - Error mapping lives in :mod:`tierlm.backends.http_errors`, streamed-body parsing and the
   per-chunk time limits in :mod:`tierlm.backends.http_stream`; both are re-exported here, and
   :class:`tierlm.backends.http_backend.HttpBackend` is the skeleton the adapters share.
@@ -52,6 +54,7 @@ from tierlm.backends.http_stream import (
     sse_stream,
 )
 from tierlm.errors import BackendTimeout
+from tierlm.telemetry import trace_headers
 
 LARGE_BODY = 1 << 20  # bytes; aiohttp sends larger bodies as a stream
 _CLOSE_WAIT_S = 5.0  # how long aclose waits for a session closing on another thread's loop
@@ -220,7 +223,9 @@ async def fetch(
 ) -> tuple[int, Mapping[str, str], bytes]:
     """One whole request: (status, headers, body). Transport failures propagate as aiohttp
     or socket errors (map them with :func:`error_from_transport`)."""
-    async with session.request(method, url, data=payload(data), timeout=limits) as resp:
+    async with session.request(
+        method, url, data=payload(data), timeout=limits, headers=trace_headers()
+    ) as resp:
         return resp.status, resp.headers, await resp.read()
 
 
@@ -241,7 +246,7 @@ async def open_stream(
     within the first-token limit; the caller releases it."""
     try:
         async with asyncio.timeout_at(deadlines.due()):
-            return await session.post(url, data=payload(body))
+            return await session.post(url, data=payload(body), headers=trace_headers())
     except TRANSPORT_ERRORS as e:
         if type(e) is TimeoutError:  # ours (asyncio.timeout), not aiohttp's
             raise BackendTimeout(

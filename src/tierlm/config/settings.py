@@ -186,6 +186,25 @@ class EmbeddingsConfig(Strict):
     max_input_chars: int = Field(default=32_768, ge=1)  # characters per text
 
 
+class TelemetryConfig(Strict):
+    """OpenTelemetry traces (:mod:`tierlm.telemetry`; the ``otel`` extra). Off by default.
+
+    ``exporter``: ``otlp`` (OTLP/HTTP protobuf to ``endpoint``, else to
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT``; one must be
+    set), ``console`` (spans as JSON on stdout) or ``none`` (spans made, nothing exported).
+    ``sample_ratio``: the share of new traces kept (a caller's sampled flag is followed);
+    ``None``: ``OTEL_TRACES_SAMPLER``, else all. ``propagate``: send ``traceparent`` to
+    backends on this host or site (never to external ones).
+    """
+
+    enabled: bool = False
+    exporter: Literal["otlp", "console", "none"] = "otlp"
+    endpoint: str | None = None  # e.g. http://collector:4318/v1/traces
+    service_name: str | None = None  # None: OTEL_SERVICE_NAME, else "tierlm"
+    sample_ratio: float | None = Field(default=None, ge=0, le=1)
+    propagate: bool = True
+
+
 class Settings(Strict):
     """A whole deployment."""
 
@@ -201,6 +220,7 @@ class Settings(Strict):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     energy: EnergyConfig | None = None  # None: no energy state is read, no rule applies
     embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     models_dir: str | None = None
     cache_dir: str | None = None
     data_dir: str | None = None

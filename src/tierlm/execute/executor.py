@@ -56,6 +56,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
+from tierlm import telemetry
 from tierlm.backends.base import capture_sent
 from tierlm.errors import (
     AllAttemptsFailed,
@@ -89,6 +90,7 @@ from tierlm.types import (
 
 if TYPE_CHECKING:
     from tierlm.backends.base import Backend
+    from tierlm.telemetry import AttemptSpan
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -167,6 +169,7 @@ class _Try:
     ttft_ms: float | None = None
     settled: bool = False
     sent: list[bytes] = field(default_factory=list)  # bodies sent upstream, in order
+    span: AttemptSpan | None = None  # its trace span, when the request is traced
 
 
 @dataclass(slots=True)
@@ -279,7 +282,7 @@ class Executor:
             resp, tr = got
             if resp.usage.total_tokens == 0:
                 resp.usage = estimate_usage(request, resp.text)
-            await self._settle_ok(run, tr, resp.usage)
+            await self._settle_ok(run, tr, resp.usage, resp.model)
             resp.backend, resp.tier = cand.backend, cand.tier
             resp.latency_ms = (time.perf_counter() - run.started) * 1000.0
             return resp
@@ -361,7 +364,7 @@ class Executor:
                         tier=cand.tier,
                     )
                 part_usage = ev.usage or estimate_usage(req, "".join(part))
-                await self._settle_ok(run, tr, part_usage)
+                await self._settle_ok(run, tr, part_usage, ev.model or backend.model)
             except BackendError as e:
                 cut = _generated(req, part)  # the provider bills what it generated
                 usage = rs.usage = add_usage(usage, cut) if cut else usage
@@ -477,7 +480,7 @@ class Executor:
                 breaker.release()
                 return None
             try:
-                with capture_sent(tr.sent):
+                with capture_sent(tr.sent), telemetry.sending(tr.span):
                     return await once(tr), tr
             except BackendError as e:
                 err = e
@@ -500,14 +503,16 @@ class Executor:
             run.refusals.append(e)
             self._skip(run, cand, backend.boundary, e.code)
             return None
-        return _Try(cand, backend, token)
+        trace = telemetry.current()
+        span = trace.attempt(cand, backend, run.request) if trace is not None else None
+        return _Try(cand, backend, token, span=span)
 
     # ------------------------------------------------------------------ settling
 
-    async def _settle_ok(self, run: _Run, tr: _Try, usage: Usage) -> None:
+    async def _settle_ok(self, run: _Run, tr: _Try, usage: Usage, model: str) -> None:
         tr.settled = True
         self.breakers[tr.cand.backend].success()
-        run.attempts.append(self._record(tr, "ok", None, usage.total_tokens))
+        run.attempts.append(self._record(tr, "ok", None, usage, model))
         await self.hooks.after_attempt(tr.token, usage, True)
 
     async def _settle_fail(
@@ -530,8 +535,7 @@ class Executor:
         elif isinstance(err, ContentPolicyError):
             run.refused_hosts.add(_host_key(backend))
         run.errors.append(err)
-        tokens = billed.total_tokens if billed else 0
-        run.attempts.append(self._record(tr, err.code, type(err).__name__, tokens))
+        run.attempts.append(self._record(tr, err.code, type(err).__name__, billed))
         log.info(
             "attempt on %s failed for %s: %s %s",
             cand.backend,
@@ -545,14 +549,16 @@ class Executor:
         """Settle an attempt the caller gave up on (shielded: this runs while cancelled)."""
         tr.settled = True
         self.breakers[tr.cand.backend].release()
-        tokens = billed.total_tokens if billed else 0
-        run.attempts.append(self._record(tr, "cancelled", "Cancelled", tokens))
+        run.attempts.append(self._record(tr, "cancelled", "Cancelled", billed))
         with anyio.CancelScope(shield=True):
             await self.hooks.after_attempt(tr.token, billed, False)
 
     @staticmethod
-    def _record(tr: _Try, outcome: str, kind: str | None, tokens: int) -> AttemptRecord:
-        return AttemptRecord(
+    def _record(
+        tr: _Try, outcome: str, kind: str | None, usage: Usage | None, model: str | None = None
+    ) -> AttemptRecord:
+        """The attempt's record (``usage``: what it billed); its span is settled with it."""
+        rec = AttemptRecord(
             backend=tr.cand.backend,
             tier=tr.cand.tier,
             boundary=max(tr.cand.boundary, tr.backend.boundary).label,
@@ -560,10 +566,13 @@ class Executor:
             error_kind=kind,
             latency_ms=(time.perf_counter() - tr.started) * 1000.0,
             ttft_ms=tr.ttft_ms,
-            tokens=tokens,
+            tokens=usage.total_tokens if usage else 0,
             ts=tr.ts,
             sent_digest=digest(tr.sent[-1]) if tr.sent else None,
         )
+        if tr.span is not None:
+            tr.span.settled(rec, usage, tr.backend, model)
+        return rec
 
     @staticmethod
     def _skip(run: _Run, cand: Candidate, where: Boundary, outcome: str) -> None:

@@ -307,23 +307,25 @@ class Gateway:
         return Conditions(healthy=healthy, warm=self.health.warm(), api_key=key)
 
     async def complete(
-        self, req: ChatRequest, key: ApiKeyConfig | None
+        self, req: ChatRequest, key: ApiKeyConfig | None, headers: Mapping[str, str]
     ) -> tuple[ChatResponse, Plan]:
         """Answer the whole request (planned, executed and recorded by the Router; the
-        signals of a large one read in a worker process)."""
+        signals of a large one read in a worker process); ``headers``: the HTTP request's
+        (its trace context)."""
         cond = self.conditions(req, key)
         signals = await self.router.asignals(req, processes=True)
-        return await self.router.achat_planned(req, cond, signals=signals)
+        return await self.router.achat_planned(req, cond, signals=signals, carrier=headers)
 
     async def open_stream(
-        self, req: ChatRequest, key: ApiKeyConfig | None
+        self, req: ChatRequest, key: ApiKeyConfig | None, headers: Mapping[str, str]
     ) -> tuple[RoutedStream, StreamEvent]:
         """Start a stream and wait until it has committed (its first event arrived).
 
         Errors before that raise here, so the client gets a normal error response.
         """
         signals = await self.router.asignals(req, processes=True)
-        rs = self.router.astream(req, self.conditions(req, key), signals=signals)
+        cond = self.conditions(req, key)
+        rs = self.router.astream(req, cond, signals=signals, carrier=headers)
         try:
             first = await anext(aiter(rs))
         except StopAsyncIteration:
@@ -348,7 +350,7 @@ class Gateway:
             "x-tierlm-boundary": self.boundary_of(plan, backend),
             "x-tierlm-privacy": plan.privacy.value,
             "x-tierlm-complexity": f"{plan.complexity:.4f}",
-            "x-tierlm-cache": cache_status(plan),
+            "x-tierlm-cache": plan.cache_status,
         }
         if req.client_request_id:
             headers["x-request-id"] = req.client_request_id  # the caller's, echoed
@@ -379,7 +381,7 @@ class Gateway:
             "sensitive": plan.sensitive,
             "reasons": list(plan.reasons),
             "attempts": attempts(plan, backend),
-            "cache": plan.layer0.get("cache") or {"status": cache_status(plan)},
+            "cache": plan.layer0.get("cache") or {"status": plan.cache_status},
             **({"rule": plan.layer0["rule"]} if "rule" in plan.layer0 else {}),
         }
         if cascade:  # answers the cascade judged: tier, backend, score, decision, reasons
@@ -429,12 +431,6 @@ def attempts(plan: Plan, backend: str) -> int:
         if c.backend == backend:
             return i + 1
     return len(plan.candidates)
-
-
-def cache_status(plan: Plan) -> str:
-    """``hit-exact``, ``hit-semantic``, ``miss`` or ``bypass`` (the cache was not asked)."""
-    status: str = plan.layer0.get("cache", {}).get("status", "bypass")
-    return status
 
 
 def _header_safe(value: str) -> str:
@@ -569,9 +565,9 @@ class WireFormat:
                 gw.check_allowed(req.model, key)
                 limited = await gw.admit(req, key)
             if req.stream:
-                rs, first = await gw.open_stream(req, key)
+                rs, first = await gw.open_stream(req, key, request.headers)
             else:
-                resp, plan = await gw.complete(req, key)
+                resp, plan = await gw.complete(req, key, request.headers)
         except TierlmError as e:
             gw.metrics.in_flight -= 1
             rid = req.request_id if req is not None else None
