@@ -28,7 +28,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from fakes import serve
 from fakes.faulty_upstream import FaultyUpstream, Scenario, expected_text, openai_error
-from server_util import USER_KEY, settings, sha
+from server_util import USER_KEY, fake_openai_upstream, settings, sha
 from tierlm.config.settings import Settings, TelemetryConfig
 from tierlm.errors import ConfigError, MissingDependency
 from tierlm.router import Router
@@ -268,6 +268,34 @@ def test_a_cascade_escalation_is_an_escalated_attempt_then_the_stronger_one() ->
     assert attrs(root)["tierlm.escalated"] is True
 
 
+def test_an_embeddings_request_is_an_embeddings_span_and_its_upstream_attempt() -> None:
+    with fake_openai_upstream() as up:
+        url = up.state.url + "/v1"
+        s = keyed(
+            [backend("vec", url, embeddings=True, price={"input": 1.0, "output": 0.0})],
+            [{"name": "site", "backends": ["vec"]}],
+            embeddings={"embedder": "hashed"},
+        )
+        with traced_gateway(s) as (client, tracing, exporter):
+            r = client.post(
+                "/v1/embeddings",
+                json={"model": "vec", "input": ["alpha beta", "gamma"]},
+                headers={"traceparent": TRACEPARENT, "authorization": f"Bearer {USER_KEY}"},
+            )
+            assert r.status_code == 200, r.text
+            root, (attempt,) = tree(spans(tracing, exporter))
+        sent = [r["headers"].get("traceparent") for r in up.state.requests]
+    assert root.name == "embeddings vec" and root.kind is SpanKind.SERVER
+    assert root.parent is not None and f"{root.parent.span_id:016x}" == CLIENT_SPAN
+    assert attrs(root)["gen_ai.operation.name"] == "embeddings"
+    a = attrs(attempt)
+    assert attempt.name == "embeddings vec-model"
+    assert a["gen_ai.operation.name"] == "embeddings" and a["tierlm.attempt.outcome"] == "ok"
+    assert a["gen_ai.usage.input_tokens"] > 0 and a["tierlm.cost_usd"] > 0
+    assert attempt.context is not None
+    assert sent == [f"00-{TRACE_ID}-{attempt.context.span_id:016x}-01"]
+
+
 SECRET = "hunter2-Zq8vR4"
 CARD = "4111 1111 1111 1111"
 EMAIL = "jane.doe@example.org"
@@ -280,8 +308,9 @@ def _texts(span: ReadableSpan) -> list[str]:
         for k, v in source.items():
             out += [str(k), str(v)]
     for ev in span.events:
+        out.append(ev.name)
         for k, v in (ev.attributes or {}).items():
-            out += [ev.name, str(k), str(v)]
+            out += [str(k), str(v)]
     return out
 
 

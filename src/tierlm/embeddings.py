@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import numpy as np
 
+from tierlm import telemetry
 from tierlm.backends.http_common import SessionHolder, fetch, normalise_base_url, resolve_api_key
 from tierlm.backends.http_errors import (
     TRANSPORT_ERRORS,
@@ -63,12 +64,13 @@ from tierlm.types import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from tierlm.accounting import Accounting
     from tierlm.config.settings import ApiKeyConfig, Settings
     from tierlm.layer0.embed import Embedder
     from tierlm.ledger import AttemptRecord
+    from tierlm.telemetry import AttemptSpan, RequestTrace, Tracing
 
 LOCAL = "embedder"  # the in-process embedder's backend name (and a model a request may pin)
 TIER = "embeddings"  # the tier recorded for the in-process embedder
@@ -119,8 +121,10 @@ class Embeddings:
         accounting: Accounting,
         scan_text: Callable[[str], list[Finding]],
         embedder: Callable[[], Embedder],
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
+        self.tracing = tracing
         self.cfg = settings.embeddings
         self.accounting = accounting
         self._scan_text = scan_text
@@ -206,8 +210,19 @@ class Embeddings:
         return Candidate(name, tiers[0] if tiers else TIER, self.backends[name].where)
 
     # -- answering --------------------------------------------------------------------------
-    async def embed(self, req: EmbedRequest) -> EmbedResult:
-        """Plan, answer (falling back in order when an upstream fails) and record."""
+    async def embed(
+        self, req: EmbedRequest, carrier: Mapping[str, str] | None = None
+    ) -> EmbedResult:
+        """Plan, answer (falling back in order when an upstream fails), record and trace
+        (``carrier``: the HTTP request's headers, through the gateway)."""
+        trace = None
+        if self.tracing is not None:
+            op = "embeddings"
+            trace = self.tracing.request(req.chat, carrier, operation=op, model=req.model)
+        with telemetry.active(trace):
+            return await self._embed(req, trace)
+
+    async def _embed(self, req: EmbedRequest, trace: RequestTrace | None) -> EmbedResult:
         t0 = time.perf_counter()
         attempts: list[AttemptRecord] = []
         plan: Plan | None = None
@@ -220,6 +235,8 @@ class Embeddings:
             result = await self._first_answer(req, plan, attempts)
         except TierlmError as e:
             self.accounting.record(req.chat, plan, attempts, error=e, latency_ms=_ms(t0))
+            if trace is not None:
+                trace.finish(plan, attempts, error=e)
             raise
         usage = Usage(prompt_tokens=result.prompt_tokens)
         resp = ChatResponse(
@@ -230,6 +247,8 @@ class Embeddings:
             tier=result.tier,
         )
         self.accounting.record(req.chat, plan, attempts, response=resp, latency_ms=_ms(t0))
+        if trace is not None:
+            trace.finish(plan, attempts, response=resp)
         await self.accounting.committed()
         return result
 
@@ -249,20 +268,33 @@ class Embeddings:
             if c.backend == LOCAL:
                 vectors, tokens = await self._local(req)
                 model: str = self.cfg.embedder
-                sent = None
+                sent, span = None, None
             else:
+                span = self._span(c, req)
                 try:
-                    vectors, tokens, model, sent = await self._remote(req, c)
+                    with telemetry.sending(span):
+                        vectors, tokens, model, sent = await self._remote(req, c)
                 except BackendError as e:
                     attempts.append(_attempt(c, e.code, type(e).__name__, started, ts))
+                    if span is not None:
+                        span.settled(attempts[-1], None, self.backends[c.backend])
                     last = e
                     continue
             rec = _attempt(c, "ok", None, started, ts)
             rec.tokens, rec.sent_digest = tokens, sent
             attempts.append(rec)
+            if span is not None:
+                span.settled(rec, Usage(prompt_tokens=tokens), self.backends[c.backend], model)
             return EmbedResult(vectors, model, c.backend, c.tier, c.boundary, tokens, plan)
         assert last is not None  # the in-process embedder, when planned, always answers
         raise last
+
+    def _span(self, c: Candidate, req: EmbedRequest) -> AttemptSpan | None:
+        """The span of an attempt on an upstream, when the request is traced."""
+        trace = telemetry.current()
+        if trace is None:
+            return None
+        return trace.attempt(c, self.backends[c.backend], req.chat, operation="embeddings")
 
     async def _local(self, req: EmbedRequest) -> tuple[list[list[float]], int]:
         embedder = self._embedder()

@@ -158,6 +158,7 @@ class Router:
                 self.accounting,
                 self._scan_text,
                 lru_cache(maxsize=1)(lambda: load_embedder(name)),
+                self.tracing,
             )
         return self._embeddings
 

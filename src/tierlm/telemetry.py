@@ -56,8 +56,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Span
 
-    from tierlm.backends.base import Backend
-    from tierlm.config.settings import TelemetryConfig
+    from tierlm.config.settings import BackendConfig, TelemetryConfig
     from tierlm.errors import TierlmError
     from tierlm.ledger.records import AttemptRecord
     from tierlm.types import Candidate, ChatRequest, ChatResponse, Plan, Usage
@@ -140,20 +139,24 @@ class Tracing:
         self,
         request: ChatRequest,
         carrier: Mapping[str, str] | None = None,
+        *,
         operation: str = "chat",
+        model: str | None = None,
     ) -> RequestTrace:
-        """Start ``request``'s root span: a SERVER span under ``carrier``'s
-        ``traceparent`` (the gateway's request headers), else an INTERNAL one under the
-        caller's current span."""
+        """Start the root span of ``request`` (``operation``: ``chat`` or ``embeddings``;
+        ``model``: what was asked for, default ``request.model``): a SERVER span under
+        ``carrier``'s ``traceparent`` (the gateway's request headers), else an INTERNAL one
+        under the caller's current span."""
         kind = self._trace.SpanKind
         parent = self._propagator.extract(carrier) if carrier is not None else None
+        model = model or request.model
         span = self.tracer.start_span(
-            f"{operation} {request.model}",
+            f"{operation} {model}",
             context=parent,
             kind=kind.SERVER if carrier is not None else kind.INTERNAL,
             attributes={
                 "gen_ai.operation.name": operation,
-                "gen_ai.request.model": request.model,
+                "gen_ai.request.model": model,
                 "tierlm.request_id": request.request_id,
                 "tierlm.stream": request.stream,
                 **({"tierlm.api_key": request.api_key_id} if request.api_key_id else {}),
@@ -223,9 +226,14 @@ class AttemptSpan:
         self.cost = 0.0
 
     def settled(
-        self, record: AttemptRecord, usage: Usage | None, backend: Backend, model: str | None
+        self,
+        record: AttemptRecord,
+        usage: Usage | None,
+        config: BackendConfig,
+        model: str | None = None,
     ) -> None:
-        """The attempt ended as ``record`` says, billed ``usage``."""
+        """The attempt ended as ``record`` says, billed ``usage`` (at ``config``'s price),
+        answered by ``model``."""
         self.end_ns, self.record = time.time_ns(), record
         s = self.span
         if not s.is_recording():
@@ -233,7 +241,7 @@ class AttemptSpan:
         if usage is not None:
             from tierlm.pricing import cost_usd
 
-            self.cost = cost_usd(backend.config, usage)
+            self.cost = cost_usd(config, usage)
             s.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
             s.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
             s.set_attribute("tierlm.cost_usd", self.cost)
@@ -255,16 +263,25 @@ class RequestTrace:
         self.attempts: list[AttemptSpan] = []
         self.ended = False
 
-    def attempt(self, cand: Candidate, backend: Backend, request: ChatRequest) -> AttemptSpan:
-        """Start the span of an attempt of ``request`` on ``backend``."""
+    def attempt(
+        self,
+        cand: Candidate,
+        config: BackendConfig,
+        request: ChatRequest,
+        *,
+        operation: str = "chat",
+        url: str | None = None,
+    ) -> AttemptSpan:
+        """Start the span of an attempt of ``request`` on the backend of ``config`` (at
+        ``url`` when it is not the configured one: a local model's worker)."""
         t = self.tracing
-        where = max(cand.boundary, backend.boundary)
-        provider = _provider(backend)
+        where = max(cand.boundary, config.where)
+        provider = _provider(config)
         attrs: dict[str, Any] = {
-            "gen_ai.operation.name": "chat",
+            "gen_ai.operation.name": operation,
             "gen_ai.provider.name": provider,
             "gen_ai.system": provider,
-            "gen_ai.request.model": backend.model,
+            "gen_ai.request.model": config.model,
             "tierlm.backend": cand.backend,
             "tierlm.tier": cand.tier,
             "tierlm.boundary": where.label,
@@ -280,12 +297,12 @@ class RequestTrace:
         ):
             if value is not None:
                 attrs[f"gen_ai.request.{name}"] = value
-        url = urlsplit(getattr(backend, "base_url", None) or backend.config.url or "")
-        if url.hostname:
-            attrs["server.address"] = url.hostname
-            attrs["server.port"] = url.port or (443 if url.scheme == "https" else 80)
+        where_to = urlsplit(url or config.url or "")
+        if where_to.hostname:
+            attrs["server.address"] = where_to.hostname
+            attrs["server.port"] = where_to.port or (443 if where_to.scheme == "https" else 80)
         span = t.tracer.start_span(
-            f"chat {backend.model}",
+            f"{operation} {config.model}",
             context=t._trace.set_span_in_context(self.span),
             kind=t._trace.SpanKind.CLIENT,
             attributes=attrs,
@@ -399,10 +416,9 @@ def _route(
     return out
 
 
-def _provider(backend: Backend) -> str:
+def _provider(cfg: BackendConfig) -> str:
     """``gen_ai.provider.name``: the provider preset's (well-known where one exists), else
     the backend kind's."""
-    cfg = backend.config
     if cfg.provider:
         return _PROVIDER_NAMES.get(cfg.provider, cfg.provider)
     return _KIND_PROVIDERS.get(cfg.kind, cfg.kind)

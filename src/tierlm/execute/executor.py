@@ -504,7 +504,8 @@ class Executor:
             self._skip(run, cand, backend.boundary, e.code)
             return None
         trace = telemetry.current()
-        span = trace.attempt(cand, backend, run.request) if trace is not None else None
+        url = getattr(backend, "base_url", None)
+        span = trace.attempt(cand, backend.config, run.request, url=url) if trace else None
         return _Try(cand, backend, token, span=span)
 
     # ------------------------------------------------------------------ settling
@@ -571,7 +572,7 @@ class Executor:
             sent_digest=digest(tr.sent[-1]) if tr.sent else None,
         )
         if tr.span is not None:
-            tr.span.settled(rec, usage, tr.backend, model)
+            tr.span.settled(rec, usage, tr.backend.config, model)
         return rec
 
     @staticmethod

@@ -127,7 +127,7 @@ async def _answer(
         req = _request(await read_json(request, gw.max_body), fields, request, gw)
         req.api_key = key
         req.chat.api_key_id = key.name if key else None
-        result = await gw.router.embeddings.embed(req)
+        result = await gw.router.embeddings.embed(req, request.headers)
     except TierlmError as e:
         gw.account(route, None, e.tier or "", e.backend or "", e.status, started)
         return error(e, {"x-tierlm-request-id": req.request_id} if req is not None else None)
