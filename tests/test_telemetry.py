@@ -166,6 +166,38 @@ def test_a_fallback_is_two_attempt_spans_in_the_callers_trace() -> None:
     ]
 
 
+def test_a_cache_hit_is_a_root_span_without_attempts() -> None:
+    with FaultyUpstream() as up:
+        s = keyed(
+            [backend("site", up.add("site", Scenario(tokens=3)))],
+            [{"name": "site", "backends": ["site"]}],
+        )
+        with traced_gateway(s) as (client, tracing, exporter):
+            for _ in range(2):
+                assert ask(client, temperature=0).status_code == 200
+            found = spans(tracing, exporter)
+    roots = [s for s in found if s.kind is SpanKind.SERVER]
+    assert [attrs(r)["tierlm.cache"] for r in roots] == ["miss", "hit-exact"]
+    assert [attrs(r)["tierlm.attempts"] for r in roots] == [1, 0]
+    assert len(found) == 3 and up.count("site") == 1
+
+
+def test_when_every_attempt_fails_the_root_span_is_an_error() -> None:
+    down = openai_error("Incorrect API key provided", "invalid_request_error", "invalid_key")
+    with FaultyUpstream() as up:
+        s = keyed(
+            [backend("site", up.add("site", Scenario("status", status=401, body=down)))],
+            [{"name": "site", "backends": ["site"]}],
+        )
+        with traced_gateway(s) as (client, tracing, exporter):
+            assert ask(client).status_code == 502
+            root, (attempt,) = tree(spans(tracing, exporter))
+    assert root.status.status_code is StatusCode.ERROR
+    assert attrs(root)["error.type"] == "AllAttemptsFailed"
+    assert attrs(root)["tierlm.outcome"] == root.status.description == "upstream_auth_error"
+    assert attrs(attempt)["tierlm.attempt.outcome"] == "failed"
+
+
 def test_an_external_backend_never_gets_a_traceparent() -> None:
     with FaultyUpstream() as up:
         s = keyed(
