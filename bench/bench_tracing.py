@@ -14,7 +14,10 @@ the machine hits every mode alike. Modes:
   (the exporter's thread shares the gateway's interpreter).
 
 Latency is the client's time to the whole answer (non-stream) or to the last byte
-(stream); the added cost of a mode is its percentile minus ``off``'s.
+(stream); the added cost of a mode is its percentile minus ``off``'s. On a shared machine
+latency swings with the load; the gateway process's CPU time per request (user + system,
+from ``/proc``, the exporter's thread included) is the steadier measure of what tracing
+costs.
 
     .venv/bin/python bench/bench_tracing.py [--requests 2000] [--rounds 10]
 """
@@ -25,9 +28,11 @@ import argparse
 import http.client
 import json
 import multiprocessing
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -37,45 +42,26 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gateway import BENCH_KEY, MODEL, free_port, run_upstream, wait_http
+from bench_gateway import BENCH_KEY, free_port, run_upstream, tierlm_config, wait_http
 
 MODES = ("off", "on", "sampled-out", "otlp")
 
 
-def serve(mode: str, port: int, upstream: str, sink: str) -> None:
-    """The gateway of ``mode`` (run in its own process)."""
-    import hashlib
-
+def serve(mode: str, port: int, upstream: str, sink: str, tmp: str) -> None:
+    """The gateway of ``mode`` (run in its own process): ``bench_gateway``'s configuration
+    (one key, the upstream, ledger off) plus the mode's ``telemetry``."""
     import uvicorn
 
-    from tierlm.config.settings import Settings
+    from tierlm.config import load_settings
     from tierlm.router import Router
     from tierlm.server import create_app, uvicorn_config
 
     telemetry: dict[str, Any] = {"enabled": mode != "off", "endpoint": sink + "/v1/traces"}
     if mode == "sampled-out":
         telemetry["sample_ratio"] = 0.0
-    s = Settings.model_validate(
-        {
-            "backends": [
-                {
-                    "name": "upstream",
-                    "kind": "openai",
-                    "url": upstream + "/v1",
-                    "model": MODEL,
-                    "boundary": "site",
-                }
-            ],
-            "tiers": [{"name": "site", "backends": ["upstream"]}],
-            "server": {
-                "port": port,
-                "api_keys": [{"name": "b", "hash": hashlib.sha256(BENCH_KEY.encode()).hexdigest()}],
-            },
-            "ledger": {"url": "off"},
-            "routing": {"complexity_method": "length"},
-            "telemetry": telemetry,
-        }
-    )
+    (Path(tmp) / mode).mkdir()
+    path = tierlm_config(upstream, port, Path(tmp) / mode, ledger=False)
+    s = load_settings(path, overrides={"telemetry": telemetry})
     tracing = None
     if mode in ("on", "sampled-out"):
         from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -150,25 +136,26 @@ def main() -> None:
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--upstream", help=argparse.SUPPRESS)
     ap.add_argument("--sink", help=argparse.SUPPRESS)
+    ap.add_argument("--tmp", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        serve(args.serve, args.port, args.upstream, args.sink)
+        serve(args.serve, args.port, args.upstream, args.sink, args.tmp)
         return
     up_port = free_port()
     upstream = multiprocessing.Process(target=run_upstream, args=(up_port,), daemon=True)
     upstream.start()
     up_url = f"http://127.0.0.1:{up_port}"
     procs: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
-    with sink() as sink_url:
+    with sink() as sink_url, tempfile.TemporaryDirectory() as tmp:
         try:
             for mode in MODES:
                 port = free_port()
                 cmd = [sys.executable, __file__, "--serve", mode, "--port", str(port)]
-                cmd += ["--upstream", up_url, "--sink", sink_url]
+                cmd += ["--upstream", up_url, "--sink", sink_url, "--tmp", tmp]
                 procs[mode] = (subprocess.Popen(cmd), port)
             for proc, port in procs.values():
                 wait_http(f"http://127.0.0.1:{port}/health", proc)
-            results = measure({m: p for m, (_, p) in procs.items()}, args)
+            results = measure({m: (p, proc.pid) for m, (proc, p) in procs.items()}, args)
         finally:
             for proc, _ in procs.values():
                 proc.terminate()
@@ -177,10 +164,25 @@ def main() -> None:
     print(table(results))
 
 
-def measure(ports: dict[str, int], args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
-    results: dict[str, dict[str, list[float]]] = {m: {"whole": [], "stream": []} for m in ports}
+def cpu_ms(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far, milliseconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000.0 / os.sysconf("SC_CLK_TCK")
+
+
+def measure(
+    gateways: dict[str, tuple[int, int]], args: argparse.Namespace
+) -> dict[str, dict[str, list[float]]]:
+    """Per mode and kind: each request's latency, and (key ``cpu-whole``/``cpu-stream``)
+    the gateway's CPU milliseconds per request of each round."""
+    results: dict[str, dict[str, list[float]]] = {
+        m: {"whole": [], "stream": [], "cpu-whole": [], "cpu-stream": []} for m in gateways
+    }
     per_round = max(args.requests // args.rounds, 1)
-    conns = {m: http.client.HTTPConnection("127.0.0.1", p, timeout=30) for m, p in ports.items()}
+    conns = {
+        m: http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        for m, (port, _) in gateways.items()
+    }
     for kind in ("whole", "stream"):
         body = json.dumps(
             {
@@ -193,24 +195,30 @@ def measure(ports: dict[str, int], args: argparse.Namespace) -> dict[str, dict[s
             timed(conn, body, 50)
         for _ in range(args.rounds):
             for mode, conn in conns.items():
+                pid = gateways[mode][1]
+                before = cpu_ms(pid)
                 results[mode][kind] += timed(conn, body, per_round)
+                results[mode][f"cpu-{kind}"].append((cpu_ms(pid) - before) / (per_round + 1))
     return results
 
 
 def table(results: dict[str, dict[str, list[float]]]) -> str:
     lines = [
-        "| mode | kind | p50 ms | p99 ms | +p50 vs off | +p99 vs off | mean ms |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| mode | kind | CPU ms/request | +CPU vs off | p50 ms | p99 ms | +p50 vs off "
+        "| +p99 vs off |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for kind in ("whole", "stream"):
         base = results["off"][kind]
+        base_cpu = statistics.median(results["off"][f"cpu-{kind}"])
         for mode, by_kind in results.items():
             xs = by_kind[kind]
+            cpu = statistics.median(by_kind[f"cpu-{kind}"])  # the median round
             d50 = pct(xs, 0.5) - pct(base, 0.5)
             d99 = pct(xs, 0.99) - pct(base, 0.99)
             lines.append(
-                f"| {mode} | {kind} | {pct(xs, 0.5):.2f} | {pct(xs, 0.99):.2f} | "
-                f"{d50:+.2f} | {d99:+.2f} | {statistics.fmean(xs):.2f} |"
+                f"| {mode} | {kind} | {cpu:.3f} | {cpu - base_cpu:+.3f} | {pct(xs, 0.5):.2f} "
+                f"| {pct(xs, 0.99):.2f} | {d50:+.2f} | {d99:+.2f} |"
             )
     return "\n".join(lines)
 

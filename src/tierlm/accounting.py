@@ -8,7 +8,8 @@
 - After the request, one :class:`~tierlm.ledger.RequestRecord` is queued: the decision,
   every attempt, tokens, cost and outcome. Attempts that crossed the site boundary carry the
   digest of the exact bytes sent (set by the executor), from which the ledger builds its audit
-  chain. A refused request is recorded with its privacy level and finding kinds.
+  chain. A refused request is recorded with its privacy level and finding kinds. The
+  request's trace, when it is traced (:mod:`tierlm.telemetry`), ends with the same facts.
 - With ``ledger.commit_before_reply``, :meth:`Accounting.committed` waits until the record
   is committed, and the Router calls it before it hands an answer back (a whole reply, or a
   stream's end): every answer a client received has its record in the database, even when
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from tierlm.errors import TierlmError
     from tierlm.ledger import AttemptRecord, BudgetState, Ledger
     from tierlm.policy import Conditions
+    from tierlm.telemetry import RequestTrace
 
 
 class Accounting:
@@ -139,8 +141,10 @@ class Accounting:
         completion: str | None = None,
         latency_ms: float | None = None,
         ttft_ms: float | None = None,
+        trace: RequestTrace | None = None,
     ) -> None:
-        """Queue the request's record (the ledger spills what it cannot write)."""
+        """Queue the request's record (the ledger spills what it cannot write) and end its
+        ``trace``."""
         from tierlm.ledger import RequestRecord
 
         tier: str | None
@@ -177,6 +181,10 @@ class Accounting:
                 else [],
             }
         cfg = self._configs.get(backend or "")
+        final = error.code if error is not None else (outcome or "ok")
+        if trace is not None:
+            by = (tier, backend, model, usage) if response or streamed else None
+            trace.finish(plan, attempts, by, final, error)
         answered = [a for a in attempts if a.outcome == "ok"]
         ok = error is None and outcome in (None, "ok")
         # escalated: answered by a stronger tier than the cheapest one the plan could use
@@ -200,7 +208,7 @@ class Accounting:
                 prompt_tokens=usage.prompt_tokens if usage else 0,
                 completion_tokens=usage.completion_tokens if usage else 0,
                 cost_usd=self.cost(backend, usage) if backend else 0.0,
-                outcome=error.code if error is not None else (outcome or "ok"),
+                outcome=final,
                 latency_ms=latency_ms,
                 ttft_ms=ttft_ms,
                 fallback=bool(answered) and len(attempts) > len(answered),

@@ -234,9 +234,8 @@ class Embeddings:
                 plan = await anyio.to_thread.run_sync(lambda: self.plan(req, local_only=cond_local))
             result = await self._first_answer(req, plan, attempts)
         except TierlmError as e:
-            self.accounting.record(req.chat, plan, attempts, error=e, latency_ms=_ms(t0))
-            if trace is not None:
-                trace.finish(plan, attempts, error=e)
+            ms = _ms(t0)
+            self.accounting.record(req.chat, plan, attempts, error=e, latency_ms=ms, trace=trace)
             raise
         usage = Usage(prompt_tokens=result.prompt_tokens)
         resp = ChatResponse(
@@ -246,9 +245,8 @@ class Embeddings:
             backend=result.backend,
             tier=result.tier,
         )
-        self.accounting.record(req.chat, plan, attempts, response=resp, latency_ms=_ms(t0))
-        if trace is not None:
-            trace.finish(plan, attempts, response=resp)
+        ms = _ms(t0)
+        self.accounting.record(req.chat, plan, attempts, response=resp, latency_ms=ms, trace=trace)
         await self.accounting.committed()
         return result
 

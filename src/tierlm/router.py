@@ -32,16 +32,7 @@ from tierlm.layer0.core import Early, Layer0
 from tierlm.learn import read_calibration
 from tierlm.paths import data_dir
 from tierlm.policy import Conditions, Policy, Signals
-from tierlm.types import (
-    ChatRequest,
-    ChatResponse,
-    Finding,
-    Message,
-    Plan,
-    Privacy,
-    StreamEvent,
-    Usage,
-)
+from tierlm.types import ChatRequest, ChatResponse, Finding, Message, Plan, Privacy, StreamEvent
 
 if TYPE_CHECKING:
     from tierlm.backends.base import Backend
@@ -306,9 +297,12 @@ class Router:
                 self.layer0.remember(early, request, plan, resp)
         except TierlmError as e:
             plan = plan or (held[0] if held else None)
-            self._record(trace, request, plan, attempts, error=e, latency_ms=_ms(t0))
+            ms = _ms(t0)
+            self.accounting.record(request, plan, attempts, error=e, latency_ms=ms, trace=trace)
             raise
-        self._record(trace, request, plan, attempts, response=resp, latency_ms=_ms(t0))
+        self.accounting.record(
+            request, plan, attempts, response=resp, latency_ms=_ms(t0), trace=trace
+        )
         await self.accounting.committed()
         return resp, plan
 
@@ -316,36 +310,6 @@ class Router:
         self, request: ChatRequest, carrier: Mapping[str, str] | None
     ) -> RequestTrace | None:
         return self.tracing.request(request, carrier) if self.tracing is not None else None
-
-    def _record(
-        self,
-        trace: RequestTrace | None,
-        request: ChatRequest,
-        plan: Plan | None,
-        attempts: list[AttemptRecord],
-        *,
-        response: ChatResponse | None = None,
-        streamed: tuple[str | None, str | None, str | None, Usage | None] | None = None,
-        error: TierlmError | None = None,
-        outcome: str | None = None,
-        **more: Any,
-    ) -> None:
-        """The request's ledger record (``more``: the rest of its fields) and the end of its
-        trace."""
-        self.accounting.record(
-            request,
-            plan,
-            attempts,
-            response=response,
-            streamed=streamed,
-            error=error,
-            outcome=outcome,
-            **more,
-        )
-        if trace is not None:
-            trace.finish(
-                plan, attempts, response=response, streamed=streamed, error=error, outcome=outcome
-            )
 
     def astream(
         self,
@@ -370,7 +334,7 @@ class Router:
                 early.annotate(plan)
         except TierlmError as e:
             refused = held[0] if held else None
-            self._record(trace, request, refused, [], error=e, latency_ms=_ms(t0))
+            self.accounting.record(request, refused, [], error=e, latency_ms=_ms(t0), trace=trace)
             raise
         if early.plan is not None:
             rs = self.layer0.stream(early, request)
@@ -405,8 +369,7 @@ class Router:
             raise
         finally:
             done = rs.finish_reason is not None
-            self._record(
-                trace,
+            self.accounting.record(
                 request,
                 rs.plan,
                 rs.attempts,
@@ -416,6 +379,7 @@ class Router:
                 completion="".join(parts) if keep else None,
                 latency_ms=_ms(t0),
                 ttft_ms=rs.ttft_ms,
+                trace=trace,
             )
         await self.accounting.committed()  # the stream's end goes out after its record
 

@@ -59,7 +59,10 @@ if TYPE_CHECKING:
     from tierlm.config.settings import BackendConfig, TelemetryConfig
     from tierlm.errors import TierlmError
     from tierlm.ledger.records import AttemptRecord
-    from tierlm.types import Candidate, ChatRequest, ChatResponse, Plan, Usage
+    from tierlm.types import Candidate, ChatRequest, Plan, Usage
+
+    # Who answered: tier, backend, model, usage (what the ledger records).
+    Answer = tuple[str | None, str | None, str | None, Usage | None]
 
 # The request being answered (set by the Router while its work runs) and the headers for
 # the attempt in flight (set by the executor around the call; read by the HTTP adapters).
@@ -319,26 +322,23 @@ class RequestTrace:
         self,
         plan: Plan | None,
         attempts: list[AttemptRecord],
-        *,
-        response: ChatResponse | None = None,
-        streamed: tuple[str | None, str | None, str | None, Usage | None] | None = None,
+        answer: Answer | None,
+        outcome: str,
         error: TierlmError | None = None,
-        outcome: str | None = None,
     ) -> None:
-        """End the attempts' spans with their outcomes, then the root span with the route
-        (``response``/``streamed``/``error``/``outcome`` as for the ledger's record)."""
+        """End the attempts' spans with their outcomes, then the root span with the route:
+        ``answer`` (tier, backend, model, usage) when one was given, ``outcome`` (``ok``,
+        ``cancelled`` or the error's code), as the ledger records them."""
         if self.ended:
             return
         self.ended = True
         outcomes = [self._end_attempt(i) for i in range(len(self.attempts))]
         s = self.span
         if s.is_recording():
-            if response is not None:
-                streamed = (response.tier, response.backend, response.model, response.usage)
-            s.set_attributes(_route(plan, streamed))
+            s.set_attributes(_route(plan, answer))
             s.set_attributes(
                 {
-                    "tierlm.outcome": error.code if error is not None else (outcome or "ok"),
+                    "tierlm.outcome": outcome,
                     "tierlm.attempts": len(self.attempts),
                     "tierlm.fallback": any(o in ("fallback", "rescued") for o in outcomes),
                     "tierlm.escalated": "escalated" in outcomes,
@@ -378,9 +378,7 @@ class RequestTrace:
         return outcome
 
 
-def _route(
-    plan: Plan | None, answer: tuple[str | None, str | None, str | None, Usage | None] | None
-) -> dict[str, Any]:
+def _route(plan: Plan | None, answer: Answer | None) -> dict[str, Any]:
     """The root span's attributes for the decision and who answered."""
     out: dict[str, Any] = {}
     tier, backend, model, usage = answer or (None, None, None, None)
