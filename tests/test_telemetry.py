@@ -9,6 +9,7 @@ interpreter serves requests without importing ``opentelemetry`` at all.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -246,6 +247,28 @@ def test_a_streamed_attempt_span_ends_with_the_stream_and_its_usage() -> None:
     assert attrs(root)["gen_ai.usage.output_tokens"] == 8
 
 
+def test_a_stream_the_client_leaves_ends_its_spans_as_cancelled() -> None:
+    hold = threading.Event()
+    with FaultyUpstream() as up, _released(hold):
+        s = keyed(
+            [backend("site", up.add("site", Scenario(tokens=8, hold=hold)))],
+            [{"name": "site", "backends": ["site"]}],
+        )
+        with traced_gateway(s) as (client, tracing, exporter):
+            body = {"stream": True, "messages": [{"role": "user", "content": "say the words"}]}
+            headers = {"authorization": f"Bearer {USER_KEY}"}
+            with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
+                next(ln for ln in r.iter_lines() if '"content":"w0"' in ln)
+            # the client hung up mid-answer; the gateway notices and ends the request
+            deadline = time.monotonic() + 10
+            while len(found := spans(tracing, exporter)) < 2 and time.monotonic() < deadline:
+                tracing.flush()
+            root, (attempt,) = tree(found)
+    assert attrs(root)["tierlm.outcome"] == "cancelled"
+    assert attrs(attempt)["tierlm.attempt.outcome"] == "cancelled"
+    assert attempt.end_time is not None and root.end_time is not None
+
+
 @contextmanager
 def _released(hold: threading.Event) -> Iterator[None]:
     """Whatever happens in the block, the held upstream is let go at its end."""
@@ -326,6 +349,26 @@ def test_an_embeddings_request_is_an_embeddings_span_and_its_upstream_attempt() 
     assert a["gen_ai.usage.input_tokens"] > 0 and a["tierlm.cost_usd"] > 0
     assert attempt.context is not None
     assert sent == [f"00-{TRACE_ID}-{attempt.context.span_id:016x}-01"]
+
+
+def test_consensus_members_are_parallel_attempt_spans() -> None:
+    with FaultyUpstream() as up:
+        s = keyed(
+            [
+                backend("one", up.add("one", Scenario(tokens=4))),
+                backend("two", up.add("two", Scenario(tokens=4))),
+            ],
+            [{"name": "site", "backends": ["one", "two"]}],
+        )
+        with traced_gateway(s) as (client, tracing, exporter):
+            r = ask(client, tierlm={"consensus": 2})
+            assert r.status_code == 200, r.text
+            root, kids = tree(spans(tracing, exporter))
+    assert sorted(attrs(k)["tierlm.backend"] for k in kids) == ["one", "two"]
+    decisions = sorted(attrs(k)["tierlm.judge.decision"] for k in kids)
+    assert decisions == ["majority", "outvoted"]
+    assert {attrs(k)["tierlm.attempt.outcome"] for k in kids} == {"ok"}
+    assert attrs(root)["tierlm.fallback"] is False
 
 
 SECRET = "hunter2-Zq8vR4"
@@ -420,6 +463,28 @@ def test_tracing_without_the_extra_is_one_clear_line(
         "telemetry (OpenTelemetry traces) needs the optional extra 'otel': "
         "pip install 'tierlm[otel]'"
     )
+
+
+def test_a_reload_keeps_the_tracing_unless_telemetry_changed() -> None:
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    s = settings(
+        [backend("site", "http://127.0.0.1:9/v1")],
+        [{"name": "site", "backends": ["site"]}],
+        telemetry=TRACED,
+    )
+    exporter = InMemorySpanExporter()
+    router = Router(s, tracing=Tracing(s.telemetry, exporter))
+    same = router.successor(s)
+    assert same.tracing is router.tracing
+    renamed = s.model_copy(update={"telemetry": TelemetryConfig(**TRACED, service_name="b")})
+    other = router.successor(renamed)
+    assert other.tracing is not None and other.tracing is not router.tracing
+    asyncio.run(router.aclose(keep=[same, other]))
+    assert exporter.export(()) is SpanExportResult.SUCCESS  # the successor still traces
+    asyncio.run(same.aclose(keep=[other]))
+    assert exporter.export(()) is SpanExportResult.FAILURE  # shut down with the last user
+    asyncio.run(other.aclose())
 
 
 def test_the_otlp_exporter_needs_an_endpoint() -> None:

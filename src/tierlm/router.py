@@ -5,6 +5,9 @@
 cascade, which judges answers of tiers configured to cascade). The sync ``chat()``
 and ``stream()`` run on a private event-loop thread, so they work from any code.
 
+With ``telemetry.enabled``, the Router owns a :class:`~tierlm.telemetry.Tracing`: each request
+is a trace (a root span, a span per attempt; :mod:`tierlm.telemetry`), ended with its record.
+
 With an ``energy`` section, the Router owns an :class:`~tierlm.signals.energy.EnergyMonitor`
 (a background thread, started with the Router and stopped by ``close()``); every plan gets
 its cached snapshot in ``Conditions.energy`` unless the caller supplied one.

@@ -40,7 +40,7 @@ usage of what was streamed (``after_attempt(token, usage, False)``), whatever ca
 (settling is shielded from cancellation). Usage of a success is what the backend reported (a
 continued stream: the sum over its parts, cut ones included), or an estimate (~4 characters a
 token) where a backend reports none; ``RoutedStream.usage`` of a cut or abandoned stream is
-what was billed.
+what was billed. In a traced request each attempt is also a span, settled with its record.
 """
 
 from __future__ import annotations
