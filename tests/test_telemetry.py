@@ -32,9 +32,11 @@ from fakes.faulty_upstream import FaultyUpstream, Scenario, expected_text, opena
 from server_util import USER_KEY, fake_openai_upstream, settings, sha
 from tierlm.config.settings import Settings, TelemetryConfig
 from tierlm.errors import ConfigError, MissingDependency
+from tierlm.ledger.records import AttemptRecord
 from tierlm.router import Router
 from tierlm.server import create_app
 from tierlm.telemetry import Tracing
+from tierlm.types import Boundary, Candidate, ChatRequest, Plan, Privacy
 
 TESTS = Path(__file__).resolve().parent
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -485,6 +487,23 @@ def test_a_reload_keeps_the_tracing_unless_telemetry_changed() -> None:
     asyncio.run(same.aclose(keep=[other]))
     assert exporter.export(()) is SpanExportResult.FAILURE  # shut down with the last user
     asyncio.run(other.aclose())
+
+
+def test_candidates_skipped_unsent_are_events_of_the_root_span() -> None:
+    exporter = InMemorySpanExporter()
+    tracing = Tracing(TelemetryConfig(**TRACED), exporter)
+    req = ChatRequest.from_prompt("hello")
+    trace = tracing.request(req)
+    skipped = AttemptRecord("cloud", "cloud", "external", "circuit_open", "Skipped")
+    plan = Plan([Candidate("cloud", "cloud", Boundary.EXTERNAL)], privacy=Privacy.PUBLIC)
+    trace.finish(plan, [skipped], None, "no_eligible_backend")
+    (root,) = spans(tracing, exporter)
+    assert root.kind is SpanKind.INTERNAL and root.name == "chat auto"
+    assert [(e.name, dict(e.attributes or {})) for e in root.events] == [
+        ("tierlm.skipped", {"tierlm.backend": "cloud", "tierlm.reason": "circuit_open"})
+    ]
+    assert attrs(root)["tierlm.outcome"] == "no_eligible_backend"
+    assert attrs(root)["tierlm.attempts"] == 0 and "tierlm.backend" not in attrs(root)
 
 
 def test_the_otlp_exporter_needs_an_endpoint() -> None:

@@ -335,9 +335,9 @@ class RequestTrace:
         outcomes = [self._end_attempt(i) for i in range(len(self.attempts))]
         s = self.span
         if s.is_recording():
-            s.set_attributes(_route(plan, answer))
             s.set_attributes(
                 {
+                    **_route(plan, answer),
                     "tierlm.outcome": outcome,
                     "tierlm.attempts": len(self.attempts),
                     "tierlm.fallback": any(o in ("fallback", "rescued") for o in outcomes),
