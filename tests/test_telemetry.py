@@ -201,6 +201,23 @@ def test_when_every_attempt_fails_the_root_span_is_an_error() -> None:
     assert attrs(attempt)["tierlm.attempt.outcome"] == "failed"
 
 
+def test_a_retry_on_the_same_backend_is_a_retried_attempt() -> None:
+    busy = openai_error("The server had an error", "server_error", None)
+    with FaultyUpstream() as up:
+        flaky = Scenario("status", status=500, body=busy, times=1, tokens=3)
+        s = keyed(
+            [backend("site", up.add("site", flaky))],
+            [{"name": "site", "backends": ["site"]}],
+        )
+        with traced_gateway(s) as (client, tracing, exporter):
+            assert ask(client).status_code == 200
+            root, (first, second) = tree(spans(tracing, exporter))
+    assert attrs(first)["tierlm.attempt.outcome"] == "retried"
+    assert attrs(first)["error.type"] == "ServerError"
+    assert attrs(second)["tierlm.attempt.outcome"] == "ok"
+    assert attrs(root)["tierlm.fallback"] is False
+
+
 def test_an_external_backend_never_gets_a_traceparent() -> None:
     with FaultyUpstream() as up:
         s = keyed(

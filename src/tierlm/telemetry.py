@@ -21,7 +21,8 @@ spans go out in batches, only to the configured exporter, and :meth:`Tracing.shu
   request's parameters, ``gen_ai.provider.name`` (and the older ``gen_ai.system``),
   ``server.address``/``port``, usage, ``gen_ai.response.model``, ``error.type`` on failure,
   and ``tierlm.attempt`` (1 = the first) and ``tierlm.attempt.outcome``: ``ok``,
-  ``fallback`` (it failed and another attempt followed), ``rescued`` (a stream cut after it
+  ``retried`` (it failed and the same backend was asked again), ``fallback`` (it failed and
+  another backend was asked), ``rescued`` (a stream cut after it
   generated text, continued by another attempt), ``escalated`` (the cascade's judge or
   consensus sent the request on), ``failed`` (nothing followed) or ``cancelled``. Retries,
   fallbacks, escalations, consensus members and stream continuations are attempts each.
@@ -221,8 +222,10 @@ class AttemptSpan:
     """One attempt's span: started by the executor, settled when the attempt ends, ended
     (with its outcome) when the request ends."""
 
-    def __init__(self, span: Span, index: int, headers: dict[str, str] | None) -> None:
-        self.span, self.index, self.headers = span, index, headers
+    def __init__(
+        self, span: Span, backend: str, index: int, headers: dict[str, str] | None
+    ) -> None:
+        self.span, self.backend, self.index, self.headers = span, backend, index, headers
         self.start_ns = time.time_ns()
         self.end_ns: int | None = None
         self.record: AttemptRecord | None = None
@@ -314,7 +317,7 @@ class RequestTrace:
         if t.cfg.propagate and where <= Boundary.SITE:
             headers = {}
             t._propagator.inject(headers, context=t._trace.set_span_in_context(span))
-        a = AttemptSpan(span, len(self.attempts) + 1, headers or None)
+        a = AttemptSpan(span, cand.backend, len(self.attempts) + 1, headers or None)
         self.attempts.append(a)
         return a
 
@@ -358,7 +361,7 @@ class RequestTrace:
     def _end_attempt(self, i: int) -> str:
         a = self.attempts[i]
         rec, end = a.record, a.end_ns
-        later = end is not None and any(b.start_ns >= end for b in self.attempts[i + 1 :])
+        later = [b for b in self.attempts[i + 1 :] if end is not None and b.start_ns >= end]
         if rec is not None and rec.judge_decision == "escalate":
             outcome = "escalated"
         elif rec is None or rec.outcome == "cancelled":
@@ -366,7 +369,8 @@ class RequestTrace:
         elif rec.outcome == "ok":
             outcome = "ok"
         elif later:
-            outcome = "rescued" if rec.tokens > 0 else "fallback"
+            again = later[0].backend == a.backend
+            outcome = "rescued" if rec.tokens > 0 else ("retried" if again else "fallback")
         else:
             outcome = "failed"
         if a.span.is_recording():
