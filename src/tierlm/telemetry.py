@@ -169,6 +169,7 @@ class Tracing:
         return RequestTrace(self, span)
 
     def flush(self) -> None:
+        """Export what is queued now (tests and benches; shutdown does it too)."""
         self.provider.force_flush()
 
     def shutdown(self) -> None:
@@ -222,10 +223,8 @@ class AttemptSpan:
     """One attempt's span: started by the executor, settled when the attempt ends, ended
     (with its outcome) when the request ends."""
 
-    def __init__(
-        self, span: Span, backend: str, index: int, headers: dict[str, str] | None
-    ) -> None:
-        self.span, self.backend, self.index, self.headers = span, backend, index, headers
+    def __init__(self, span: Span, backend: str, headers: dict[str, str] | None) -> None:
+        self.span, self.backend, self.headers = span, backend, headers
         self.start_ns = time.time_ns()
         self.end_ns: int | None = None
         self.record: AttemptRecord | None = None
@@ -242,23 +241,24 @@ class AttemptSpan:
         answered by ``model``."""
         self.end_ns, self.record = time.time_ns(), record
         s = self.span
-        if not s.is_recording():
+        if not s.is_recording():  # sampled out, or the request already ended
             return
+        out: dict[str, Any] = {}
         if usage is not None:
             from tierlm.pricing import cost_usd
 
             self.cost = cost_usd(config, usage)
-            s.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
-            s.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
-            s.set_attribute("tierlm.cost_usd", self.cost)
+            out["gen_ai.usage.input_tokens"] = usage.prompt_tokens
+            out["gen_ai.usage.output_tokens"] = usage.completion_tokens
+            out["tierlm.cost_usd"] = self.cost
         if model:
-            s.set_attribute("gen_ai.response.model", model)
+            out["gen_ai.response.model"] = model
         if record.ttft_ms is not None:
-            s.set_attribute("tierlm.ttft_ms", round(record.ttft_ms, 3))
+            out["tierlm.ttft_ms"] = round(record.ttft_ms, 3)
         if record.outcome != "ok" and record.error_kind is not None:
-            s.set_attribute("error.type", record.error_kind)
-            s.set_attribute("tierlm.error.code", record.outcome)
+            out["error.type"], out["tierlm.error.code"] = record.error_kind, record.outcome
             _failed(s, record.outcome)
+        s.set_attributes(out)
 
 
 class RequestTrace:
@@ -317,7 +317,7 @@ class RequestTrace:
         if t.cfg.propagate and where <= Boundary.SITE:
             headers = {}
             t._propagator.inject(headers, context=t._trace.set_span_in_context(span))
-        a = AttemptSpan(span, cand.backend, len(self.attempts) + 1, headers or None)
+        a = AttemptSpan(span, cand.backend, headers or None)
         self.attempts.append(a)
         return a
 
