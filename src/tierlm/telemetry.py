@@ -57,7 +57,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Span
 
-    from tierlm.config.settings import BackendConfig, TelemetryConfig
+    from tierlm.config.backends import BackendConfig
+    from tierlm.config.settings import TelemetryConfig
     from tierlm.errors import TierlmError
     from tierlm.ledger.records import AttemptRecord
     from tierlm.types import Candidate, ChatRequest, Plan, Usage
@@ -303,7 +304,10 @@ class RequestTrace:
         ):
             if value is not None:
                 attrs[f"gen_ai.request.{name}"] = value
-        where_to = urlsplit(url or config.url or "")
+        from tierlm.config.backends import HttpConfig
+
+        configured = config.url if isinstance(config, HttpConfig) else None
+        where_to = urlsplit(url or configured or "")
         if where_to.hostname:
             attrs["server.address"] = where_to.hostname
             attrs["server.port"] = where_to.port or (443 if where_to.scheme == "https" else 80)
@@ -421,8 +425,9 @@ def _route(plan: Plan | None, answer: Answer | None) -> dict[str, Any]:
 def _provider(cfg: BackendConfig) -> str:
     """``gen_ai.provider.name``: the provider preset's (well-known where one exists), else
     the backend kind's."""
-    if cfg.provider:
-        return _PROVIDER_NAMES.get(cfg.provider, cfg.provider)
+    name = cfg.provider_name()
+    if name:
+        return _PROVIDER_NAMES.get(name, name)
     return _KIND_PROVIDERS.get(cfg.kind, cfg.kind)
 
 
