@@ -215,6 +215,7 @@ class Accounting:
                 escalated=ok and self._tier_index.get(tier or "", -1) > cheapest,
                 stream=request.stream,
                 client_request_id=request.client_request_id,
+                batch_id=request.batch_id,
                 **texts,
             )
         )

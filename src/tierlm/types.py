@@ -230,6 +230,7 @@ class ChatRequest(BaseModel):
     api_key_id: str | None = None
     request_id: str = Field(default_factory=lambda: "req-" + uuid.uuid4().hex[:20])
     client_request_id: str | None = None  # the caller's own id (a correlation field only)
+    batch_id: str | None = None  # deferred: a line of this batch (:mod:`tierlm.batch`)
     extra: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("messages")

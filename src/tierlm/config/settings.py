@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from tierlm.batch.config import BatchConfig
 from tierlm.config.backends import (
     DEFAULT_JOULES_PER_TOKEN,
     BackendConfig,
@@ -221,6 +222,7 @@ class Settings(Strict):
     energy: EnergyConfig | None = None  # None: no energy state is read, no rule applies
     embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    batch: BatchConfig = Field(default_factory=BatchConfig)  # deferred work (Batch API)
     models_dir: str | None = None
     cache_dir: str | None = None
     data_dir: str | None = None

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 _REQUEST_COLUMNS = (
     "id, ts, api_key, tier, backend, model, boundary, complexity, privacy, reasons, findings, "
     "prompt_tokens, completion_tokens, cost_usd, outcome, latency_ms, ttft_ms, escalated, "
-    "fallback, stream, attempts, prompt, completion, client_request_id"
+    "fallback, stream, attempts, prompt, completion, client_request_id, batch_id"
 )
 _ATTEMPT_COLUMNS = (
     "request_id, n, ts, backend, tier, boundary, outcome, error_kind, latency_ms, ttft_ms, tokens, "
@@ -89,6 +89,7 @@ def _request_row(r: RequestRecord) -> tuple[Any, ...]:
         r.prompt,
         r.completion,
         r.client_request_id,
+        r.batch_id,
     )
 
 

@@ -120,6 +120,41 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX requests_client_request_id ON requests (client_request_id)",
         ),
     ),
+    Migration(
+        # Deferred work (the OpenAI Batch API, :mod:`tierlm.batch`): uploaded and generated
+        # files, batches, and one row per input line with its state and committed result.
+        "008_batches",
+        (
+            "ALTER TABLE requests ADD COLUMN batch_id TEXT",
+            """CREATE TABLE batch_files (
+                id TEXT PRIMARY KEY, api_key TEXT, ts DOUBLE PRECISION NOT NULL,
+                filename TEXT NOT NULL, purpose TEXT NOT NULL, bytes BIGINT NOT NULL,
+                content TEXT NOT NULL)""",
+            """CREATE TABLE batches (
+                id TEXT PRIMARY KEY, api_key TEXT, ts DOUBLE PRECISION NOT NULL,
+                input_file_id TEXT NOT NULL, endpoint TEXT NOT NULL,
+                completion_window TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL,
+                status TEXT NOT NULL, metadata TEXT, total INTEGER NOT NULL,
+                in_progress_at DOUBLE PRECISION, finalizing_at DOUBLE PRECISION,
+                completed_at DOUBLE PRECISION, cancelling_at DOUBLE PRECISION,
+                cancelled_at DOUBLE PRECISION, expired_at DOUBLE PRECISION,
+                output_file_id TEXT, error_file_id TEXT)""",
+            "CREATE INDEX batches_status ON batches (status, ts)",
+            """CREATE TABLE batch_lines (
+                batch_id TEXT NOT NULL, n INTEGER NOT NULL, custom_id TEXT NOT NULL,
+                body TEXT NOT NULL, state TEXT NOT NULL, worker TEXT,
+                claims INTEGER NOT NULL DEFAULT 0,
+                not_before DOUBLE PRECISION NOT NULL DEFAULT 0, planned_backend TEXT,
+                request_id TEXT, status_code INTEGER, response TEXT, tier TEXT, backend TEXT,
+                prompt_tokens BIGINT NOT NULL DEFAULT 0,
+                completion_tokens BIGINT NOT NULL DEFAULT 0,
+                cost_usd DOUBLE PRECISION, baseline_usd DOUBLE PRECISION,
+                finished_at DOUBLE PRECISION, PRIMARY KEY (batch_id, n))""",
+            "CREATE INDEX batch_lines_state ON batch_lines (state, batch_id)",
+            """CREATE TABLE batch_workers (
+                id TEXT PRIMARY KEY, seen_at DOUBLE PRECISION NOT NULL)""",
+        ),
+    ),
 )
 
 

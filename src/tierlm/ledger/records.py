@@ -67,6 +67,7 @@ class RequestRecord:
     fallback: bool = False  # an attempt failed and another backend answered
     stream: bool = False
     client_request_id: str | None = None  # the caller's x-request-id (correlation only)
+    batch_id: str | None = None  # deferred work: the batch this request was a line of
     # Only stored when ledger.store_prompts is on; spans are (start, end, kind) in the text.
     prompt: str | None = None
     completion: str | None = None

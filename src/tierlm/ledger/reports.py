@@ -136,6 +136,8 @@ class Report:
     recommendations: list[str] = field(default_factory=list)
     # the most frequent shapes of the newest 100,000 stored prompts, and what a rule would save
     hot_paths: list[dict[str, Any]] = field(default_factory=list)
+    # the deferred queue (Batch API): lines by state, batches by status, saved_usd
+    deferred: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0  # how long building the report took
 
     def to_dict(self) -> dict[str, Any]:
@@ -318,6 +320,7 @@ def build_report(
 ) -> Report:
     """Aggregate the requests recorded in ``[until - since, until)``; ``budget``: the budget
     buckets running now, for the report and its recommendations."""
+    from tierlm.batch.store import deferred_summary
     from tierlm.ledger.advice import recommend
 
     t0 = time.perf_counter()
@@ -368,5 +371,6 @@ def build_report(
             rep.budget_kept_local = _kept_local(tx, max(start, end - 86400.0), end)
         rep.recommendations = recommend(rep, rated, budget)
         rep.hot_paths = _hot_paths(tx, start, end)
+        rep.deferred = deferred_summary(tx, start, end)
     rep.seconds = round(time.perf_counter() - t0, 4)
     return rep

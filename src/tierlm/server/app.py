@@ -38,7 +38,7 @@ from starlette.types import Message
 
 from tierlm import __version__
 from tierlm.errors import TierlmError
-from tierlm.server import admin, anthropic, embeddings, ollama, openai, oplog
+from tierlm.server import admin, anthropic, batches, embeddings, ollama, openai, oplog
 from tierlm.server.admin import Live, Loader
 from tierlm.server.gateway import (
     Gateway,
@@ -105,6 +105,14 @@ def create_app(
         Route("/admin/models", admin.models_route, methods=["GET"]),
         Route("/admin/models/load", admin.load_route, methods=["POST"]),
         Route("/admin/models/unload", admin.unload_route, methods=["POST"]),
+        Route("/v1/files", batches.create_file, methods=["POST"]),
+        Route("/v1/files", batches.list_files, methods=["GET"]),
+        Route("/v1/files/{file_id}", batches.get_file, methods=["GET"]),
+        Route("/v1/files/{file_id}/content", batches.file_content, methods=["GET"]),
+        Route("/v1/batches", batches.create_batch, methods=["POST"]),
+        Route("/v1/batches", batches.list_batches, methods=["GET"]),
+        Route("/v1/batches/{batch_id}", batches.get_batch, methods=["GET"]),
+        Route("/v1/batches/{batch_id}/cancel", batches.cancel_batch, methods=["POST"]),
     ]
 
     @asynccontextmanager
@@ -126,7 +134,10 @@ def create_app(
             # open (and migrate) the ledger now rather than in the first request
             gw.ledger = await anyio.to_thread.run_sync(lambda: accounting.ledger)
         live.on_swap = lambda g: _ledger_endpoints(app, g)
+        deferred = app.state.deferred = batches.open_deferred(live, gw)
         live.start(app, gw, owns=owns)
+        if deferred is not None:
+            deferred.scheduler.start()
         if sighup and reload is not None:
             live.watch_sighup()
         if freeze_gc:
@@ -135,6 +146,8 @@ def create_app(
         try:
             yield
         finally:
+            if deferred is not None:
+                await deferred.scheduler.aclose()
             await live.aclose()
 
     return Starlette(
@@ -150,6 +163,9 @@ def create_app(
 
 
 def _ledger_endpoints(app: Starlette, gw: Gateway) -> None:
+    deferred = getattr(app.state, "deferred", None)
+    if deferred is not None:  # live requests make room among deferred lines
+        gw.on_live = deferred.scheduler.live_arrived
     app.state.feedback = app.state.report = None
     if gw.ledger is None:
         return

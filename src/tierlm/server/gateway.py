@@ -41,7 +41,7 @@ from tierlm.server.ratelimit import open_limits
 from tierlm.types import ChatRequest
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping
+    from collections.abc import AsyncIterator, Callable, Mapping
 
     from tierlm.config.settings import ApiKeyConfig
     from tierlm.execute.executor import RoutedStream
@@ -241,6 +241,9 @@ class Gateway:
             self._by_model.setdefault(b.model, b.name)
         self.started = int(time.time())
         self.ledger: Any = None  # the Router's ledger, when recording (set at start-up)
+        # told of each live request as it starts (with the count in flight): deferred work
+        # makes room for it (:meth:`tierlm.batch.scheduler.Scheduler.live_arrived`)
+        self.on_live: Callable[[int], object] | None = None
 
     # -- models -----------------------------------------------------------------------------
     def resolve_model(self, name: Any) -> str:
@@ -551,6 +554,8 @@ class WireFormat:
         gw: Gateway = request.app.state.gateway
         started = time.perf_counter()
         gw.metrics.in_flight += 1
+        if gw.on_live is not None:
+            gw.on_live(gw.metrics.in_flight)
         req: ChatRequest | None = None
         limited: dict[str, str] = {}
         try:

@@ -1,0 +1,222 @@
+"""The scheduler: runs deferred lines inside their window when the conditions are best.
+
+One :class:`Scheduler` per gateway process, a background task on its event loop. Each round
+(every ``poll_seconds``, or sooner when a batch arrives or a line ends) it
+
+1. writes its heartbeat and puts back the lines of schedulers that went silent
+   (:meth:`~tierlm.batch.store.BatchStore.heartbeat`), expires the lines of batches whose
+   window has ended and closes finished batches (output and error files);
+2. looks at the waiting lines, oldest batch first, and starts those the window allows
+   (:func:`~tierlm.batch.window.blockers`), at most ``concurrency`` in flight: each is
+   claimed in the database first, then run through the :class:`Runner` (the gateway: the
+   same Router path as a live request), then its answer recorded with the claim released
+   in one transaction.
+
+**Live traffic first.** A line whose backend (as planned at submission) is local (boundary
+process, host or site) starts only while no live request is in flight, and takes at most
+``slots - 1`` of that backend's ``max_concurrency`` slots (one, when it has one slot), so a
+live request arriving finds a free slot. When live requests arrive and the slots a local
+backend has left are fewer than its deferred lines plus the live requests, the newest
+deferred lines on it are cancelled and go back to waiting (preempted: their claim does not
+count; what they had generated is dropped). A transient failure (429, 502, 503, 504) goes
+back to waiting for ``retry_seconds`` (doubling), up to ``max_attempts`` claims; after that,
+and for any other error, the error answer is the line's result.
+
+``clock`` gives wall-clock seconds (tests drive windows with their own and call
+:meth:`step`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from tierlm.batch.window import Now, blockers
+
+if TYPE_CHECKING:
+    from tierlm.batch.config import BatchConfig
+    from tierlm.batch.store import BatchStore, Line, Result
+
+log = logging.getLogger("tierlm.batch")
+TRANSIENT = frozenset({429, 502, 503, 504})
+
+
+class Runner(Protocol):
+    """What the scheduler needs from the gateway."""
+
+    async def run(self, line: Line) -> Result:
+        """Answer one line as a live request would be answered (errors as results)."""
+        ...
+
+    async def now(self, ts: float, key: str | None) -> Now:
+        """The conditions at ``ts`` for a batch of ``key``."""
+        ...
+
+    def slots(self, backend: str | None) -> int | None:
+        """A local backend's generation slots; ``None``: not local (or unknown)."""
+        ...
+
+
+@dataclass(slots=True)
+class _Running:
+    line: Line
+    task: asyncio.Task[None]
+    backend: str | None  # a local backend it holds a slot of
+    started: float
+
+
+class Scheduler:
+    """Claims and runs deferred lines; see the module doc."""
+
+    def __init__(
+        self,
+        store: BatchStore,
+        config: BatchConfig,
+        runner: Runner,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store, self.config, self.runner, self.clock = store, config, runner, clock
+        self.worker = "sched-" + uuid.uuid4().hex[:16]
+        self.waiting_why: dict[str, list[str]] = {}  # batch id -> why its lines wait
+        self.preempted = 0
+        self._running: dict[tuple[str, int], _Running] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- the background task --------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=self.worker)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.step()
+            except self.store.store.errors as e:  # the database is away: try again later
+                log.warning("deferred work: the ledger database failed: %s", e)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.config.poll_seconds)
+
+    async def aclose(self) -> None:
+        """Stop; lines still running are cancelled and go back to waiting (a graceful
+        restart runs them again: their answers were not recorded)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        running = [r.task for r in self._running.values()]
+        for t in running:
+            t.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def local_running(self, backend: str) -> int:
+        return sum(1 for r in self._running.values() if r.backend == backend)
+
+    # -- one round ------------------------------------------------------------------------
+    async def step(self) -> int:
+        """One scheduling round (module doc); returns how many lines it started."""
+        now = self.clock()
+        cfg = self.config
+        await asyncio.to_thread(self.store.heartbeat, self.worker, now, cfg.lease_seconds)
+        await asyncio.to_thread(self.store.expire, now)
+        await asyncio.to_thread(self.store.finalize, now)
+        free = cfg.concurrency - len(self._running)
+        if free <= 0:
+            return 0
+        waiting = await asyncio.to_thread(self.store.waiting, now, free + 64)
+        started = 0
+        conditions: dict[str | None, Now] = {}
+        self.waiting_why = {}
+        for w in waiting:
+            if started >= free:
+                break
+            if (w.batch_id, w.n) in self._running:
+                continue
+            if w.key not in conditions:
+                conditions[w.key] = await self.runner.now(now, w.key)
+            why = self._why_not(w.backend, conditions[w.key], w.expires_at - now)
+            if why:
+                self.waiting_why.setdefault(w.batch_id, why)
+                continue
+            line = await asyncio.to_thread(
+                self.store.claim, w.batch_id, w.n, self.worker, cfg.max_attempts, now
+            )
+            if line is not None:
+                self._launch(line, w.backend)
+                started += 1
+        return started
+
+    def _why_not(self, backend: str | None, now: Now, left_s: float) -> list[str]:
+        slots = self.runner.slots(backend)
+        forced = left_s <= self.config.run_anyway_seconds
+        why = blockers(self.config.window, now, local=slots is not None, forced=forced)
+        if slots is not None and backend is not None:
+            room = max(slots - 1, 1)
+            if self.local_running(backend) >= room:
+                why.append(f"{backend}: deferred lines hold {room} of its {slots} slot(s)")
+        return why
+
+    def _launch(self, line: Line, backend: str | None) -> None:
+        local = backend if self.runner.slots(backend) is not None else None
+        task = asyncio.get_running_loop().create_task(self._run(line))
+        self._running[(line.batch_id, line.n)] = _Running(line, task, local, time.monotonic())
+
+    async def _run(self, line: Line) -> None:
+        store, worker = self.store, self.worker
+        try:
+            result = await self.runner.run(line)
+        except asyncio.CancelledError:  # preempted or shutting down: not answered, not counted
+            await asyncio.shield(asyncio.to_thread(store.put_back, line, worker, 0.0, count=False))
+            raise
+        finally:
+            self._running.pop((line.batch_id, line.n), None)
+            self._wake.set()
+        now = self.clock()
+        if result.status_code in TRANSIENT and line.claims < self.config.max_attempts:
+            delay = self.config.retry_seconds * 2 ** (line.claims - 1)
+            await asyncio.to_thread(store.put_back, line, worker, now + delay, count=True)
+            return
+        if not await asyncio.to_thread(store.finish, line, worker, result, now):
+            log.warning(
+                "deferred line %s/%d: its claim was lost (this scheduler was silent for "
+                "%g s); the answer is dropped",
+                line.batch_id,
+                line.n,
+                self.config.lease_seconds,
+            )
+
+    # -- live traffic ---------------------------------------------------------------------
+    def live_arrived(self, live: int) -> int:
+        """A live request started (``live`` in flight now): preempt the newest deferred
+        lines on each local backend that would leave it without a free slot. Returns how
+        many were preempted."""
+        n = 0
+        for backend in {r.backend for r in self._running.values() if r.backend is not None}:
+            slots = self.runner.slots(backend) or 1
+            mine = sorted(
+                (r for r in self._running.values() if r.backend == backend),
+                key=lambda r: r.started,
+                reverse=True,
+            )
+            excess = len(mine) + live - slots
+            for r in mine[: max(excess, 0)]:
+                r.task.cancel()
+                n += 1
+        self.preempted += n
+        return n
