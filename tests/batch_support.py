@@ -60,11 +60,19 @@ class Upstream:
         self.gate = threading.Event()
         self.hold_word = hold_word
         self.lock = threading.Lock()
-        self.app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                Route("/v1/models", self.models),
+            ]
+        )
 
     def held(self) -> list[str]:
         with self.lock:
             return [t for t, n in self.in_flight.items() if n and self.hold_word in t]
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": "m", "object": "model"}]})
 
     async def chat(self, request: Request) -> Response:
         body = json.loads(await request.body())
