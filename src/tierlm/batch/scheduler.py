@@ -121,6 +121,12 @@ class Scheduler:
             t.cancel()
         await asyncio.gather(*running, return_exceptions=True)
 
+    async def settle(self) -> None:
+        """Wait until the lines in flight now have ended (answered, put back or preempted)."""
+        await asyncio.gather(
+            *(r.task for r in list(self._running.values())), return_exceptions=True
+        )
+
     @property
     def running(self) -> int:
         return len(self._running)
