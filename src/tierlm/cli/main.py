@@ -32,6 +32,7 @@ _GROUPS = (
     "learn",
     "cache",
     "hotpaths",
+    "batch",
 )
 
 

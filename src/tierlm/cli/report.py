@@ -83,6 +83,7 @@ def _print(rep: Report, charts: list[Path]) -> None:
         f"{rep.escalation_rate:.1%} (above the cheapest eligible tier), errors "
         f"{rep.error_rate:.1%}"
     )
+    _deferred(console, rep)
     if rep.requests == 0:
         return
     _group_table(console, "Spend by tier", rep.by_tier)
@@ -177,3 +178,19 @@ def _hot_paths_table(console: Console, rep: Report) -> None:
             h["shape"], f"{h['requests']:,}", format_usd(h["cost_usd"]), f"{h['model_calls']:,}"
         )
     console.print(t)
+
+
+def _deferred(console: Console, rep: Report) -> None:
+    """The deferred queue (Batch API), when there is one."""
+    from tierlm.pricing import format_usd
+
+    d = rep.deferred
+    states = ("done", "waiting", "running", "failed", "expired", "cancelled")
+    if not any(d.get(s) for s in states):
+        return
+    console.print(
+        "deferred: " + ", ".join(f"{d[s]:,} {s}" for s in states) + f"; cost "
+        f"{format_usd(d['cost_usd'])}, saved {format_usd(d['saved_usd'])} against running "
+        f"each line when it was submitted ({format_usd(d['at_submission_usd'])})",
+        soft_wrap=True,
+    )
