@@ -210,6 +210,31 @@ _OLLAMA_EMBED = {
     },
 }
 _ANY_OBJECT = {"type": "object"}
+_BATCH = {
+    "type": "object",
+    "required": ["input_file_id", "endpoint", "completion_window"],
+    "properties": {
+        "input_file_id": {"type": "string"},
+        "endpoint": {"type": "string", "enum": ["/v1/chat/completions"]},
+        "completion_window": {"type": "string"},
+        "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
+_UPLOAD = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file", "purpose"],
+                "properties": {
+                    "file": {"type": "string", "format": "binary"},
+                    "purpose": {"type": "string", "enum": ["batch"]},
+                },
+            }
+        }
+    },
+}
 _BACKEND = {
     "type": "object",
     "required": ["backend"],
@@ -301,9 +326,38 @@ def openapi_document(*, keys: bool) -> dict[str, Any]:
             "/admin/models/unload": {"post": _op("unload a local model", e, _BACKEND)},
             "/v1/feedback": {"post": _op("feedback on one request", e, _FEEDBACK)},
             "/openapi.json": {"get": _op("this document", e)},
+            **_batch_paths(e),
         },
     }
     if keys:
         doc["components"] = {"securitySchemes": {"key": {"type": "http", "scheme": "bearer"}}}
         doc["security"] = [{"key": []}]
     return doc
+
+
+def _batch_paths(e: dict[str, Any]) -> dict[str, Any]:
+    """The Batch API's routes (:mod:`tierlm.server.batches`)."""
+
+    def path(name: str) -> list[dict[str, Any]]:
+        return [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}]
+
+    page = [
+        {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer"}},
+        {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}},
+    ]
+    return {
+        "/v1/files": {
+            "post": {**_op("upload a batch input file (JSONL)", e), "requestBody": _UPLOAD},
+            "get": _op("the files this key can see", e, params=page[:1]),
+        },
+        "/v1/files/{file_id}": {"get": _op("one file", e, params=path("file_id"))},
+        "/v1/files/{file_id}/content": {"get": _op("a file's content", e, params=path("file_id"))},
+        "/v1/batches": {
+            "post": _op("start a batch", e, _BATCH),
+            "get": _op("the batches this key can see", e, params=page),
+        },
+        "/v1/batches/{batch_id}": {"get": _op("one batch", e, params=path("batch_id"))},
+        "/v1/batches/{batch_id}/cancel": {
+            "post": _op("cancel a batch", e, params=path("batch_id"))
+        },
+    }
