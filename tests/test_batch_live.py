@@ -13,8 +13,8 @@ from typing import Any
 import openai
 
 from batch_support import gateway_app, jsonl, upstream, wait_for
-from server_util import upstream_backend
 from server_util import settings as gateway_settings
+from server_util import upstream_backend
 
 
 def _settings(url: str, ledger: Path, slots: int) -> Any:

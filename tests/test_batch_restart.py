@@ -8,47 +8,20 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
+from typing import Any
 
-import httpx
 import openai
-import yaml
 
 from batch_support import Upstream, upstream, wait_for
-from fakes import free_port
+from server_util import start_serve
 
-TIERLM = str(Path(sys.executable).parent / "tierlm")
 N = 20
 QUICK = 6  # lines 0..5 are answered at once; the others wait for the upstream's gate
 
 
-def _serve(config: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = yaml.safe_load(config.read_text())["server"]["port"]
-    log = config.with_suffix(".log")
-    with log.open("wb") as err:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(
-            [TIERLM, "serve", "--config", str(config)], stdout=subprocess.DEVNULL, stderr=err
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            raise RuntimeError(f"tierlm serve did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.1)
-
-
-def _config(tmp_path: Path, up: str) -> Path:
-    cfg = {
+def _config(tmp_path: Path, up: str) -> dict[str, Any]:
+    return {
         "backends": [
             {
                 "name": "site",
@@ -62,12 +35,8 @@ def _config(tmp_path: Path, up: str) -> Path:
         "tiers": [{"name": "site", "backends": ["site"]}],
         "ledger": {"url": f"sqlite:///{tmp_path / 'ledger.sqlite3'}"},
         "routing": {"complexity_method": "length"},
-        "server": {"port": free_port()},
         "batch": {"poll_seconds": 0.05, "lease_seconds": 1, "concurrency": 2},
     }
-    path = tmp_path / f"tierlm-{cfg['server']['port']}.yaml"  # type: ignore[index]
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def _input() -> bytes:
@@ -89,7 +58,7 @@ def _text(i: int) -> str:
 
 def _kill_mid_batch(up: Upstream, tmp_path: Path, upstream_url: str) -> tuple[str, list[str]]:
     """Gateway A runs the quick lines, then dies with two lines in flight upstream."""
-    proc, url = _serve(_config(tmp_path, upstream_url))
+    proc, url = start_serve(_config(tmp_path, upstream_url), tmp_path)
     try:
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
         f = client.files.create(file=("in.jsonl", _input()), purpose="batch")
@@ -114,7 +83,7 @@ def test_a_killed_gateway_s_batch_finishes_on_the_next(tmp_path: Path) -> None:
         batch_id, in_flight = _kill_mid_batch(up, tmp_path, upstream_url)
         assert in_flight == ["HOLD line 6", "HOLD line 7"]
         up.gate.set()  # from now on every request is answered at once
-        proc, url = _serve(_config(tmp_path, upstream_url))
+        proc, url = start_serve(_config(tmp_path, upstream_url), tmp_path)
         try:
             client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
 

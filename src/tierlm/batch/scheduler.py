@@ -71,6 +71,12 @@ class _Running:
     started: float
 
 
+def _stopped(task: asyncio.Task[None]) -> None:
+    """Say so loudly when the scheduler's loop ended by a failure (deferred work stops)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("deferred work stopped: the scheduler failed", exc_info=task.exception())
+
+
 class Scheduler:
     """Claims and runs deferred lines; see the module doc."""
 
@@ -94,6 +100,7 @@ class Scheduler:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=self.worker)
+            self._task.add_done_callback(_stopped)
 
     def wake(self) -> None:
         self._wake.set()

@@ -164,8 +164,8 @@ def create_app(
 
 def _ledger_endpoints(app: Starlette, gw: Gateway) -> None:
     deferred = getattr(app.state, "deferred", None)
-    if deferred is not None:  # live requests make room among deferred lines
-        gw.on_live = deferred.scheduler.live_arrived
+    if deferred is not None:
+        deferred.follow(gw)
     app.state.feedback = app.state.report = None
     if gw.ledger is None:
         return

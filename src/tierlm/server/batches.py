@@ -74,6 +74,14 @@ class Deferred:
     def clock(self) -> float:
         return self.scheduler.clock()
 
+    def follow(self, gw: Gateway) -> None:
+        """Serve ``gw`` (the gateway in service, after a reload too): its live requests make
+        room among deferred lines; its ``batch`` section and ledger are the ones used."""
+        gw.on_live = self.scheduler.live_arrived
+        self.config = self.runner.config = self.scheduler.config = gw.settings.batch
+        if gw.ledger is not None:
+            self.store.store = gw.ledger.store
+
 
 class GatewayRunner:
     """Runs a line through the current gateway exactly as a live request is answered."""
