@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import tempfile
@@ -121,6 +122,7 @@ def _settings(upstream: str, ledger: Path) -> Any:
                 {"name": "site", "backends": ["fake"]},
             ],
             "routing": {"complexity_method": "length"},
+            "cache": {"enabled": False},  # every live request is generated
             "ledger": {"url": f"sqlite:///{ledger}"},
             "batch": {"poll_seconds": 0.05, "concurrency": 8},
         }
@@ -233,6 +235,7 @@ def main() -> None:
         )
         print(f"| {label} | {statistics.median(live):.0f} | {_p(live, 0.99):.0f} {tail}")
     print(f"deferred lines preempted by live requests: {preempted}")
+    print(f"load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

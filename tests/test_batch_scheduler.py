@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -254,3 +255,25 @@ def test_claims_are_exclusive_and_a_silent_scheduler_s_lines_come_back(
         assert err["response"]["body"]["error"]["code"] == "interrupted"
     finally:
         ledger.close()
+
+
+async def test_the_report_shows_the_queue_and_what_waiting_saved(tmp_path: Path) -> None:
+    ledger = Ledger(open_store(f"sqlite:///{tmp_path / 'r.db'}", tmp_path))
+    try:
+        store = BatchStore(ledger.store)
+        clock, runner = Clock(T0 + 2 * HOUR), Runner()
+        s = _scheduler(store, runner, clock, window={"off_peak_hours": [2]})
+        ran = _submit(store, 2, clock.t)
+        await _drain(s)
+        clock.t = T0 + 12 * HOUR
+        _submit(store, 3, clock.t)
+        await _drain(s)
+        assert _status(store, ran) == "completed"
+        deferred = ledger.report(timedelta(days=3650)).to_dict()["deferred"]
+    finally:
+        ledger.close()
+    assert deferred["done"] == 2 and deferred["waiting"] == 3 and deferred["failed"] == 0
+    assert deferred["batches"] == {"completed": 1, "in_progress": 1}
+    # each finished line cost 0.001 and would have cost 0.003 on the backend planned at first
+    assert deferred["cost_usd"] == pytest.approx(0.002)
+    assert deferred["saved_usd"] == pytest.approx(0.004)

@@ -540,13 +540,20 @@ def _close(tx: Tx, batch_id: str, now: float) -> bool:
 
 
 def deferred_summary(tx: Tx, start: float, end: float) -> dict[str, Any]:
-    """The deferred queue for reports: lines by state (of batches submitted in
-    ``[start, end)``), batches by status, and what running the finished lines at their
-    window's best time cost against running them at submission (the backend planned then)."""
+    """The deferred queue for reports: the lines waiting and running now (whenever their
+    batch came), the lines of batches submitted in ``[start, end)`` by final state, those
+    batches by status, and what the finished lines cost against running each when it was
+    submitted (its tokens on the backend planned then): ``saved_usd``."""
     lines = {s: 0 for s in STATES}
     for state, n in tx.q(
+        "SELECT state, COUNT(*) FROM batch_lines WHERE state IN ('waiting', 'running') "
+        "GROUP BY state"
+    ):
+        lines[str(state)] = int(n)
+    for state, n in tx.q(
         "SELECT l.state, COUNT(*) FROM batch_lines l JOIN batches b ON b.id = l.batch_id "
-        "WHERE b.ts >= ? AND b.ts < ? GROUP BY l.state",
+        "WHERE b.ts >= ? AND b.ts < ? AND l.state NOT IN ('waiting', 'running') "
+        "GROUP BY l.state",
         (start, end),
     ):
         lines[str(state)] = int(n)
