@@ -29,8 +29,9 @@ HOUR = 3600.0
 class Runner:
     """The gateway's part, by hand: conditions the test sets, answers it controls."""
 
-    def __init__(self, slots: dict[str, int] | None = None) -> None:
+    def __init__(self, slots: dict[str, int] | None = None, host: tuple[str, ...] = ()) -> None:
         self.slots_of = slots or {}
+        self.host = host
         self.energy: EnergyState | None = None
         self.share: float | None = None
         self.live = 0
@@ -53,6 +54,9 @@ class Runner:
 
     def slots(self, backend: str | None) -> int | None:
         return self.slots_of.get(backend or "")
+
+    def same_host(self, backend: str) -> bool:
+        return backend in self.host
 
 
 @pytest.fixture
@@ -198,6 +202,41 @@ async def test_live_arrival_preempts_a_local_line_without_counting_it(
     await _drain(s)
     b = store.get_batch(batch, None)
     assert b is not None and b.status == "completed" and runner.ran == ["req-0", "req-0"]
+
+
+@pytest.mark.parametrize(
+    ("host", "live", "preempted"),
+    [
+        (True, 1, 2),  # this host's model: every deferred line makes way (CPU/GPU shared)
+        (False, 1, 0),  # a site model with a slot free for it: nothing is preempted
+        (False, 2, 1),  # two live requests, one free slot: the newest deferred line goes
+    ],
+)
+async def test_which_lines_a_live_request_preempts(
+    store: BatchStore, host: bool, live: int, preempted: int
+) -> None:
+    clock, runner = Clock(T0), Runner(slots={"m": 3}, host=("m",) if host else ())
+    runner.hold = asyncio.Event()
+    s = _scheduler(store, runner, clock)
+    _submit(store, 2, clock.t, backend="m")
+    assert await s.step() == 2
+    await asyncio.sleep(0)
+    assert s.live_arrived(live) == preempted
+    runner.hold.set()
+    await s.settle()
+
+
+async def test_a_line_whose_window_ends_is_not_preempted(store: BatchStore) -> None:
+    clock, runner = Clock(T0), Runner(slots={"m": 3}, host=("m",))
+    runner.hold = asyncio.Event()
+    s = _scheduler(store, runner, clock, run_anyway_seconds=HOUR)
+    _submit(store, 1, clock.t, window=HOUR / 2, backend="m")
+    _submit(store, 1, clock.t, backend="m")  # not forced: 24 hours left
+    assert await s.step() == 2
+    await asyncio.sleep(0)
+    assert s.live_arrived(1) == 1
+    runner.hold.set()
+    await s.settle()
 
 
 async def test_transient_failures_are_retried_later_then_recorded(store: BatchStore) -> None:

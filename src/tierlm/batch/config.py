@@ -11,6 +11,7 @@
         min_solar_surplus_w: 200
         min_budget_share: 0.5   # at least half of every money budget left
         local_idle: true        # a line for a local model waits while live requests run
+        preempt: true           # a live request stops deferred lines on this host's models
       run_anyway_seconds: 3600  # in the last hour of its window a line runs regardless
 
 An unknown energy state, or no energy section, fails the energy conditions that are set
@@ -36,6 +37,9 @@ class WindowConfig(_Strict):
     min_solar_surplus_w: float | None = None
     min_budget_share: float | None = Field(default=None, ge=0, le=1)
     local_idle: bool = True
+    # a live request arriving stops the deferred lines running on a model of this host
+    # (boundary process or host: they share its CPU or GPU); they run again later
+    preempt: bool = True
 
     @field_validator("off_peak_hours")
     @classmethod

@@ -15,12 +15,14 @@ One :class:`Scheduler` per gateway process, a background task on its event loop.
 **Live traffic first.** A line whose backend (as planned at submission) is local (boundary
 process, host or site) starts only while no live request is in flight, and takes at most
 ``slots - 1`` of that backend's ``max_concurrency`` slots (one, when it has one slot), so a
-live request arriving finds a free slot. When live requests arrive and the slots a local
-backend has left are fewer than its deferred lines plus the live requests, the newest
-deferred lines on it are cancelled and go back to waiting (preempted: their claim does not
-count; what they had generated is dropped). A transient failure (429, 502, 503, 504) goes
-back to waiting for ``retry_seconds`` (doubling), up to ``max_attempts`` claims; after that,
-and for any other error, the error answer is the line's result.
+live request arriving finds a free slot. A live request arriving preempts deferred lines:
+on a model of this host (boundary process or host, with ``window.preempt``), all of them,
+since they share its CPU or GPU with the live request (except lines run because their
+window is ending); on a site backend, the newest ones, when its free slots are fewer than
+the live requests in flight. A preempted line is cancelled and goes back to waiting (its
+claim does not count; what it had generated is dropped). A transient failure (429, 502,
+503, 504) goes back to waiting for ``retry_seconds`` (doubling), up to ``max_attempts``
+claims; after that, and for any other error, the error answer is the line's result.
 
 ``clock`` gives wall-clock seconds (tests drive windows with their own and call
 :meth:`step`).
@@ -62,6 +64,10 @@ class Runner(Protocol):
         """A local backend's generation slots; ``None``: not local (or unknown)."""
         ...
 
+    def same_host(self, backend: str) -> bool:
+        """Whether ``backend`` runs on this host (boundary process or host)."""
+        ...
+
 
 @dataclass(slots=True)
 class _Running:
@@ -69,6 +75,7 @@ class _Running:
     task: asyncio.Task[None]
     backend: str | None  # a local backend it holds a slot of
     started: float
+    forced: bool  # its window is ending: not preempted
 
 
 def _stopped(task: asyncio.Task[None]) -> None:
@@ -171,7 +178,7 @@ class Scheduler:
                 self.store.claim, w.batch_id, w.n, self.worker, cfg.max_attempts, now
             )
             if line is not None:
-                self._launch(line, w.backend)
+                self._launch(line, w.backend, w.expires_at - now <= cfg.run_anyway_seconds)
                 started += 1
         return started
 
@@ -185,10 +192,11 @@ class Scheduler:
                 why.append(f"{backend}: deferred lines hold {room} of its {slots} slot(s)")
         return why
 
-    def _launch(self, line: Line, backend: str | None) -> None:
+    def _launch(self, line: Line, backend: str | None, forced: bool) -> None:
         local = backend if self.runner.slots(backend) is not None else None
         task = asyncio.get_running_loop().create_task(self._run(line))
-        self._running[(line.batch_id, line.n)] = _Running(line, task, local, time.monotonic())
+        key = (line.batch_id, line.n)
+        self._running[key] = _Running(line, task, local, time.monotonic(), forced)
 
     async def _run(self, line: Line) -> None:
         store, worker = self.store, self.worker
@@ -216,20 +224,22 @@ class Scheduler:
 
     # -- live traffic ---------------------------------------------------------------------
     def live_arrived(self, live: int) -> int:
-        """A live request started (``live`` in flight now): preempt the newest deferred
-        lines on each local backend that would leave it without a free slot. Returns how
-        many were preempted."""
+        """A live request started (``live`` in flight now): preempt deferred lines on local
+        backends (module doc). Returns how many were preempted."""
         n = 0
         for backend in {r.backend for r in self._running.values() if r.backend is not None}:
-            slots = self.runner.slots(backend) or 1
             mine = sorted(
                 (r for r in self._running.values() if r.backend == backend),
                 key=lambda r: r.started,
                 reverse=True,
             )
-            excess = len(mine) + live - slots
-            for r in mine[: max(excess, 0)]:
+            if self.config.window.preempt and self.runner.same_host(backend):
+                victims = [r for r in mine if not r.forced]
+            else:
+                slots = self.runner.slots(backend) or 1
+                victims = mine[: max(len(mine) + live - slots, 0)]
+            for r in victims:
                 r.task.cancel()
-                n += 1
+            n += len(victims)
         self.preempted += n
         return n

@@ -100,6 +100,10 @@ class GatewayRunner:
             return None
         return cfg.max_concurrency
 
+    def same_host(self, backend: str) -> bool:
+        cfg = self.gw.backend_configs.get(backend)
+        return cfg is not None and cfg.where <= Boundary.HOST
+
     async def now(self, ts: float, key: str | None) -> Now:
         gw = self.gw
         energy = gw.router.energy.snapshot() if gw.router.energy is not None else None
