@@ -328,7 +328,10 @@ class BatchStore:
         ``cancelled`` once none runs (:meth:`finalize`). False: no such batch of ``key``."""
         where, args = _owned(key)
         with self.store.transaction("budget") as tx:
-            found = tx.q(f"SELECT status FROM batches WHERE id = ?{where}", (batch_id, *args))
+            found = tx.q(
+                f"SELECT status FROM batches WHERE id = ?{where}{self.store.for_update}",
+                (batch_id, *args),
+            )
             if not found:
                 return False
             if found[0][0] in ("validating", "in_progress"):
@@ -431,7 +434,7 @@ class BatchStore:
             )
         for (batch_id,) in ready:
             with self.store.transaction("budget") as tx:
-                if _close(tx, str(batch_id), now):
+                if _close(tx, str(batch_id), now, self.store.for_update):
                     done.append(str(batch_id))
         return done
 
@@ -483,11 +486,12 @@ _UNRUN = {
 }
 
 
-def _close(tx: Tx, batch_id: str, now: float) -> bool:
-    """Write one finished batch's files and final status (in this transaction)."""
+def _close(tx: Tx, batch_id: str, now: float, lock: str) -> bool:
+    """Write one finished batch's files and final status (in this transaction; ``lock``:
+    the store's row lock, so two schedulers never both close it)."""
     head = tx.q(
         "SELECT status, api_key FROM batches WHERE id = ? AND status IN "
-        "('in_progress', 'cancelling')",
+        f"('in_progress', 'cancelling'){lock}",
         (batch_id,),
     )
     if not head:
