@@ -193,3 +193,17 @@ def test_cancel_and_expiry_write_the_error_file(tmp_path: Path) -> None:
             ("req-0", "batch_expired"),
             ("req-1", "batch_expired"),
         ]
+
+
+def test_a_batch_on_a_postgres_ledger(postgres_db: str, tmp_path: Path) -> None:
+    settings = _settings("", tmp_path / "unused.db")
+    settings.ledger.url = postgres_db
+    with upstream() as (up, url):
+        settings.backends[0].url = url + "/v1"
+        with gateway_app(settings) as (_, gw):
+            client = _client(gw)
+            done = _finished(client, _submit(client, jsonl(5)).id)
+            out = _lines(client, done.output_file_id)
+    assert done.status == "completed"
+    assert [x["custom_id"] for x in out] == [f"req-{i}" for i in range(5)]
+    assert all(up.seen[f"line {i}"] == 1 for i in range(5))
