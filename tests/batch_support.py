@@ -8,13 +8,13 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from fakes import serve
@@ -50,6 +50,9 @@ def jsonl(n: int, *, text: str = "line", model: str = "auto", **body: Any) -> by
     return ("\n".join(json.dumps(r) for r in rows) + "\n").encode()
 
 
+USAGE = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+
+
 class Upstream:
     """An OpenAI-wire upstream that counts what it was asked (by last user message) and
     holds every request whose text contains ``hold_word`` until ``gate`` is set."""
@@ -80,10 +83,10 @@ class Upstream:
         with self.lock:
             self.seen[text] += 1
             self.in_flight[text] += 1
+        if body.get("stream"):
+            return StreamingResponse(self._sse(text, body["model"]), media_type="text/event-stream")
         try:
-            if self.hold_word in text:
-                while not self.gate.is_set():  # noqa: ASYNC110 - another thread's event
-                    await asyncio.sleep(0.01)
+            await self._held(text)
         finally:
             with self.lock:
                 self.in_flight[text] -= 1
@@ -100,9 +103,34 @@ class Upstream:
                         "finish_reason": "stop",
                     }
                 ],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+                "usage": dict(USAGE),
             }
         )
+
+    async def _held(self, text: str) -> None:
+        if self.hold_word in text:
+            while not self.gate.is_set():  # noqa: ASYNC110 - another thread's event
+                await asyncio.sleep(0.01)
+
+    async def _sse(self, text: str, model: str) -> AsyncIterator[str]:
+        """The answer as OpenAI SSE chunks; held after the first one."""
+
+        def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
+            data = {"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1}
+            return "data: " + json.dumps({**data, "model": model, "choices": choices, **extra})
+
+        def delta(d: dict[str, Any], finish: str | None = None) -> str:
+            return chunk([{"index": 0, "delta": d, "finish_reason": finish}]) + "\n\n"
+
+        try:
+            yield delta({"role": "assistant", "content": "answer "})
+            await self._held(text)
+            yield delta({"content": f"to {text}"})
+            yield delta({}, "stop")
+            yield chunk([], usage=dict(USAGE)) + "\n\ndata: [DONE]\n\n"
+        finally:
+            with self.lock:
+                self.in_flight[text] -= 1
 
 
 @contextmanager

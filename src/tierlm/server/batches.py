@@ -39,12 +39,21 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tierlm.backends.base import collect
 from tierlm.batch.jsonl import ENDPOINTS, LineError, parse_lines
 from tierlm.batch.scheduler import Scheduler
 from tierlm.batch.store import ANY_KEY, BatchStore, Line, Result
 from tierlm.batch.window import Now
 from tierlm.errors import AuthError, InvalidRequest, PayloadTooLarge, TierlmError
-from tierlm.server.gateway import FieldError, Gateway, json_response, read_body, read_json
+from tierlm.server.gateway import (
+    FieldError,
+    Gateway,
+    chain,
+    json_response,
+    read_body,
+    read_json,
+    unfinished,
+)
 from tierlm.server.openai import completion_body, parse_chat
 from tierlm.types import Boundary
 
@@ -53,7 +62,7 @@ if TYPE_CHECKING:
     from tierlm.config.settings import ApiKeyConfig
     from tierlm.ledger.store import Store
     from tierlm.server.admin import Live
-    from tierlm.types import ChatRequest
+    from tierlm.types import ChatRequest, ChatResponse, Plan
 
 _WINDOW = re.compile(r"^(\d+)([mhd])$")
 _UNIT = {"m": 60, "h": 3600, "d": 86400}
@@ -121,7 +130,11 @@ class GatewayRunner:
             key = _key_named(gw, line.api_key)
             req = build_request(gw, line.body, key, line.batch_id, line.custom_id)
             rid = req.request_id
-            resp, plan = await gw.complete(req, key)
+            planned = line.planned_backend
+            if self.config.window.preempt and planned and self.same_host(planned):
+                resp, plan = await _streamed(gw, req, key)
+            else:
+                resp, plan = await gw.complete(req, key)
         except TierlmError as e:
             body = e.to_openai()
             if getattr(e, "param", None):
@@ -145,6 +158,24 @@ class GatewayRunner:
             cost_usd=cost,
             baseline_usd=baseline,
         )
+
+
+async def _streamed(
+    gw: Gateway, req: ChatRequest, key: ApiKeyConfig | None
+) -> tuple[ChatResponse, Plan]:
+    """Answer ``req`` as a stream folded into one answer: a line that a live request may
+    preempt runs this way, because cancelling a stream stops a llama.cpp worker's generation
+    at once, while a cancelled whole request goes on to its end (measured)."""
+    req.stream = True
+    rs, first = await gw.open_stream(req, key)
+    try:
+        resp = await collect(chain(first, rs), model=rs.model or "")
+    finally:
+        await rs.aclose()
+    if rs.finish_reason is None:
+        raise unfinished(req, rs)
+    resp.tier, resp.backend = rs.tier or "", rs.backend or ""
+    return resp, rs.plan
 
 
 def _key_named(gw: Gateway, name: str | None) -> ApiKeyConfig | None:
