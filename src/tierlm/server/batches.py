@@ -45,6 +45,7 @@ from tierlm.batch.scheduler import Scheduler
 from tierlm.batch.store import ANY_KEY, BatchStore, Line, Result
 from tierlm.batch.window import Now
 from tierlm.errors import AuthError, InvalidRequest, PayloadTooLarge, TierlmError
+from tierlm.policy import Conditions
 from tierlm.server.gateway import (
     FieldError,
     Gateway,
@@ -350,8 +351,8 @@ def _prepare(
             req = build_request(gw, body, key, "", cid)
         except TierlmError as e:
             raise LineError(i, e.message) from None
-        try:
-            plan = gw.router.plan(req, gw.conditions(req, key))
+        try:  # every backend taken as healthy (as `tierlm route` does): no I/O in this thread
+            plan = gw.router.plan(req, Conditions(api_key=key))
             planned = plan.candidates[0].backend if plan.candidates else None
         except TierlmError:
             planned = None  # refused now: it is run (and answered) in its window all the same
