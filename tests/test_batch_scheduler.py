@@ -316,3 +316,22 @@ async def test_the_report_shows_the_queue_and_what_waiting_saved(tmp_path: Path)
     # each finished line cost 0.001 and would have cost 0.003 on the backend planned at first
     assert deferred["cost_usd"] == pytest.approx(0.002)
     assert deferred["saved_usd"] == pytest.approx(0.004)
+
+
+async def test_a_fault_answering_a_line_becomes_its_error(
+    store: BatchStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock, runner = Clock(T0), Runner()
+
+    async def broken(line: Line) -> Result:
+        raise RuntimeError("a bug")
+
+    runner.run = broken  # type: ignore[method-assign]
+    s = _scheduler(store, runner, clock)
+    batch = _submit(store, 1, clock.t)
+    await _drain(s)
+    b = store.get_batch(batch, None)
+    assert b is not None and b.status == "completed" and b.counts == {"failed": 1}
+    (line,) = (store.file_content(b.error_file_id or "", None) or "").splitlines()
+    assert json.loads(line)["response"]["body"]["error"]["code"] == "internal_error"
+    assert "deferred line" in caplog.text and "a bug" in caplog.text

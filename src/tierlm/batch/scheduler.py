@@ -39,14 +39,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from tierlm.batch.store import Result
 from tierlm.batch.window import Now, blockers
 
 if TYPE_CHECKING:
     from tierlm.batch.config import BatchConfig
-    from tierlm.batch.store import BatchStore, Line, Result
+    from tierlm.batch.store import BatchStore, Line
 
 log = logging.getLogger("tierlm.batch")
 TRANSIENT = frozenset({429, 502, 503, 504})
+_INTERNAL = {"message": "internal error in the gateway", "type": "api_error"}
+INTERNAL = Result(500, None, {"error": {**_INTERNAL, "code": "internal_error", "param": None}})
 
 
 class Runner(Protocol):
@@ -205,6 +208,10 @@ class Scheduler:
         except asyncio.CancelledError:  # preempted or shutting down: not answered, not counted
             await asyncio.shield(asyncio.to_thread(store.put_back, line, worker, 0.0, count=False))
             raise
+        except Exception as e:  # a fault of the gateway's: logged with its cause, and the
+            # line's answer (as a live request would get a 500), never a line left running
+            log.error("deferred line %s/%d failed", line.batch_id, line.n, exc_info=e)
+            result = INTERNAL
         finally:
             self._running.pop((line.batch_id, line.n), None)
             self._wake.set()
