@@ -204,6 +204,18 @@ async def test_live_arrival_preempts_a_local_line_without_counting_it(
     assert b is not None and b.status == "completed" and runner.ran == ["req-0", "req-0"]
 
 
+async def test_a_line_preempted_before_its_task_starts_comes_back(store: BatchStore) -> None:
+    clock, runner = Clock(T0), Runner(slots={"m": 2}, host=("m",))
+    s = _scheduler(store, runner, clock)
+    batch = _submit(store, 1, clock.t, backend="m")
+    assert await s.step() == 1
+    assert s.live_arrived(1) == 1  # its task has not run yet
+    await s.settle()
+    assert s.running == 0 and runner.ran == []
+    await _drain(s)  # the next round finds the line held by no task, and puts it back
+    assert _status(store, batch) == "completed" and runner.ran == ["req-0"]
+
+
 @pytest.mark.parametrize(
     ("host", "live", "preempted"),
     [

@@ -79,6 +79,7 @@ class _Running:
     backend: str | None  # a local backend it holds a slot of
     started: float
     forced: bool  # its window is ending: not preempted
+    answered: bool = False  # its answer is being recorded: not preempted
 
 
 def _stopped(task: asyncio.Task[None]) -> None:
@@ -157,6 +158,7 @@ class Scheduler:
         now = self.clock()
         cfg = self.config
         await asyncio.to_thread(self.store.heartbeat, self.worker, now, cfg.lease_seconds)
+        await self._repair()
         await asyncio.to_thread(self.store.expire, now)
         await asyncio.to_thread(self.store.finalize, now)
         free = cfg.concurrency - len(self._running)
@@ -197,30 +199,42 @@ class Scheduler:
 
     def _launch(self, line: Line, backend: str | None, forced: bool) -> None:
         local = backend if self.runner.slots(backend) is not None else None
-        task = asyncio.get_running_loop().create_task(self._run(line))
         key = (line.batch_id, line.n)
+        task = asyncio.get_running_loop().create_task(self._run(line))
+        # a task cancelled before it started never runs _run's cleanup: this does it, and
+        # the next round's repair puts its line back
+        task.add_done_callback(lambda _: self._running.pop(key, None))
         self._running[key] = _Running(line, task, local, time.monotonic(), forced)
 
     async def _run(self, line: Line) -> None:
-        store, worker = self.store, self.worker
+        """Run one claimed line and record its outcome; it leaves ``_running`` only once the
+        database says so (answered, or back to waiting)."""
+        key = (line.batch_id, line.n)
         try:
-            result = await self.runner.run(line)
-        except asyncio.CancelledError:  # preempted or shutting down: not answered, not counted
-            await asyncio.shield(asyncio.to_thread(store.put_back, line, worker, 0.0, count=False))
-            raise
-        except Exception as e:  # a fault of the gateway's: logged with its cause, and the
-            # line's answer (as a live request would get a 500), never a line left running
-            log.error("deferred line %s/%d failed", line.batch_id, line.n, exc_info=e)
-            result = INTERNAL
+            try:
+                result = await self.runner.run(line)
+            except asyncio.CancelledError:  # preempted or stopping: not answered, not counted
+                back = self.store.put_back
+                await asyncio.shield(asyncio.to_thread(back, *key, self.worker, 0.0, count=False))
+                raise
+            except Exception as e:  # a fault of the gateway's: logged with its cause, and
+                # the line's answer (a live request would get a 500), never a line left running
+                log.error("deferred line %s/%d failed", line.batch_id, line.n, exc_info=e)
+                result = INTERNAL
+            self._running[key].answered = True  # too late to preempt
+            await self._record(line, result)
         finally:
-            self._running.pop((line.batch_id, line.n), None)
+            self._running.pop(key, None)
             self._wake.set()
+
+    async def _record(self, line: Line, result: Result) -> None:
         now = self.clock()
         if result.status_code in TRANSIENT and line.claims < self.config.max_attempts:
             delay = self.config.retry_seconds * 2 ** (line.claims - 1)
-            await asyncio.to_thread(store.put_back, line, worker, now + delay, count=True)
+            back, when = self.store.put_back, now + delay
+            await asyncio.to_thread(back, line.batch_id, line.n, self.worker, when, count=True)
             return
-        if not await asyncio.to_thread(store.finish, line, worker, result, now):
+        if not await asyncio.to_thread(self.store.finish, line, self.worker, result, now):
             log.warning(
                 "deferred line %s/%d: its claim was lost (this scheduler was silent for "
                 "%g s); the answer is dropped",
@@ -228,6 +242,15 @@ class Scheduler:
                 line.n,
                 self.config.lease_seconds,
             )
+
+    async def _repair(self) -> None:
+        """Put back the lines the database says this scheduler runs but no task of it does
+        (a line preempted before its task started, or again while it was being put back)."""
+        held = await asyncio.to_thread(self.store.held_by, self.worker)
+        for batch_id, n in held:
+            if (batch_id, n) not in self._running:
+                back = self.store.put_back
+                await asyncio.to_thread(back, batch_id, n, self.worker, 0.0, count=False)
 
     # -- live traffic ---------------------------------------------------------------------
     def live_arrived(self, live: int) -> int:
@@ -240,6 +263,7 @@ class Scheduler:
                 key=lambda r: r.started,
                 reverse=True,
             )
+            mine = [r for r in mine if not r.answered]
             if self.config.window.preempt and self.runner.same_host(backend):
                 victims = [r for r in mine if not r.forced]
             else:

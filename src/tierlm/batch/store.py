@@ -399,7 +399,9 @@ class BatchStore:
         with self.store.transaction("budget") as tx:
             return _record(tx, line.batch_id, line.n, worker, result, now)
 
-    def put_back(self, line: Line, worker: str, not_before: float, *, count: bool) -> None:
+    def put_back(
+        self, batch_id: str, n: int, worker: str, not_before: float, *, count: bool
+    ) -> None:
         """Return a claimed line to ``waiting`` (a transient failure: retried from
         ``not_before``; or preempted by live traffic, ``count=False``: the claim is not
         counted)."""
@@ -408,8 +410,17 @@ class BatchStore:
                 "UPDATE batch_lines SET state = 'waiting', worker = NULL, not_before = ?, "
                 "claims = claims - ? WHERE batch_id = ? AND n = ? AND state = 'running' "
                 "AND worker = ?",
-                (not_before, 0 if count else 1, line.batch_id, line.n, worker),
+                (not_before, 0 if count else 1, batch_id, n, worker),
             )
+
+    def held_by(self, worker: str) -> list[tuple[str, int]]:
+        """The lines ``worker`` has claimed and not finished."""
+        with self.store.transaction("read") as tx:
+            rows = tx.q(
+                "SELECT batch_id, n FROM batch_lines WHERE state = 'running' AND worker = ?",
+                (worker,),
+            )
+        return [(str(b), int(n)) for b, n in rows]
 
     def expire(self, now: float) -> int:
         """Lines still waiting in batches whose window has ended become ``expired``."""
