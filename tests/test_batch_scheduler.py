@@ -198,6 +198,10 @@ async def test_live_arrival_preempts_a_local_line_without_counting_it(
     with store.store.transaction("read") as tx:
         assert tx.q("SELECT state, claims FROM batch_lines") == [("waiting", 0)]
     runner.hold.set()
+    clock.t += 0.5
+    assert await s.step() == 0  # a burst of live traffic may go on: wait a second
+    assert s.waiting_why[batch] == ["a live request started 0.5 s ago (local idle: 1 s)"]
+    clock.t += 0.5
     assert await s.step() == 1
     await _drain(s)
     b = store.get_batch(batch, None)
@@ -212,6 +216,7 @@ async def test_a_line_preempted_before_its_task_starts_comes_back(store: BatchSt
     assert s.live_arrived(1) == 1  # its task has not run yet
     await s.settle()
     assert s.running == 0 and runner.ran == []
+    clock.t += 1
     await _drain(s)  # the next round finds the line held by no task, and puts it back
     assert _status(store, batch) == "completed" and runner.ran == ["req-0"]
 

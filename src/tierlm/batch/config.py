@@ -10,7 +10,8 @@
         min_battery: 0.5                              # or charging
         min_solar_surplus_w: 200
         min_budget_share: 0.5   # at least half of every money budget left
-        local_idle: true        # a line for a local model waits while live requests run
+        local_idle: true        # a line for a local model waits while live requests run,
+        local_idle_seconds: 1   #   and for this long after the last one started
         preempt: true           # a live request stops deferred lines on this host's models
       run_anyway_seconds: 3600  # in the last hour of its window a line runs regardless
 
@@ -37,6 +38,9 @@ class WindowConfig(_Strict):
     min_solar_surplus_w: float | None = None
     min_budget_share: float | None = Field(default=None, ge=0, le=1)
     local_idle: bool = True
+    # ... and none started in the last this many seconds (a burst of live traffic is not
+    # over when one request ends; a deferred line started in a short gap would be preempted)
+    local_idle_seconds: float = Field(default=1.0, ge=0)
     # a live request arriving stops the deferred lines running on a model of this host
     # (boundary process or host: they share its CPU or GPU); they run again later
     preempt: bool = True

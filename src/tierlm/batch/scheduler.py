@@ -13,7 +13,8 @@ One :class:`Scheduler` per gateway process, a background task on its event loop.
    in one transaction.
 
 **Live traffic first.** A line whose backend (as planned at submission) is local (boundary
-process, host or site) starts only while no live request is in flight, and takes at most
+process, host or site) starts only while no live request is in flight and none started in
+the last ``window.local_idle_seconds``, and takes at most
 ``slots - 1`` of that backend's ``max_concurrency`` slots (one, when it has one slot), so a
 live request arriving finds a free slot. A live request arriving preempts deferred lines:
 on a model of this host (boundary process or host, with ``window.preempt``), all of them,
@@ -103,6 +104,7 @@ class Scheduler:
         self.worker = "sched-" + uuid.uuid4().hex[:16]
         self.waiting_why: dict[str, list[str]] = {}  # batch id -> why its lines wait
         self.preempted = 0
+        self.last_live = float("-inf")  # clock time of the last live request's arrival
         self._running: dict[tuple[str, int], _Running] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -191,6 +193,10 @@ class Scheduler:
         slots = self.runner.slots(backend)
         forced = left_s <= self.config.run_anyway_seconds
         why = blockers(self.config.window, now, local=slots is not None, forced=forced)
+        idle = self.config.window.local_idle_seconds
+        quiet = self.clock() - self.last_live
+        if slots is not None and self.config.window.local_idle and quiet < idle:
+            why.append(f"a live request started {quiet:.1f} s ago (local idle: {idle:g} s)")
         if slots is not None and backend is not None:
             room = max(slots - 1, 1)
             if self.local_running(backend) >= room:
@@ -256,6 +262,7 @@ class Scheduler:
     def live_arrived(self, live: int) -> int:
         """A live request started (``live`` in flight now): preempt deferred lines on local
         backends (module doc). Returns how many were preempted."""
+        self.last_live = self.clock()
         n = 0
         for backend in {r.backend for r in self._running.values() if r.backend is not None}:
             mine = sorted(
