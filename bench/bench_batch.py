@@ -114,7 +114,6 @@ def _settings(upstream: str, ledger: Path) -> Any:
                     "url": upstream + "/v1",
                     "model": "fake",
                     "boundary": "site",
-                    "max_concurrency": 16,
                 },
             ],
             "tiers": [
@@ -124,7 +123,7 @@ def _settings(upstream: str, ledger: Path) -> Any:
             "routing": {"complexity_method": "length"},
             "cache": {"enabled": False},  # every live request is generated
             "ledger": {"url": f"sqlite:///{ledger}"},
-            "batch": {"poll_seconds": 0.05, "concurrency": 8},
+            "batch": {"poll_seconds": 0.05, "concurrency": 8, "slots": {"fake": 16}},
         }
     )
 

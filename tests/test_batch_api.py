@@ -29,11 +29,11 @@ def _settings(url: str, ledger: Path, *, keys: bool = False, **batch: Any) -> An
             {"name": "admin", "hash": sha(ADMIN_KEY), "admin": True},
         ]
     return gateway_settings(
-        [upstream_backend("site", url, "served-model", max_concurrency=4)],
+        [upstream_backend("site", url, "served-model")],
         [{"name": "site", "backends": ["site"]}],
         ledger={"url": f"sqlite:///{ledger}"},
         server=server,
-        batch={"poll_seconds": 0.05, **batch},
+        batch={"poll_seconds": 0.05, "slots": {"site": 4}, **batch},
     )
 
 

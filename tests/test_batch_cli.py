@@ -30,7 +30,7 @@ def cli(*args: str, key: str | None = USER_KEY) -> subprocess.CompletedProcess[s
 def test_batch_cli_and_the_deferred_report(tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.sqlite3"
     with upstream() as (up, url):
-        backend = upstream_backend("site", url, "m", max_concurrency=4)
+        backend = upstream_backend("site", url, "m")
         keys = [
             {"name": "user", "hash": sha(USER_KEY)},
             {"name": "ops", "hash": sha(ADMIN_KEY), "admin": True},
@@ -40,7 +40,7 @@ def test_batch_cli_and_the_deferred_report(tmp_path: Path) -> None:
             [{"name": "site", "backends": ["site"]}],
             ledger={"url": f"sqlite:///{ledger}"},
             server={"api_keys": keys},
-            batch={"poll_seconds": 0.05},
+            batch={"poll_seconds": 0.05, "slots": {"site": 4}},
         )
         with gateway_app(settings) as (_, gw):
             src = tmp_path / "in.jsonl"

@@ -18,12 +18,12 @@ from server_util import upstream_backend
 
 
 def _settings(url: str, ledger: Path, slots: int, boundary: str) -> Any:
-    local = upstream_backend("local", url, "m", boundary=boundary, max_concurrency=slots)
+    local = upstream_backend("local", url, "m", boundary=boundary)
     return gateway_settings(
         [local],
         [{"name": "tiny", "backends": ["local"]}],
         ledger={"url": f"sqlite:///{ledger}"},
-        batch={"poll_seconds": 0.05, "concurrency": 4},
+        batch={"poll_seconds": 0.05, "concurrency": 4, "slots": {"local": slots}},
     )
 
 

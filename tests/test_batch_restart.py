@@ -29,13 +29,17 @@ def _config(tmp_path: Path, up: str) -> dict[str, Any]:
                 "url": up + "/v1",
                 "model": "m",
                 "boundary": "site",
-                "max_concurrency": 3,
             }
         ],
         "tiers": [{"name": "site", "backends": ["site"]}],
         "ledger": {"url": f"sqlite:///{tmp_path / 'ledger.sqlite3'}"},
         "routing": {"complexity_method": "length"},
-        "batch": {"poll_seconds": 0.05, "lease_seconds": 1, "concurrency": 2},
+        "batch": {
+            "poll_seconds": 0.05,
+            "lease_seconds": 1,
+            "concurrency": 2,
+            "slots": {"site": 3},
+        },
     }
 
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+DEFAULT_SLOTS = 2  # of a local model server not in ``batch.slots``
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
@@ -67,3 +69,6 @@ class BatchConfig(_Strict):
     retry_seconds: float = Field(default=30.0, ge=0)  # first retry delay, doubling
     poll_seconds: float = Field(default=1.0, gt=0)  # the scheduler's idle wake-up
     lease_seconds: float = Field(default=30.0, gt=0)  # a silent scheduler's lines are reclaimed
+    # generation slots of local model servers (site or host HTTP backends), whose capacity
+    # tierlm cannot see; deferred lines leave one free. In-process models: max_concurrency.
+    slots: dict[str, int] = Field(default_factory=dict)

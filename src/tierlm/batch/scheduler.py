@@ -15,7 +15,8 @@ One :class:`Scheduler` per gateway process, a background task on its event loop.
 **Live traffic first.** A line whose backend (as planned at submission) is local (boundary
 process, host or site) starts only while no live request is in flight and none started in
 the last ``window.local_idle_seconds``, and takes at most
-``slots - 1`` of that backend's ``max_concurrency`` slots (one, when it has one slot), so a
+``slots - 1`` of that backend's slots (one, when it has one slot: ``max_concurrency`` of an
+in-process model, ``batch.slots`` of a model server), so a
 live request arriving finds a free slot. A live request arriving preempts deferred lines:
 on a model of this host (boundary process or host, with ``window.preempt``), all of them,
 since they share its CPU or GPU with the live request (except lines run because their

@@ -40,10 +40,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tierlm.backends.base import collect
+from tierlm.batch.config import DEFAULT_SLOTS
 from tierlm.batch.jsonl import ENDPOINTS, LineError, parse_lines
 from tierlm.batch.scheduler import Scheduler
 from tierlm.batch.store import ANY_KEY, BatchStore, Line, Result
 from tierlm.batch.window import Now
+from tierlm.config.backends import LlamaCppConfig, TransformersConfig
 from tierlm.errors import AuthError, InvalidRequest, PayloadTooLarge, TierlmError
 from tierlm.policy import Conditions
 from tierlm.server.gateway import (
@@ -105,10 +107,14 @@ class GatewayRunner:
         return self.live.current
 
     def slots(self, backend: str | None) -> int | None:
+        """An in-process model's ``max_concurrency``; for a server on this site, whose
+        capacity tierlm cannot see, ``batch.slots`` (default 2)."""
         cfg = self.gw.backend_configs.get(backend or "")
         if cfg is None or cfg.where is Boundary.EXTERNAL:
             return None
-        return cfg.max_concurrency
+        if isinstance(cfg, LlamaCppConfig | TransformersConfig):
+            return cfg.max_concurrency
+        return self.config.slots.get(cfg.name, DEFAULT_SLOTS)
 
     def same_host(self, backend: str) -> bool:
         cfg = self.gw.backend_configs.get(backend)
@@ -135,7 +141,7 @@ class GatewayRunner:
             if self.config.window.preempt and planned and self.same_host(planned):
                 resp, plan = await _streamed(gw, req, key)
             else:
-                resp, plan = await gw.complete(req, key)
+                resp, plan = await gw.complete(req, key, {})  # no trace context to continue
         except TierlmError as e:
             body = e.to_openai()
             if getattr(e, "param", None):
@@ -168,7 +174,7 @@ async def _streamed(
     preempt runs this way, because cancelling a stream stops a llama.cpp worker's generation
     at once, while a cancelled whole request goes on to its end (measured)."""
     req.stream = True
-    rs, first = await gw.open_stream(req, key)
+    rs, first = await gw.open_stream(req, key, {})
     try:
         resp = await collect(chain(first, rs), model=rs.model or "")
     finally:
