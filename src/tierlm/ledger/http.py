@@ -70,17 +70,26 @@ def feedback_endpoint(ledger: Ledger, redact: Callable[[str], str]) -> Endpoint:
     return feedback
 
 
+async def report_json(ledger: Ledger, since: str) -> dict[str, Any]:
+    """The report over the last ``since`` (``30d``, ``12h``, ``all``) as JSON: the one source
+    of ``/admin/report`` and the dashboard's numbers. :class:`InvalidRequest` for a bad span."""
+    from tierlm.ledger.reports import parse_since
+
+    try:
+        span = parse_since(since)
+    except ValueError as e:
+        raise InvalidRequest(str(e)) from None
+    return (await ledger.areport(span)).to_dict()
+
+
 def report_endpoint(ledger: Ledger) -> Endpoint:
     """``GET /admin/report?since=30d``: the report as JSON."""
 
     async def report(request: Request) -> Response:
-        from tierlm.ledger.reports import parse_since
-
         try:
-            since = parse_since(request.query_params.get("since", "30d"))
-        except ValueError as e:
-            return _error(InvalidRequest(str(e)))
-        rep = await ledger.areport(since)
-        return JSONResponse(rep.to_dict())
+            body = await report_json(ledger, request.query_params.get("since", "30d"))
+        except TierlmError as e:
+            return _error(e)
+        return JSONResponse(body)
 
     return report

@@ -15,7 +15,10 @@ answered after an attempt failed (another backend answered); ``escalation_rate``
 answered by a stronger tier than the cheapest one eligible for them. ``budgets`` lists the
 budget buckets of the periods running now, with what is left; ``budget_kept_local`` counts
 the requests of the last day (raw rows: one day at most is scanned) whose plan left a paid
-tier out because the budget could not cover it.
+tier out because the budget could not cover it; ``privacy_kept_local`` the requests of the
+last day whose plan left a backend out for its boundary (the request's privacy level or its
+key's ceiling kept it nearer). ``hourly`` is requests and spend per hour (hours since the
+epoch, UTC) and tier, the series ``daily`` is per day.
 """
 
 from __future__ import annotations
@@ -128,11 +131,13 @@ class Report:
     quality: list[Quality] = field(default_factory=list)
     savings: Savings | None = None
     daily: list[dict[str, Any]] = field(default_factory=list)  # day, tier, requests, cost_usd
+    hourly: list[dict[str, Any]] = field(default_factory=list)  # hour, tier, requests, cost_usd
     attempt_failures: list[dict[str, Any]] = field(default_factory=list)
     cloud_complexity: list[int] = field(default_factory=list)  # external requests per tenth
     cascade: list[CascadeStats] = field(default_factory=list)
     budgets: list[dict[str, Any]] = field(default_factory=list)  # buckets running now
     budget_kept_local: int = 0  # requests of the last day whose plan left a paid tier out
+    privacy_kept_local: int = 0  # requests of the last day kept nearer by their boundary
     recommendations: list[str] = field(default_factory=list)
     # the most frequent shapes of the newest 100,000 stored prompts, and what a rule would save
     hot_paths: list[dict[str, Any]] = field(default_factory=list)
@@ -284,12 +289,19 @@ def _daily(totals: Totals) -> list[dict[str, Any]]:
     ]
 
 
-def _kept_local(tx: Tx, start: float, end: float) -> int:
-    """Requests in ``[start, end)`` whose plan left a paid backend out for the budget (the
-    policy's reason reads ``excluded NAME: budget ...``)."""
+def _hourly(tx: Tx, start: float, end: float) -> list[dict[str, Any]]:
+    return [
+        {"hour": hour, "tier": tier, "requests": round(n), "cost_usd": round(cost, 9)}
+        for (hour, tier), (n, cost) in sorted(rollups.hourly(tx, start, end).items())
+    ]
+
+
+def _kept_local(tx: Tx, start: float, end: float, why: str) -> int:
+    """Requests in ``[start, end)`` whose plan left a backend out for ``why`` (the policy's
+    reason reads ``excluded NAME: budget ...`` or ``excluded NAME: boundary X is beyond Y``)."""
     ((n,),) = tx.q(
         "SELECT COUNT(*) FROM requests WHERE ts >= ? AND ts < ? AND reasons LIKE ?",
-        (start, end, "%excluded %: budget %"),
+        (start, end, f"%excluded %: {why} %"),
     )
     return int(n)
 
@@ -335,6 +347,7 @@ def build_report(
         rep.by_key = _fold(totals, lambda k: k[2])
         rep.requests = n = sum(g.requests for g in rep.by_tier)
         rep.daily = _daily(totals)
+        rep.hourly = _hourly(tx, start, end)
         if n:
             rep.cost_usd = round(sum(g.cost_usd for g in rep.by_tier), 6)
             rep.fallback_rate = sum(g.fallback_rate * g.requests for g in rep.by_tier) / n
@@ -368,7 +381,8 @@ def build_report(
         rep.savings = _savings(rep, strongest_tier, baseline_price)
         rep.budgets = [b.to_dict() for b in budget.buckets] if budget else []
         if budget is not None and budget.buckets:
-            rep.budget_kept_local = _kept_local(tx, max(start, end - 86400.0), end)
+            rep.budget_kept_local = _kept_local(tx, max(start, end - 86400.0), end, "budget")
+        rep.privacy_kept_local = _kept_local(tx, max(start, end - 86400.0), end, "boundary")
         rep.recommendations = recommend(rep, rated, budget)
         rep.hot_paths = _hot_paths(tx, start, end)
         rep.deferred = deferred_summary(tx, start, end)

@@ -233,6 +233,40 @@ def collect(tx: Tx, day_expr: str, start: float, end: float) -> Totals:
     return out
 
 
+def hourly(tx: Tx, start: float, end: float) -> dict[tuple[int, str], list[float]]:
+    """Requests and cost per ``(hour, tier)`` over ``[start, end)``: the roll-ups for whole
+    hours, the raw rows for the partial ones (each edge lies inside one hour)."""
+    out: dict[tuple[int, str], list[float]] = {}
+
+    def add(hour: int, tier: str, n: Any, cost: Any) -> None:
+        acc = out.setdefault((hour, str(tier)), [0.0, 0.0])
+        acc[0] += float(n or 0)
+        acc[1] += float(cost or 0)
+
+    lo, hi = _split(start, end, HOUR)
+    if lo < hi:
+        for hour, tier, n, cost in tx.q(
+            "SELECT hour, tier, SUM(n), SUM(cost_usd) FROM rollup_requests "
+            "WHERE hour >= ? AND hour < ? GROUP BY 1, 2",
+            (lo, hi),
+        ):
+            add(int(hour), tier, n, cost)
+        edges = [(start, lo * HOUR), (hi * HOUR, end)]
+    else:  # no whole hour inside: at most two partial ones
+        mid = min(max(math.floor(end / HOUR) * HOUR, start), end)
+        edges = [(start, mid), (mid, end)]
+    for a, b in edges:
+        if b <= a:
+            continue
+        for tier, n, cost in tx.q(
+            "SELECT COALESCE(tier, '-'), COUNT(*), COALESCE(SUM(cost_usd), 0) FROM requests "
+            "WHERE ts >= ? AND ts < ? GROUP BY 1",
+            (a, b),
+        ):
+            add(math.floor(a / HOUR), tier, n, cost)
+    return out
+
+
 BACKFILL = (
     f"""INSERT INTO rollup_requests (hour, tier, backend, api_key, {_SUM_COLS})
     SELECT {HOUR_SQL}, COALESCE(tier, '-'), COALESCE(backend, '-'), COALESCE(api_key, '-'),

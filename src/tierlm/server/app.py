@@ -11,7 +11,9 @@ errors), the Ollama API (``/api/chat``,
 ``/metrics`` and ``/admin/*`` (an admin key when keys are configured; ``/admin/cache``:
 the answer cache's stats, ``DELETE`` clears it; reload and local models in
 :mod:`tierlm.server.admin`), ``/openapi.json``
-(open), and, when the Router has a ledger, ``POST /v1/feedback`` and ``GET /admin/report``.
+(open), ``/dashboard`` (the page; its data at ``/admin/dashboard``:
+:mod:`tierlm.server.dashboard`), and, when the Router has a ledger, ``POST /v1/feedback`` and
+``GET /admin/report``.
 ``/health`` and ``/metrics`` include each local model's worker process (state, restarts,
 crashes). Every body is read incrementally under ``server.max_body_bytes`` (feedback: 64 KiB)
 and nests at most ``MAX_JSON_DEPTH`` deep; a string that is not valid Unicode (a lone
@@ -38,7 +40,16 @@ from starlette.types import Message
 
 from tierlm import __version__
 from tierlm.errors import TierlmError
-from tierlm.server import admin, anthropic, batches, embeddings, ollama, openai, oplog
+from tierlm.server import (
+    admin,
+    anthropic,
+    batches,
+    dashboard,
+    embeddings,
+    ollama,
+    openai,
+    oplog,
+)
 from tierlm.server.admin import Live, Loader
 from tierlm.server.gateway import (
     Gateway,
@@ -113,6 +124,9 @@ def create_app(
         Route("/v1/batches", batches.list_batches, methods=["GET"]),
         Route("/v1/batches/{batch_id}", batches.get_batch, methods=["GET"]),
         Route("/v1/batches/{batch_id}/cancel", batches.cancel_batch, methods=["POST"]),
+        Route("/dashboard", dashboard.page, methods=["GET"]),
+        Route("/dashboard/{name}", dashboard.static, methods=["GET"]),
+        Route("/admin/dashboard", dashboard.data, methods=["GET"]),
     ]
 
     @asynccontextmanager
@@ -277,11 +291,9 @@ async def admin_cache(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     gw.keys.require_admin(request.headers)
     cache = gw.router.layer0.cache
-    if cache is None:
-        return json_response({"enabled": False})
-    if request.method == "DELETE":
+    if cache is not None and request.method == "DELETE":
         return json_response({"cleared": cache.clear()})
-    return json_response({"enabled": True, **cache.stats()})
+    return json_response(gw.cache_stats())
 
 
 async def metrics(request: Request) -> Response:

@@ -245,6 +245,12 @@ class Gateway:
         # makes room for it (:meth:`tierlm.batch.scheduler.Scheduler.live_arrived`)
         self.on_live: Callable[[int], object] | None = None
 
+    def cache_stats(self) -> dict[str, Any]:
+        """The answer cache's stats (``/admin/cache``, the dashboard); ``enabled`` false when
+        there is none."""
+        cache = self.router.layer0.cache
+        return {"enabled": False} if cache is None else {"enabled": True, **cache.stats()}
+
     # -- models -----------------------------------------------------------------------------
     def resolve_model(self, name: Any) -> str:
         """``auto``, a tier or a backend name (a backend's model id pins that backend)."""

@@ -320,6 +320,7 @@ def openapi_document(*, keys: bool) -> dict[str, Any]:
             },
             "/admin/health": {"get": _op("every backend's health", e)},
             "/admin/report": {"get": _op("the ledger's report", e, params=[since])},
+            "/admin/dashboard": {"get": _op("the dashboard's data", e, params=[since])},
             "/admin/reload": {"post": _op("reload the configuration", e)},
             "/admin/models": {"get": _op("the local models and their state", e)},
             "/admin/models/load": {"post": _op("load a local model", e, _BACKEND)},
