@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import socket
 import threading
@@ -152,6 +153,41 @@ def test_rollups_match_raw_rows_and_the_backfill_migration(
     assert {k: [round(x, 9) for x in v] for k, v in whole.groups.items()} == {
         k: [round(x, 9) for x in v] for k, v in short.groups.items()
     }
+
+
+@pytest.mark.parametrize("db", DBS)
+def test_hourly_series_and_privacy_kept_local(
+    db: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """``hourly`` adds up to the raw rows per hour and tier over periods with and without whole
+    hours inside; ``privacy_kept_local`` counts the plans that left a backend out for its
+    boundary (the last day only)."""
+    end = (math.floor(time.time() / 3600) - 1) * 3600 + 1234.5  # inside an hour, in the past
+    recs = traffic(900, start=end - 6 * 3600, days=6 / 24, seed=5)
+    for i, r in enumerate(recs):
+        if i % 9 == 0:
+            r.reasons = ["privacy private", "excluded gpt: boundary external is beyond site"]
+        elif i % 9 == 1:
+            r.reasons = ["excluded gpt: budget global/month has $0 of $1.00 left"]
+    with open_url(db_url(db, tmp_path, request), tmp_path) as ledger:
+        for r in recs:
+            ledger.record(r)
+        assert ledger.flush(60)
+        for span in (6 * 3600.0, 2.5 * 3600.0, 2400.0, 600.0):
+            rep = ledger.report(timedelta(seconds=span), until=end)
+            mine = [r for r in recs if end - span <= r.ts < end]
+            want: dict[tuple[int, str], list[float]] = {}
+            for r in mine:
+                acc = want.setdefault((math.floor(r.ts / 3600), str(r.tier)), [0, 0.0])
+                acc[0] += 1
+                acc[1] += r.cost_usd
+            got = {(h["hour"], h["tier"]): [h["requests"], h["cost_usd"]] for h in rep.hourly}
+            assert got.keys() == want.keys(), span
+            for k, (n, cost) in want.items():
+                assert got[k][0] == n and got[k][1] == pytest.approx(cost), (span, k)
+            assert rep.privacy_kept_local == sum(
+                "boundary external is beyond" in " ".join(r.reasons) for r in mine
+            )
 
 
 def test_report_cli_tables_json_and_plots(tmp_path: Path) -> None:
