@@ -7,7 +7,9 @@ abandons is billed up to the chunk it had generated. A chunk is 4 characters (``
 so the gateway's own 4-characters-a-token estimate of a cut stream counts the same tokens.
 
 The request's ``model`` picks the pace: ``metered`` answers at once; ``metered-slow`` waits
-``SLOW_S`` between chunks. ``max_tokens`` chunks are generated (default ``DEFAULT_CHUNKS``).
+``SLOW_S`` between chunks. ``max_tokens`` chunks are generated (default ``DEFAULT_CHUNKS``,
+at most ``MAX_CHUNKS``: a fuzzed ``max_tokens`` of 2**60 must not build a 2**60-token answer in
+the test process).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from starlette.routing import Route
 
 SLOW_S = 0.02
 DEFAULT_CHUNKS = 40
+MAX_CHUNKS = 4096
 
 
 @dataclass
@@ -68,7 +71,7 @@ async def _stream(bill: Bill, n: int, pause: float) -> AsyncIterator[str]:
 
 async def chat(request: Request) -> Response:
     body = json.loads(await request.body())
-    n = int(body.get("max_tokens") or DEFAULT_CHUNKS)
+    n = min(int(body.get("max_tokens") or DEFAULT_CHUNKS), MAX_CHUNKS)
     bill = Bill(prompt_tokens(body))
     with request.app.state.lock:
         request.app.state.billed.append(bill)
