@@ -14,6 +14,7 @@ Chromium missing: skipped with the reason, except in CI (``CI=true``), where it 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -99,6 +100,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             },
             ledger={"url": f"sqlite:///{ledger}"},
             budgets={"limits": [{"usd": 5.0}]},
+            # deferred lines wait: the only off-peak hour is twelve hours away
+            batch={"window": {"off_peak_hours": [(time.gmtime().tm_hour + 12) % 24]}},
             rules=[
                 {
                     "name": "ping",
@@ -133,6 +136,31 @@ def _traffic(c: httpx.Client, tag: str) -> int:
     assert sent[3].headers["x-tierlm-tier"] == "rules"
     assert sent[4].headers["x-tierlm-tier"] == "cloud"
     return len(sent)
+
+
+def _defer(c: httpx.Client, n: int) -> None:
+    """A batch of ``n`` lines through the Batch API; they wait for their window."""
+    lines = [
+        json.dumps(
+            {
+                "custom_id": f"line-{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": "auto", "messages": [{"role": "user", "content": f"later {i}"}]},
+            }
+        )
+        for i in range(n)
+    ]
+    f = c.post(
+        "/v1/files",
+        files={"file": ("in.jsonl", "\n".join(lines).encode())},
+        data={"purpose": "batch"},
+        headers=USER,
+    )
+    assert f.status_code == 200, f.text
+    body = {"input_file_id": f.json()["id"], "endpoint": "/v1/chat/completions"}
+    b = c.post("/v1/batches", json={**body, "completion_window": "24h"}, headers=USER)
+    assert b.status_code == 200, b.text
 
 
 def _report(c: httpx.Client, at_least: int) -> dict[str, Any]:
@@ -172,6 +200,19 @@ def _shows(page: Any, rep: dict[str, Any]) -> None:
         assert float(_value(page, f'{row} [data-f="cost_usd"]')) == pytest.approx(g["cost_usd"])
         for q in ("p50_ms", "p90_ms", "p99_ms"):
             assert float(_value(page, f'{row} [data-f="{q}"]')) == latency[name][q], (name, q)
+    want: dict[str, float] = {}
+    for k, v in rep["deferred"].items():  # the queue, shown once anything is in it
+        want.update({f"{k}.{s}": n for s, n in v.items()} if isinstance(v, dict) else {k: v})
+    if not rep["deferred"]["batches"] and not any(
+        v for k, v in want.items() if not k.endswith("_usd")
+    ):
+        want = {}
+    shown = page.locator("#deferred [data-d]")
+    got = {
+        shown.nth(i).get_attribute("data-d"): float(shown.nth(i).get_attribute("data-value"))
+        for i in range(shown.count())
+    }
+    assert got == pytest.approx(want)
     (bucket,) = rep["budgets"]
     shown = page.locator(f'#budgets [data-bucket="{bucket["bucket"]}"]')
     assert float(shown.get_attribute("data-spent") or "nan") == pytest.approx(bucket["spent_usd"])
@@ -206,10 +247,15 @@ def test_dashboard_in_chromium_matches_the_report_and_follows_traffic(
         page.evaluate("window.stillTheSamePage = true")
         renders = int(page.evaluate("document.body.dataset.renders"))
 
+        assert page.locator('[data-deferred="none"]').count() == 1
         m = n + _traffic(c, "second")
+        _defer(c, 3)
         rep = _report(c, m)
+        assert rep["deferred"]["waiting"] == 3
         page.wait_for_function(
-            "m => document.querySelector('[data-k=requests]').dataset.value == m", arg=m
+            "m => document.querySelector('[data-k=requests]').dataset.value == m"
+            " && document.querySelector('#deferred [data-d=waiting]')?.dataset.value == 3",
+            arg=m,
         )
         _shows(page, rep)
         assert page.evaluate("window.stillTheSamePage") is True  # updated without a reload
@@ -223,7 +269,6 @@ def test_dashboard_in_chromium_matches_the_report_and_follows_traffic(
         assert page.evaluate("document.querySelectorAll('main img, main script').length") == 0
         edge = page.locator('#backends tr[data-backend="edge"]')
         assert edge.get_attribute("data-breaker") == "open"  # five 503s in a row
-        assert page.locator("[data-deferred]").count() == 1
     assert errors == [] and dialogs == []
     assert urls and all(u.startswith((gateway + "/", "data:")) for u in urls), urls
     page.close()

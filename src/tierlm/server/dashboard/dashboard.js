@@ -358,22 +358,23 @@
   }
 
   function renderDeferred(rep) {
+    // the report's deferred queue (Batch API): line counts by state, batches by status,
+    // and money (*_usd); "none" while nothing waits, runs or was submitted in the period
     const box = $("#deferred");
     box.replaceChildren();
-    const d = rep ? rep.deferred : null;
-    if (!d || (typeof d === "object" && !Object.keys(d).length)) {
+    const d = (rep && rep.deferred) || {};
+    const counts = Object.entries(d).filter(([k, v]) => typeof v === "number" && !k.endsWith("_usd"));
+    const batches = Object.entries(d.batches || {});
+    if (!counts.some(([, v]) => v) && !batches.length) {
       box.append(el("p", { class: "note", "data-deferred": "none" }, "No deferred work."));
       return;
     }
     const dl = el("dl", { "data-deferred": "some" });
-    const add = (k, v) => dl.append(el("dt", {}, k), el("dd", {}, typeof v === "number" ? int(v) : String(v)));
-    for (const [k, v] of Object.entries(d)) {
-      if (v !== null && typeof v === "object") {
-        for (const [k2, v2] of Object.entries(v)) if (typeof v2 !== "object") add(`${k} ${k2}`, v2);
-      } else {
-        add(k, v);
-      }
-    }
+    const add = (label, key, v, text) => dl.append(el("dt", {}, label), el("dd", { "data-d": key, "data-value": v }, text));
+    for (const [k, v] of counts) add("lines " + k, k, v, int(v));
+    for (const [k, v] of batches) add("batches " + k, "batches." + k, v, int(v));
+    const money = { cost_usd: "spent on finished lines", at_submission_usd: "had they run at once", saved_usd: "saved by waiting" };
+    for (const [k, v] of Object.entries(d)) if (k.endsWith("_usd")) add(money[k] || k, k, v, usd(v));
     box.append(dl);
   }
 
