@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,7 @@ class Result:
     ok: bool  # a whole 200 answer
     failed: bool  # a connection error or another status
     seconds: float
+    error: str = ""  # the status or the exception, when it failed
 
 
 PARTS = ("cache", "budgets", "rate_limits", "ledger")  # what --breakdown takes away, in order
@@ -120,13 +122,15 @@ async def _one(session: aiohttp.ClientSession, url: str, replica: int) -> Result
     }
     headers = {"authorization": f"Bearer {KEY}", "x-request-id": rid}
     t0 = time.perf_counter()
+    error = ""
     try:
         async with session.post(url + "/v1/chat/completions", json=body, headers=headers) as r:
             data = await r.json()
             ok = r.status == 200 and bool(data["choices"][0]["message"]["content"])
-    except (TimeoutError, aiohttp.ClientError):
-        ok = False
-    return Result(rid, replica, ok, not ok, time.perf_counter() - t0)
+            error = "" if ok else f"HTTP {r.status} {str(data)[:120]}"
+    except (TimeoutError, aiohttp.ClientError) as e:
+        ok, error = False, f"{type(e).__name__}: {e}"[:160]
+    return Result(rid, replica, ok, not ok, time.perf_counter() - t0, error)
 
 
 async def load(
@@ -194,6 +198,8 @@ def throughput(
         f"{sum(r.failed for r in res)} |",
         flush=True,
     )
+    for error, n in Counter(r.error for r in res if r.failed).items():
+        print(f"  {n} failed: {error}", flush=True)
 
 
 def kill_trial(env: Env, commit: bool, args: argparse.Namespace) -> tuple[int, ...]:

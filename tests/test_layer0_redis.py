@@ -1,17 +1,22 @@
 """The answer cache shared through Redis by two gateway processes (``tierlm serve`` twice, one
 config, a real ``redis-server``): an answer one replica stored is served by the other; a
-private answer stays in the process that produced it; clearing one clears the shared store."""
+private answer stays in the process that produced it; clearing one clears the shared store.
+A Redis that is down or hung never takes a gateway down: its lookups miss."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from fakes import serve
+from fakes import free_port, serve
 from fakes.openai_server import make_app
-from server_util import start_serve, upstream_backend
+from server_util import serve_gateway, settings, start_serve, upstream_backend
+from tierlm.layer0.store import RedisStore
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +73,58 @@ def test_clearing_one_replica_clears_the_shared_store(replicas: list[str]) -> No
     assert stats["stores"][1]["store"] == "redis" and stats["stores"][1]["entries"] >= 1
     assert httpx.delete(b + "/admin/cache", timeout=5).json()["cleared"] >= 1
     assert _ask(a, "What is the melting point of tin?") == "miss"
+
+
+@pytest.fixture
+def silent_redis() -> Iterator[tuple[str, list[socket.socket]]]:
+    """A TCP server that accepts connections and never answers (a hung Redis): its URL and
+    the connections it accepted."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # closed at the end of the test
+            while True:
+                accepted.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"redis://127.0.0.1:{server.getsockname()[1]}/0", accepted
+    finally:
+        server.close()
+        for conn in accepted:
+            conn.close()
+        thread.join(timeout=5)
+
+
+def test_a_hung_redis_is_a_miss_then_left_alone_for_a_while(
+    silent_redis: tuple[str, list[socket.socket]], caplog: pytest.LogCaptureFixture
+) -> None:
+    url, accepted = silent_redis
+    now = [100.0]
+    store = RedisStore(url, ttl=60, clock=lambda: now[0])
+    try:
+        assert store.get("k") is None  # after the 1 s socket timeout
+        assert store.failures == 1 and len(accepted) == 1
+        assert "answer cache: Redis unreachable" in caplog.text
+        store.put("k", b"v")
+        assert store.get("k") is None  # paused: neither call went to Redis
+        assert store.failures == 1 and len(accepted) == 1
+        now[0] += RedisStore.PAUSE_S
+        assert store.get("k") is None  # tried again after the pause
+        assert store.failures == 2
+    finally:
+        store.close()
+
+
+def test_a_gateway_answers_when_its_redis_cache_is_down() -> None:
+    with serve(make_app()) as upstream:
+        s = settings(
+            [upstream_backend("site", upstream, "plain")],
+            [{"name": "site", "backends": ["site"]}],
+            cache={"store": "redis", "redis_url": f"redis://127.0.0.1:{free_port()}/0"},
+        )
+        with serve_gateway(s) as url:
+            assert _ask(url, "What is the melting point of zinc?") == "miss"
+            assert _ask(url, "What is the melting point of zinc?") == "miss"

@@ -7,6 +7,9 @@
 - :class:`RedisStore`: a Redis server (extra ``tierlm[redis]``), shared by gateway replicas.
   Entries expire by Redis's own TTL; ``max_entries``/``max_bytes`` are left to the server's
   ``maxmemory`` and its eviction policy (``allkeys-lru``), which sees every replica's use.
+  The cache never takes the gateway down: when Redis fails or takes longer than 1 s, the
+  lookup is a miss, the answer is not stored, a warning is logged, and Redis is left alone
+  for ``RedisStore.PAUSE_S`` seconds (lookups miss at once instead of each waiting).
 
 The shared stores hold only answers to public requests with nothing sensitive in them (the
 cache decides; see :mod:`tierlm.layer0.cache`). The memory and SQLite stores evict the least
@@ -16,6 +19,7 @@ its expiry. ``clock`` is injectable for tests.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 Clock = Callable[[], float]
+log = logging.getLogger("tierlm.cache")
 
 
 class Store(Protocol):
@@ -171,22 +176,47 @@ class SQLiteStore:
 
 
 class RedisStore:
-    def __init__(self, url: str, ttl: float, prefix: str = "tierlm:cache:") -> None:
+    PAUSE_S = 5.0  # after a failure, how long lookups miss without asking Redis
+
+    def __init__(
+        self, url: str, ttl: float, prefix: str = "tierlm:cache:", clock: Clock = time.monotonic
+    ) -> None:
         try:
             import redis
         except ImportError:
             from tierlm.errors import MissingDependency
 
             raise MissingDependency("the redis cache store", "redis") from None
-        self.ttl, self.prefix, self.url = ttl, prefix, url
+        self.ttl, self.prefix, self.url, self.clock = ttl, prefix, url, clock
         self._db = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError,)
+        self._paused_until = 0.0
+        self.failures = 0
+
+    def _failed(self, e: BaseException) -> None:
+        self.failures += 1
+        self._paused_until = self.clock() + self.PAUSE_S
+        log.warning(
+            "answer cache: Redis unreachable (%s); cache skipped for %.0f s", e, self.PAUSE_S
+        )
 
     def get(self, key: str) -> bytes | None:
-        value = self._db.get(self.prefix + key)
+        if self.clock() < self._paused_until:
+            return None
+        try:
+            value = self._db.get(self.prefix + key)
+        except self._errors as e:
+            self._failed(e)
+            return None
         return value if value is None or isinstance(value, bytes) else value.encode()
 
     def put(self, key: str, value: bytes) -> None:
-        self._db.set(self.prefix + key, value, px=int(self.ttl * 1000))
+        if self.clock() < self._paused_until:
+            return
+        try:
+            self._db.set(self.prefix + key, value, px=int(self.ttl * 1000))
+        except self._errors as e:
+            self._failed(e)
 
     def _keys(self) -> list[bytes]:
         return list(self._db.scan_iter(match=self.prefix + "*", count=1000))
