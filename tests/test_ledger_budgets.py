@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,8 @@ from ledger_support import db_url, one_budget, open_url, run_reserve_processes
 from tierlm.config.settings import BudgetConfig, BudgetLimit
 from tierlm.errors import BudgetExceeded
 from tierlm.ledger import Ledger
-from tierlm.ledger.budgets import NANO, STALE_AFTER_S, to_nusd
+from tierlm.ledger.budgets import NANO, PAUSE_S, STALE_AFTER_S, to_nusd
+from tierlm.ledger.sqlite import SqliteStore
 
 DBS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
@@ -188,6 +191,47 @@ def test_a_dead_replicas_reservations_are_freed_by_the_living_ones(
         r = living.budgets.reserve("b", key=None, tier="cloud", backend="g", usd=0.6, now=later)
         living.settle(r, 0.5)
         assert _spent(living) == (to_nusd(0.5), 0, 0)
+
+
+class _BreakableStore(SqliteStore):
+    """A real SQLite store whose budget and read transactions fail while ``broken``."""
+
+    broken = False
+
+    @contextmanager
+    def transaction(self, role):  # type: ignore[no-untyped-def]
+        if self.broken and role != "writer":
+            raise sqlite3.OperationalError("unable to open database (simulated)")
+        with super().transaction(role) as tx:
+            yield tx
+
+
+def test_an_unreachable_database_makes_budgets_unavailable_not_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = _BreakableStore(tmp_path / "b.db")
+    cfg = one_budget(1.0, local_only_below=0.0, per_request_share=1.0)
+    with Ledger(store, budgets=cfg, spill_path=tmp_path / "spill.jsonl") as ledger:
+        now = [0.0]
+        ledger.budgets.clock = lambda: now[0]
+        held = ledger.reserve("a", key=None, tier="cloud", backend="g", usd=0.25)
+        store.broken = True
+        state = ledger.budget_state(key=None, tier=None)
+        assert state.local_only and state.limited and state.buckets == ()
+        assert "budget unavailable (ledger database unreachable" in (state.why_not(0.01) or "")
+        assert state.why_not(0.0) is None  # what costs nothing may still go
+        with pytest.raises(BudgetExceeded, match="budget unavailable"):
+            ledger.reserve("b", key=None, tier="cloud", backend="g", usd=0.01)
+        ledger.settle(held, 0.2)  # the call was made: logged, never raised
+        assert "is not booked in the budget" in caplog.text
+        store.broken = False  # back, but the pause holds: no paid call yet
+        with pytest.raises(BudgetExceeded, match="budget unavailable"):
+            ledger.reserve("c", key=None, tier="cloud", backend="g", usd=0.01)
+        assert ledger.budget_state(key=None, tier=None).local_only
+        now[0] += PAUSE_S  # after the pause: budgets as before
+        assert ledger.budget_state(key=None, tier=None).remaining_usd == pytest.approx(0.75)
+        ledger.settle(ledger.reserve("d", key=None, tier="cloud", backend="g", usd=0.5), 0.5)
+        assert _spent(ledger) == (to_nusd(0.5), to_nusd(0.25), 1)  # "a" held until stale
 
 
 async def test_async_wrappers(tmp_path: Path) -> None:

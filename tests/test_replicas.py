@@ -13,6 +13,8 @@ costs nothing and streams at 20 ms a chunk).
   replica has its record in PostgreSQL the moment the answer arrived, even from the replica
   SIGKILLed mid-load; the other replica goes on answering; the dead one's clients get
   connection errors, never a wrong or truncated answer marked complete.
+- The shared database going away does not stop a replica: the budgets count as unavailable,
+  so requests are answered by the local tier (nothing paid goes out unchecked), not failed.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from fakes import serve
 from fakes.metered_server import billed_usd
 from fakes.metered_server import make_app as metered_app
 from pg_fixture import new_database
-from server_util import sha, start_serve
+from server_util import serve_gateway, sha, start_serve
+from tierlm.config.settings import Settings
 
 pytestmark = pytest.mark.postgres
 
@@ -258,6 +261,28 @@ def test_rate_limits_hold_across_replicas(cluster: Cluster) -> None:
     assert all(a.retry_after and int(a.retry_after) >= 1 for a in refused)
     assert all(a.body and a.body["error"]["code"] == "rate_limit_exceeded" for a in refused)
     assert len(cluster.local.state.billed) - before == admitted  # refusals never went upstream
+
+
+def test_the_shared_database_going_away_degrades_to_local_tiers(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    db = new_database(postgres_url)
+    with serve(metered_app()) as cloud, serve(metered_app()) as local:
+        cfg = _config(cloud, local, db, "", tmp_path)
+        del cfg["cache"], cfg["server"]  # this one needs no Redis
+        with serve_gateway(Settings.model_validate(cfg)) as url:
+            assert _ask(url, 0, LOAD_KEY).tier == "cloud"
+            with psycopg.connect(postgres_url, autocommit=True) as conn:  # the database goes
+                name = db.rsplit("/", 1)[1]
+                conn.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (name,),
+                )
+            answers = [_ask(url, 0, LOAD_KEY) for _ in range(3)]
+    assert [(a.status, a.tier, a.complete) for a in answers] == [(200, "local", True)] * 3
+    assert answers[0].body is not None
+    assert any("budget unavailable" in r for r in answers[0].body["tierlm"]["reasons"])
 
 
 def test_a_killed_replica_loses_no_answered_request(cluster: Cluster) -> None:

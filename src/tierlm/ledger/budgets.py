@@ -18,6 +18,12 @@ touching the database, so local tiers are never blocked by a money budget. The r
 sees the error. Settle with the real cost; when it exceeds the estimate, the excess is still
 booked (the call was made), so estimates should be upper bounds (``max_tokens`` based).
 
+When the database cannot be reached (it is down, or no connection frees up in time), the
+budgets count as *unavailable* for ``PAUSE_S`` seconds: ``state`` says so (local-only, with
+the reason), ``reserve`` refuses every paid call at once (``BudgetExceeded``: the plan goes on
+to local tiers), and ``settle`` logs the cost it could not book. Nothing is spent unchecked,
+and local tiers keep answering.
+
 A process that dies between reserve and settle (a killed replica) leaves its reservations
 held. ``expire`` frees those older than ``STALE_AFTER_S``: when a ledger opens, and from
 ``reserve`` at most once every ``SWEEP_EVERY_S`` per process, so replicas that keep running
@@ -27,6 +33,7 @@ give a dead one's money back without a restart.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 import uuid
@@ -40,7 +47,10 @@ from tierlm.errors import BudgetExceeded
 from tierlm.ledger.store import Store, Tx
 from tierlm.pricing import format_usd
 
+log = logging.getLogger("tierlm.ledger")
+
 NANO = 1_000_000_000
+PAUSE_S = 5.0  # after the database failed, how long budgets count as unavailable
 STALE_AFTER_S = 900.0  # a reservation this old belongs to a process that died
 SWEEP_EVERY_S = 60.0
 
@@ -130,10 +140,11 @@ class BudgetState:
     buckets: tuple[BucketState, ...] = ()
     local_only_below: float = 0.10
     per_request_share: float = 0.05
+    unavailable: str | None = None  # why the budgets could not be read: nothing paid may go
 
     @property
     def limited(self) -> bool:
-        return bool(self.buckets)
+        return bool(self.buckets) or self.unavailable is not None
 
     @property
     def remaining_usd(self) -> float | None:
@@ -146,8 +157,11 @@ class BudgetState:
 
     @property
     def local_only(self) -> bool:
-        """Less than ``local_only_below`` of some budget remains: route to local tiers only."""
-        return any(b.share < self.local_only_below or b.limit_nusd == 0 for b in self.buckets)
+        """Less than ``local_only_below`` of some budget remains (or the budgets cannot be
+        read): route to local tiers only."""
+        return self.unavailable is not None or any(
+            b.share < self.local_only_below or b.limit_nusd == 0 for b in self.buckets
+        )
 
     @property
     def cap_usd(self) -> float | None:
@@ -162,6 +176,8 @@ class BudgetState:
         n = to_nusd(usd)
         if n <= 0:
             return None
+        if self.unavailable is not None:
+            return f"budget unavailable ({self.unavailable}): only what costs nothing"
         for b in sorted(self.buckets, key=lambda b: b.share):
             if b.limit_nusd == 0 or b.share < self.local_only_below:
                 return (
@@ -187,6 +203,7 @@ class BudgetState:
             "remaining_usd": self.remaining_usd,
             "remaining_share": self.share,
             "local_only": self.local_only,
+            "unavailable": self.unavailable,
             "per_request_cap_usd": self.cap_usd,
             "buckets": [b.to_dict() for b in self.buckets],
         }
@@ -221,6 +238,23 @@ class BudgetBook:
         self.store = store
         self.config = config
         self._next_sweep = 0.0  # when reserve next frees stale reservations
+        self.clock = time.monotonic  # for the pause after a failure (injectable: tests)
+        self._down_until = 0.0  # budgets unavailable until then
+        self._down_why = ""
+
+    def _down(self) -> str | None:
+        """Why the budgets count as unavailable now, or ``None``."""
+        return self._down_why if self.clock() < self._down_until else None
+
+    def _failed(self, e: BaseException) -> str:
+        self._down_until = self.clock() + PAUSE_S
+        self._down_why = f"ledger database unreachable: {type(e).__name__}"
+        log.warning("budgets unavailable for %.0f s, paid calls refused: %s", PAUSE_S, e)
+        return self._down_why
+
+    def _empty(self, unavailable: str | None = None) -> BudgetState:
+        cfg = self.config
+        return BudgetState((), cfg.local_only_below, cfg.per_request_share, unavailable)
 
     def _read(self, tx: Tx, buckets: dict[str, int], lock: bool) -> BudgetState:
         names = sorted(buckets)
@@ -241,9 +275,14 @@ class BudgetBook:
     def state(self, *, key: str | None, tier: str | None, now: float | None = None) -> BudgetState:
         buckets = buckets_for(self.config.limits, key=key, tier=tier, now=now or time.time())
         if not buckets:
-            return BudgetState((), self.config.local_only_below, self.config.per_request_share)
-        with self.store.transaction("read") as tx:
-            return self._read(tx, buckets, lock=False)
+            return self._empty()
+        if (down := self._down()) is not None:
+            return self._empty(down)
+        try:
+            with self.store.transaction("read") as tx:
+                return self._read(tx, buckets, lock=False)
+        except self.store.errors as e:
+            return self._empty(self._failed(e))
 
     def current(self, now: float | None = None) -> BudgetState:
         """Every bucket of the periods running now that has been used (for reports)."""
@@ -277,8 +316,24 @@ class BudgetBook:
         res = Reservation(rid, request_id, nusd, tuple(sorted(buckets)), key, tier, backend)
         if res.noop:
             return res
-        if now >= self._next_sweep:
-            self.expire(now=now)
+        down = self._down()
+        if down is None:
+            try:
+                if now >= self._next_sweep:
+                    self.expire(now=now)
+                self._book(res, buckets, usd, now)
+                return res
+            except self.store.errors as e:
+                down = self._failed(e)
+        raise BudgetExceeded(
+            f"budget unavailable ({down}): no paid call now",
+            request_id=request_id,
+            tier=tier,
+            backend=backend,
+        )
+
+    def _book(self, res: Reservation, buckets: dict[str, int], usd: float, now: float) -> None:
+        """Hold ``res`` against ``buckets`` in one transaction, or raise ``BudgetExceeded``."""
         with self.store.transaction("budget") as tx:
             tx.many(
                 "INSERT INTO budget_buckets (bucket, limit_nusd) VALUES (?, ?) "
@@ -287,19 +342,20 @@ class BudgetBook:
             )
             why = self._read(tx, buckets, lock=True).why_not(usd)
             if why is not None:
-                raise BudgetExceeded(why, request_id=request_id, tier=tier, backend=backend)
+                raise BudgetExceeded(
+                    why, request_id=res.request_id, tier=res.tier, backend=res.backend
+                )
             marks = ", ".join("?" * len(buckets))
             tx.q(
                 f"UPDATE budget_buckets SET reserved_nusd = reserved_nusd + ? "
                 f"WHERE bucket IN ({marks})",
-                (nusd, *res.buckets),
+                (res.nusd, *res.buckets),
             )
             tx.q(
                 "INSERT INTO reservations (id, request_id, ts, nusd, buckets) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (rid, request_id, now, nusd, json.dumps(res.buckets)),
+                (res.id, res.request_id, now, res.nusd, json.dumps(res.buckets)),
             )
-        return res
 
     def settle(self, res: Reservation, usd: float) -> None:
         """Book the real cost and free the reservation (once; later calls do nothing)."""
@@ -309,8 +365,17 @@ class BudgetBook:
         spent = to_nusd(usd)
         if not res.buckets or (res.noop and spent == 0):
             return  # no budget in force, or nothing held and nothing spent
-        with self.store.transaction("budget") as tx:
-            self._finish(tx, res.id, spent, res.buckets)
+        try:
+            with self.store.transaction("budget") as tx:
+                self._finish(tx, res.id, spent, res.buckets)
+        except self.store.errors as e:  # the call was made: its answer is not taken back
+            self._failed(e)
+            log.error(
+                "budget settle failed: $%.6f spent by request %s is not booked in the budget "
+                "(its ledger record keeps the cost; the reservation is freed when stale)",
+                spent / NANO,
+                res.request_id,
+            )
 
     def release(self, res: Reservation) -> None:
         """Free the reservation without spending (the call was not made)."""

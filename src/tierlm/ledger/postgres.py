@@ -4,7 +4,10 @@ The driver is imported when a store is opened, never at import; without it, open
 :class:`~tierlm.errors.MissingDependency` naming the ``postgres`` extra. The background writer
 has its own connection; budget operations and reads borrow from a small pool. Budget rows are
 locked with ``SELECT ... FOR UPDATE`` in a fixed order, and writers of the audit chain take a
-transaction-scoped advisory lock, so replicas never interleave chain rows.
+transaction-scoped advisory lock, so replicas never interleave chain rows. Connecting and
+waiting for a pooled connection are bounded (``CONNECT_TIMEOUT_S``, ``POOL_WAIT_S``), so a
+database that is down fails fast enough for the budgets to degrade (see
+:mod:`tierlm.ledger.budgets`) instead of holding requests.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from tierlm.errors import MissingDependency
 from tierlm.ledger.store import Role, Row, Store
 
 _CHAIN_LOCK = 0x7469_6572  # "tier": the advisory lock key guarding the audit chain
+CONNECT_TIMEOUT_S = 5  # seconds; libpq waits forever by default
+POOL_WAIT_S = 5.0  # seconds a budget operation or read waits for a pooled connection
 
 
 class _PgTx:
@@ -51,13 +56,14 @@ class PostgresStore(Store):
         self.url = url
         self.errors = (psycopg.Error, psycopg_pool.PoolTimeout)
         self._psycopg = psycopg
-        self._writer = psycopg.connect(url, autocommit=True)
+        self._writer = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
         self._writer_lock = threading.Lock()
         self._pool = psycopg_pool.ConnectionPool(
             url,
             min_size=1,
             max_size=pool_size,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+            timeout=POOL_WAIT_S,  # a request waits this long for a connection, then fails
             check=psycopg_pool.ConnectionPool.check_connection,  # drop dead ones on checkout
             open=True,
         )
@@ -67,7 +73,9 @@ class PostgresStore(Store):
         if role == "writer":
             with self._writer_lock:
                 if self._writer.broken or self._writer.closed:  # e.g. the server restarted
-                    self._writer = self._psycopg.connect(self.url, autocommit=True)
+                    self._writer = self._psycopg.connect(
+                        self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+                    )
                 with self._writer.transaction():
                     yield _PgTx(self._writer)
             return
