@@ -48,16 +48,14 @@ from tierlm.errors import TierlmError
 from tierlm.server.gateway import (
     FieldError,
     Gateway,
-    StreamEnd,
     WireFormat,
-    chain,
     chat_request,
     dumps,
     error_headers,
     header_hints,
     json_response,
-    unfinished,
 )
+from tierlm.server.streaming import StreamEnd, chain, unfinished
 from tierlm.types import Usage
 
 if TYPE_CHECKING:

@@ -51,13 +51,12 @@ from tierlm.policy import Conditions
 from tierlm.server.gateway import (
     FieldError,
     Gateway,
-    chain,
     json_response,
     read_body,
     read_json,
-    unfinished,
 )
 from tierlm.server.openai import completion_body, parse_chat
+from tierlm.server.streaming import chain, unfinished
 from tierlm.types import Boundary
 
 if TYPE_CHECKING:

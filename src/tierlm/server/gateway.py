@@ -1,7 +1,8 @@
 """What every endpoint of the gateway shares: the router, keys, metrics and health, plus the
 plumbing of the HTTP edge (reading a bounded JSON body, errors as JSON, routing headers) and
 the one flow of a chat request (:meth:`WireFormat.handle`) that each wire format fills in
-(:class:`WireFormat`: parse the body, render the whole answer, a stream and an error).
+(:class:`WireFormat`: parse the body, render the whole answer, a stream and an error). What a
+stream needs once committed (its end, in-band errors) is :mod:`tierlm.server.streaming`.
 
 No routing logic lives here: the Router plans, executes and records each request; this
 module checks what a key may pin, hands the Router the last known health, and says
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import re
 import time
 from typing import TYPE_CHECKING, Any
@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.responses import Response
 
 from tierlm.errors import (
     InvalidRequest,
@@ -38,6 +37,7 @@ from tierlm.server.auth import KeyRing
 from tierlm.server.health import HealthCache
 from tierlm.server.metrics import Metrics
 from tierlm.server.ratelimit import open_limits
+from tierlm.server.streaming import GuardedStream, StreamEnd
 from tierlm.types import ChatRequest
 
 if TYPE_CHECKING:
@@ -59,7 +59,6 @@ HINT_HEADERS = {
     "x-tierlm-cost-sensitivity": "cost_sensitivity",
     "x-tierlm-cache": "cache",  # "bypass": skip the answer cache
 }
-log = logging.getLogger("tierlm.server")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # pydantic's names of union members and validators in an error's location (not fields).
 _TYPE_TAG = re.compile(r"^(str|int|float|bool|none|list|dict|literal\[.*|function-.*|.*\[.*\])$")
@@ -444,80 +443,6 @@ def attempts(plan: Plan, backend: str) -> int:
 
 def _header_safe(value: str) -> str:
     return value.encode("latin-1", "replace").decode("latin-1").replace("\n", " ")
-
-
-class StreamEnd:
-    """Closes a routed stream and counts it, exactly once, however the response ended."""
-
-    def __init__(self, gw: Gateway, route: str, rs: RoutedStream, started: float) -> None:
-        self.gw, self.route, self.rs, self.started = gw, route, rs, started
-        self.status = 200
-        self.done = False
-
-    def fail(self, e: Exception, req: ChatRequest) -> TierlmError:
-        """The error a stream that failed after commit reports in-band (counted as such)."""
-        err = e if isinstance(e, TierlmError) else internal_error(e, req)
-        self.status = err.status
-        self.gw.metrics.stream_errors += 1
-        return err
-
-    async def __call__(self) -> None:
-        if self.done:
-            return
-        self.done = True
-        with anyio.CancelScope(shield=True):
-            await self.rs.aclose()
-        self.gw.metrics.in_flight -= 1
-        rs = self.rs
-        self.gw.account(
-            self.route,
-            rs.plan,
-            rs.tier or "",
-            rs.backend or "",
-            self.status,
-            self.started,
-            request_id=rs.plan.request_id,
-            usage=rs.usage,
-        )
-
-
-class GuardedStream(StreamingResponse):
-    """A streaming response whose :class:`StreamEnd` runs even if the body never started
-    (the client went away before the first byte)."""
-
-    def __init__(self, content: AsyncIterator[bytes], end: StreamEnd, **kw: Any) -> None:
-        super().__init__(content, **kw)
-        self._end = end
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self._end()
-
-
-def internal_error(e: Exception, req: ChatRequest) -> TierlmError:
-    """An unexpected failure in the middle of a stream, logged with its cause, as an error
-    the client can be told about in-band."""
-    log.error("request %s failed mid-stream", req.request_id, exc_info=e)
-    return TierlmError("internal error in the gateway", request_id=req.request_id)
-
-
-def unfinished(req: ChatRequest, rs: RoutedStream) -> ProtocolError:
-    """The error for a stream that ended without a finish reason."""
-    return ProtocolError(
-        "the stream ended before the answer finished",
-        backend=rs.backend,
-        tier=rs.tier,
-        request_id=req.request_id,
-    )
-
-
-async def chain(first: StreamEvent, rs: RoutedStream) -> AsyncIterator[StreamEvent]:
-    """The committed stream's events, its first one (already read) included."""
-    yield first
-    async for ev in rs:
-        yield ev
 
 
 class WireFormat:

@@ -32,17 +32,15 @@ from tierlm.errors import ModelNotFound, TierlmError
 from tierlm.server.gateway import (
     FieldError,
     Gateway,
-    StreamEnd,
     WireFormat,
-    chain,
     chat_request,
     dumps,
     error_headers,
     header_hints,
     json_response,
     read_json,
-    unfinished,
 )
+from tierlm.server.streaming import StreamEnd, chain, unfinished
 from tierlm.types import Usage
 
 if TYPE_CHECKING:
