@@ -4,7 +4,8 @@ whether llama.cpp runs here at all (the smoke check).
 - :func:`find_server`: the ``llama-server`` binary the local tier runs as its worker:
   ``$TIERLM_LLAMA_SERVER``, else the one ``scripts/setup`` built into the virtualenv
   (``<venv>/bin/llama-server``), else one on ``PATH``.
-- :func:`server_command`: its command line for one model (slots, context, threads, polling).
+- :func:`server_command`: its command line for one model (slots, context, threads, polling,
+  flash attention).
 - :func:`smoke_check`: a one-token generation through each runtime (the ``llama_cpp`` Python
   module and the ``llama-server`` worker), each in a subprocess, so a build that uses CPU
   instructions this machine lacks (SIGILL), or crashes otherwise (SIGSEGV, abort), is reported
@@ -74,7 +75,8 @@ def server_command(
     binary: Path, model: Path, port: int, cfg: LlamaCppConfig, slots: int
 ) -> list[str]:
     """``llama-server`` for one model on 127.0.0.1:``port`` with ``slots`` parallel slots
-    (continuous batching), each with the backend's full ``n_ctx``."""
+    (continuous batching), each with the backend's full ``n_ctx``, and flash attention as
+    the in-process engine has it."""
     threads = cfg.threads or default_threads()
     cmd = [
         str(binary),
@@ -92,6 +94,7 @@ def server_command(
         "--no-webui",
         "--metrics",
         "--no-warmup",
+        "--flash-attn", "on" if cfg.flash_attn else "off",
     ]  # fmt: skip
     if cfg.n_batch is not None:
         cmd += ["--batch-size", str(cfg.n_batch)]

@@ -22,10 +22,11 @@ and queue, and keep-alive:
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,7 +87,7 @@ class LlamaCppBackend(Backend):
         )
         self._last_used = time.monotonic()
         self._unload_timer: threading.Timer | None = None
-        self._sampling: dict[str, Any] = config.sampling.model_dump(exclude_none=True)
+        self._sampling: dict[str, Any] = config.sampling.resolved()
 
     @classmethod
     def from_settings(cls, config: BackendConfig, settings: Settings | None) -> LlamaCppBackend:
@@ -149,11 +150,11 @@ class LlamaCppBackend(Backend):
         # library loads, so it only helps if nothing imported llama_cpp earlier.
         os.environ.setdefault("OMP_WAIT_POLICY", "passive")
         try:
-            from llama_cpp import Llama
+            llama_class = _penalised_prompt_llama()
         except ImportError:
             raise MissingDependency("the in-process llama.cpp backend", "local") from None
         path = self.ready_to_load()
-        llm = Llama(
+        llm = llama_class(
             model_path=str(path),
             n_ctx=self.config.n_ctx,
             n_threads=self.config.threads or max(os.cpu_count() or 1, 1),
@@ -162,7 +163,8 @@ class LlamaCppBackend(Backend):
             n_threads_batch=self.config.threads,
             verbose=False,
             **self.config.model_dump(
-                include={"n_batch", "n_gpu_layers", "chat_format", "seed"}, exclude_none=True
+                include={"n_batch", "n_gpu_layers", "flash_attn", "chat_format", "seed"},
+                exclude_none=True,
             ),
         )
         with self._lock:
@@ -397,6 +399,36 @@ class LlamaCppBackend(Backend):
                 yield ev
         finally:
             stop.set()
+
+
+@functools.cache
+def _penalised_prompt_llama() -> type[Any]:
+    """``llama_cpp.Llama`` whose repeat, frequency and presence penalties count the prompt's
+    tokens too, as llama.cpp's own ``llama-server`` (the worker) and ``llama-cli`` do, so
+    both engines sample alike: llama-cpp-python counts only the tokens it generated, which
+    with ``repeat_penalty`` 1.1 changed 15 of 20 greedy answers (bench_worker_quality.py).
+    The prompt goes into the penalty sampler alone, never into a grammar."""
+    import llama_cpp
+    from llama_cpp import Llama
+
+    class PenalisedPromptLlama(Llama):
+        _penalty_prompt: Sequence[int] = ()
+
+        def generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Any:
+            self._penalty_prompt = tokens
+            return super().generate(tokens, *args, **kwargs)
+
+        def _init_sampler(self, *args: Any, **kwargs: Any) -> Any:
+            sampler = super()._init_sampler(*args, **kwargs)
+            chain = sampler.sampler
+            for i in range(llama_cpp.llama_sampler_chain_n(chain)):
+                penalties = llama_cpp.llama_sampler_chain_get(chain, i)
+                if llama_cpp.llama_sampler_name(penalties) == b"penalties":
+                    for token in self._penalty_prompt:
+                        llama_cpp.llama_sampler_accept(penalties, token)
+            return sampler
+
+    return PenalisedPromptLlama
 
 
 def _call(llm: Any, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,8 @@ kind               its own fields
 =================  =========================================================================
 ``llama_cpp``      n_ctx, threads, worker, keep_alive, memory_limit_gb, max_concurrency,
                    max_queue, sampling, max_tokens, constrain_tools, n_batch, n_gpu_layers,
-                   chat_format, seed, load_timeout, poll, cache_ram_mb, server_args, env
+                   flash_attn, chat_format, seed, load_timeout, poll, cache_ram_mb,
+                   server_args, env
 ``transformers``   threads, memory_limit_gb, max_concurrency, max_queue, max_tokens, device,
                    dtype
 ``openai``         (HTTP) + quirks, extra_body, constrain_tools, metrics, embeddings
@@ -208,6 +209,18 @@ class BackendConfig(Strict):
 # -------------------------------------------------------------------------- in-process models
 
 
+# What a llama.cpp model samples with where neither the request nor ``sampling:`` says:
+# llama-cpp-python's chat defaults. Sent explicitly to both engines, since llama-server's own
+# defaults differ (temperature 0.8) and so do llama-cpp-python's for a raw completion.
+LLAMA_SAMPLING_DEFAULTS: dict[str, Any] = {
+    "temperature": 0.2,
+    "top_p": 0.95,
+    "top_k": 40,
+    "min_p": 0.05,
+    "repeat_penalty": 1.0,
+}
+
+
 class Sampling(Strict):
     """A local model's sampling defaults, used where a request does not say."""
 
@@ -216,6 +229,10 @@ class Sampling(Strict):
     top_k: int | None = Field(default=None, ge=0)
     min_p: float | None = Field(default=None, ge=0, le=1)
     repeat_penalty: float | None = Field(default=None, gt=0)
+
+    def resolved(self) -> dict[str, Any]:
+        """Every setting, the unset ones at :data:`LLAMA_SAMPLING_DEFAULTS`."""
+        return {**LLAMA_SAMPLING_DEFAULTS, **self.model_dump(exclude_none=True)}
 
 
 class _InProcess(BackendConfig):
@@ -244,6 +261,9 @@ class LlamaCppConfig(_InProcess):
     constrain_tools: Literal["json_object", "json_schema"] | None = "json_object"
     n_batch: int | None = Field(default=None, ge=1)
     n_gpu_layers: int | None = None  # in-process only
+    # llama.cpp's flash attention, in both engines alike (its sums differ in the last bits,
+    # enough to change a greedy answer; llama-server's default is "auto", the module's off)
+    flash_attn: bool = True
     chat_format: str | None = None  # in-process only
     seed: int | None = None  # in-process only
     load_timeout: float = Field(default=120.0, gt=0)  # seconds a worker may take to load

@@ -36,6 +36,8 @@ from tierlm.errors import ConfigError
 DEFAULT_TINY_MODEL = "smollm2-135m-instruct"
 # The key of a placeholder backend: what to set before the preset can build it.
 NEEDS = "__needs__"
+# SmolLM2's recommended sampling; without a repeat penalty the 135M model loops.
+SMOLLM2_SAMPLING: dict[str, Any] = {"temperature": 0.2, "top_p": 0.9, "repeat_penalty": 1.1}
 
 
 def _placeholder(name: str, message: str) -> dict[str, Any]:
@@ -53,8 +55,7 @@ def _tiny(env: Mapping[str, str]) -> dict[str, Any]:
         "max_concurrency": 4,
     }
     if model == DEFAULT_TINY_MODEL:
-        # SmolLM2's recommended sampling; without a repeat penalty the 135M model loops.
-        b["sampling"] = {"temperature": 0.2, "top_p": 0.9, "repeat_penalty": 1.1}
+        b["sampling"] = dict(SMOLLM2_SAMPLING)
     if env.get("TIERLM_TINY_THREADS"):
         b["threads"] = env["TIERLM_TINY_THREADS"]
     return b
