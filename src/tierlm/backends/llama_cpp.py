@@ -17,6 +17,10 @@ and queue, and keep-alive:
 - At most ``max_concurrency`` generations run at once per model (one llama.cpp context each);
   up to ``max_queue`` more wait; beyond that a request is refused with ``Overloaded``.
 - A model idle for ``keep_alive`` seconds is unloaded; ``unload()`` does it at once.
+- Both engines sample alike: every setting is passed explicitly (``sampling:``, the rest at
+  :data:`~tierlm.config.backends.LLAMA_SAMPLING_DEFAULTS`), the penalties count the prompt as
+  llama-server's do, and ``flash_attn`` is the same; so greedy answers, and sampled ones with
+  the same seed, are the same text in both (``bench/bench_worker_quality.py``).
 """
 
 from __future__ import annotations

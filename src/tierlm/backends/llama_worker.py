@@ -16,6 +16,8 @@ by a :class:`~tierlm.supervisor.WorkerSupervisor`:
   falls over as for any backend; the supervisor restarts it with backoff; attempts while it
   restarts fail at once (and, repeated, open the executor's breaker); ``health`` reports
   ``ok: false`` meanwhile and the worker's state under ``worker``;
+- every sampling setting goes in the request body (llama-server's own defaults differ from
+  the in-process engine's), so both engines answer alike (see :mod:`.llama_cpp`);
 - a worker idle for ``keep_alive`` seconds is stopped (its memory returns to the system) and
   started again by the next request.
 """
