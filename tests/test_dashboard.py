@@ -317,3 +317,53 @@ def test_assets_ship_in_the_package() -> None:
     shipped = files("tierlm.server.dashboard")
     for name in ("index.html", "dashboard.js", "dashboard.css"):
         assert shipped.joinpath(name).is_file(), name
+
+
+def test_dashboard_sign_in_refusals_and_sign_out(browser: Any, gateway: str) -> None:
+    """A wrong key and a user key are refused with the gateway's own message, the page shows
+    no data, and signing out forgets the key."""
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(gateway + "/dashboard?poll=300")
+    for key, message in (("wrong", "invalid API key"), (USER_KEY, "is not an admin key")):
+        page.fill("#key", key)
+        page.click("#login button[type=submit]")
+        page.wait_for_function(
+            "m => document.querySelector('#login-error').textContent.includes(m)", arg=message
+        )
+        assert page.locator("#main").is_hidden()
+        assert page.evaluate("sessionStorage.length") == 0
+    page.fill("#key", ADMIN_KEY)
+    page.click("#login button[type=submit]")
+    page.wait_for_selector("#main:not([hidden])")
+    page.click("#signout")
+    page.wait_for_selector("#login:not([hidden])")
+    assert page.evaluate("sessionStorage.length") == 0
+    page.reload()  # nothing kept: the form again, no data asked for
+    page.wait_for_selector("#login:not([hidden])")
+    assert errors == []
+    page.close()
+
+
+def test_dashboard_without_keys_or_ledger(browser: Any) -> None:
+    """No keys: no sign-in; no ledger: the live state alone, and no error in the page."""
+    with fake_openai_upstream() as up:
+        s = settings(
+            [upstream_backend("site", up.state.url, "plain")],
+            [{"name": "site", "backends": ["site"]}],
+        )
+        with serve_gateway(s) as url:
+            assert httpx.get(url + "/admin/dashboard", timeout=30).json()["report"] is None
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url + "/dashboard?poll=300")
+            page.wait_for_function("() => document.body.dataset.renders >= 2")
+            assert page.locator("#login").is_hidden() and page.locator("#signout").is_hidden()
+            assert page.locator("#ledger-off").is_visible()
+            assert page.locator('#backends tr[data-backend="site"]').count() == 1
+            assert page.locator('[data-deferred="none"]').count() == 1
+            assert errors == []
+            page.close()
