@@ -84,6 +84,7 @@
       return;
     }
     const since = encodeURIComponent($("#since").value);
+    const t0 = performance.now();
     let res;
     try {
       res = await fetch("admin/dashboard?since=" + since, { headers: headers(), cache: "no-store" });
@@ -102,7 +103,8 @@
       return;
     }
     render(await res.json());
-    timer = setTimeout(poll, pollMs);
+    // a report that takes long to build is asked for less often (at most a fifth of the time)
+    timer = setTimeout(poll, Math.max(pollMs, 4 * (performance.now() - t0)));
   }
   function stale(why) {
     const s = $("#status");
