@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tierlm.errors import InvalidRequest
 from tierlm.ledger.reports import parse_since
 from tierlm.server.gateway import Gateway, json_response
 
@@ -74,8 +75,7 @@ async def static(request: Request) -> Response:
 
 async def data(request: Request) -> Response:
     """``GET /admin/dashboard?since=24h``: the report and the live state (admin)."""
-    from tierlm.errors import InvalidRequest
-    from tierlm.ledger.http import report_json
+    from tierlm.ledger.http import report_json  # the ledger's modules load with a ledger
 
     gw: Gateway = request.app.state.gateway
     gw.keys.require_admin(request.headers)
