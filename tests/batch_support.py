@@ -141,9 +141,12 @@ def upstream(hold_word: str = "HOLD") -> Iterator[tuple[Upstream, str]]:
 
 
 @contextmanager
-def gateway_app(settings: Settings) -> Iterator[tuple[Starlette, str]]:
-    """The gateway in a thread; yield its app (``app.state.deferred``) and URL."""
-    app = create_app(settings)
+def gateway_app(
+    settings: Settings, reload: Callable[[], Settings] | None = None
+) -> Iterator[tuple[Starlette, str]]:
+    """The gateway in a thread (``reload``: reads the configuration again for
+    ``/admin/reload``); yield its app (``app.state.deferred``) and URL."""
+    app = create_app(settings, reload=reload)
     with serve(app, lifespan="on", start_within=60, grace=2) as url:
         yield app, url
 

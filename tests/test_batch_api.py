@@ -12,10 +12,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import yaml
 
 from batch_support import Clock, gateway_app, jsonl, upstream, wait_for
 from server_util import ADMIN_KEY, USER_KEY, sha, upstream_backend
 from server_util import settings as gateway_settings
+from tierlm.config import load_settings
 
 OTHER_KEY = "tlm-test-other-key-0123456789"
 
@@ -207,3 +209,37 @@ def test_a_batch_on_a_postgres_ledger(postgres_db: str, tmp_path: Path) -> None:
     assert done.status == "completed"
     assert [x["custom_id"] for x in out] == [f"req-{i}" for i in range(5)]
     assert all(up.seen[f"line {i}"] == 1 for i in range(5))
+
+
+def test_a_reload_applies_to_waiting_lines(tmp_path: Path) -> None:
+    """Lines run under the configuration in force when they run: a reload that opens the
+    window starts them, and one that removed their key fails them (401), not another key's."""
+    noon = 1_767_225_600.0 + 12 * 3600
+    path = tmp_path / "tierlm.yaml"
+    first = _settings(
+        "http://127.0.0.1:9",
+        tmp_path / "l.db",
+        keys=True,
+        window={"off_peak_hours": [3]},
+        run_anyway_seconds=0,
+    )
+    path.write_text(yaml.safe_dump(first.model_dump(mode="json", exclude_none=True)))
+    with gateway_app(first, reload=lambda: load_settings(path)) as (app, gw):
+        app.state.deferred.scheduler.clock = Clock(noon)
+        batch = _submit(_client(gw, USER_KEY), jsonl(2))
+        wait_for(lambda: app.state.deferred.scheduler.waiting_why.get(batch.id))
+        second = first.model_dump(mode="json", exclude_none=True)
+        second["server"]["api_keys"] = [
+            k for k in second["server"]["api_keys"] if k["name"] != "user"
+        ]
+        second["batch"]["window"]["off_peak_hours"] = [12]
+        path.write_text(yaml.safe_dump(second))
+        r = httpx.post(
+            gw + "/admin/reload", headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=30
+        )
+        assert r.status_code == 200, r.text
+        done = _finished(_client(gw, ADMIN_KEY), batch.id)
+        errors = _lines(_client(gw, ADMIN_KEY), done.error_file_id)
+    assert done.status == "completed" and done.output_file_id is None
+    assert [e["response"]["status_code"] for e in errors] == [401, 401]
+    assert "no longer configured" in errors[0]["response"]["body"]["error"]["message"]
