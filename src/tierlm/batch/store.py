@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tierlm.batch.results import final_status, result_files
 from tierlm.ledger.store import Row, Store, Tx
 
 # A line's states; OPEN: not finished yet.
@@ -488,15 +489,6 @@ def _record(tx: Tx, batch_id: str, n: int, worker: str, r: Result, now: float) -
     return bool(rows)
 
 
-_UNRUN = {
-    "expired": (
-        "batch_expired",
-        "This request could not be executed before the completion window expired.",
-    ),
-    "cancelled": ("batch_cancelled", "This request was not executed: the batch was cancelled."),
-}
-
-
 def _close(tx: Tx, batch_id: str, now: float, lock: str) -> bool:
     """Write one finished batch's files and final status (in this transaction; ``lock``:
     the store's row lock, so two schedulers never both close it)."""
@@ -513,21 +505,12 @@ def _close(tx: Tx, batch_id: str, now: float, lock: str) -> bool:
         "WHERE batch_id = ? ORDER BY n",
         (batch_id,),
     )
-    out: list[str] = []
-    err: list[str] = []
-    for _n, cid, state, rid, code, response in lines:
-        line: dict[str, Any] = {"id": f"batch_req_{uuid.uuid4().hex[:24]}", "custom_id": cid}
-        if state in _UNRUN:
-            code_name, message = _UNRUN[state]
-            line.update(response=None, error={"code": code_name, "message": message})
-        else:
-            body = json.loads(response)
-            line.update(response={"status_code": code, "request_id": rid, "body": body}, error=None)
-        (out if state == "done" else err).append(json.dumps(line, ensure_ascii=False))
+    out, err = result_files(
+        [(str(c), str(s), rid, code, body) for _, c, s, rid, code, body in lines]
+    )
     files: dict[str, str | None] = {"output_file_id": None, "error_file_id": None}
-    for name, rows in (("output_file_id", out), ("error_file_id", err)):
-        if rows:
-            content = "\n".join(rows) + "\n"
+    for name, content in (("output_file_id", out), ("error_file_id", err)):
+        if content:
             row = FileRow(
                 new_id("file"),
                 key,
@@ -538,57 +521,10 @@ def _close(tx: Tx, batch_id: str, now: float, lock: str) -> bool:
             )
             BatchStore._insert_file(tx, row, content)
             files[name] = row.id
-    states = {str(r[2]) for r in lines}
-    final, stamp = (
-        ("cancelled", "cancelled_at")
-        if status == "cancelling"
-        else ("expired", "expired_at")
-        if "expired" in states
-        else ("completed", "completed_at")
-    )
+    final, stamp = final_status(status, {str(r[2]) for r in lines})
     tx.q(
         f"UPDATE batches SET status = ?, finalizing_at = ?, {stamp} = ?, output_file_id = ?, "
         "error_file_id = ? WHERE id = ?",
         (final, now, now, files["output_file_id"], files["error_file_id"], batch_id),
     )
     return True
-
-
-def deferred_summary(tx: Tx, start: float, end: float) -> dict[str, Any]:
-    """The deferred queue for reports: the lines waiting and running now (whenever their
-    batch came), the lines of batches submitted in ``[start, end)`` by final state, those
-    batches by status, and what the finished lines cost against running each when it was
-    submitted (its tokens on the backend planned then): ``saved_usd``."""
-    lines = {s: 0 for s in STATES}
-    for state, n in tx.q(
-        "SELECT state, COUNT(*) FROM batch_lines WHERE state IN ('waiting', 'running') "
-        "GROUP BY state"
-    ):
-        lines[str(state)] = int(n)
-    for state, n in tx.q(
-        "SELECT l.state, COUNT(*) FROM batch_lines l JOIN batches b ON b.id = l.batch_id "
-        "WHERE b.ts >= ? AND b.ts < ? AND l.state NOT IN ('waiting', 'running') "
-        "GROUP BY l.state",
-        (start, end),
-    ):
-        lines[str(state)] = int(n)
-    batches = {
-        str(s): int(n)
-        for s, n in tx.q(
-            "SELECT status, COUNT(*) FROM batches WHERE ts >= ? AND ts < ? GROUP BY status",
-            (start, end),
-        )
-    }
-    ((cost, baseline),) = tx.q(
-        "SELECT COALESCE(SUM(l.cost_usd), 0), COALESCE(SUM(COALESCE(l.baseline_usd, "
-        "l.cost_usd)), 0) FROM batch_lines l JOIN batches b ON b.id = l.batch_id "
-        "WHERE b.ts >= ? AND b.ts < ? AND l.state IN ('done', 'failed')",
-        (start, end),
-    )
-    return {
-        **lines,
-        "batches": batches,
-        "cost_usd": round(float(cost), 9),
-        "at_submission_usd": round(float(baseline), 9),
-        "saved_usd": round(float(baseline) - float(cost), 9),
-    }

@@ -332,7 +332,7 @@ def build_report(
 ) -> Report:
     """Aggregate the requests recorded in ``[until - since, until)``; ``budget``: the budget
     buckets running now, for the report and its recommendations."""
-    from tierlm.batch.store import deferred_summary
+    from tierlm.batch.report import deferred_summary
     from tierlm.ledger.advice import recommend
 
     t0 = time.perf_counter()
