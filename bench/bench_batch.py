@@ -6,7 +6,8 @@ in its llama-server worker) and a fast fake OpenAI-wire upstream (tier ``site``)
 client asks the tiny tier (16 tokens, greedy) with a pause between requests (``--gap``),
 three ways:
 
-- alone;
+- alone (after a batch of ``--lines`` on the fake upstream with no live traffic: the
+  machinery's own throughput);
 - while a batch of ``--lines`` lines (default 1,000) runs on the fake upstream: what the
   scheduler and the ledger writes cost the live path; batch throughput of the machinery;
 - while a batch of ``--tiny-lines`` lines runs on the tiny model itself: the deferred lines
@@ -211,6 +212,11 @@ def main() -> None:
         app = create_app(_settings(upstream, Path(tmp) / "ledger.sqlite3"))
         with _Server(app, lifespan="on") as gw, httpx.Client(base_url=gw, timeout=600) as c:
             _live(c, 3, 0)  # load the model
+            t0 = time.perf_counter()
+            alone = _wait(c, _submit(c, args.lines, "site"), t0)
+            rows.append(
+                (f"{args.lines:,}-line batch on a fake upstream, alone", [], (args.lines, alone))
+            )
             rows.append(("live alone", _live(c, args.live, args.gap), None))
             for label, n, model in (
                 (f"+ {args.lines:,}-line batch on a fake upstream", args.lines, "site"),
@@ -232,7 +238,8 @@ def main() -> None:
             if batch is None
             else (f"| {batch[0]:,} | {batch[1]:.1f} | {batch[0] / batch[1]:.1f} |")
         )
-        print(f"| {label} | {statistics.median(live):.0f} | {_p(live, 0.99):.0f} {tail}")
+        lat = f"{statistics.median(live):.0f} | {_p(live, 0.99):.0f}" if live else "— | —"
+        print(f"| {label} | {lat} {tail}")
     print(f"deferred lines preempted by live requests: {preempted}")
     print(f"load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
 

@@ -243,3 +243,43 @@ def test_a_reload_applies_to_waiting_lines(tmp_path: Path) -> None:
     assert done.status == "completed" and done.output_file_id is None
     assert [e["response"]["status_code"] for e in errors] == [401, 401]
     assert "no longer configured" in errors[0]["response"]["body"]["error"]["message"]
+
+
+def test_batch_lines_keep_privacy_rules(tmp_path: Path) -> None:
+    """A sensitive line stays on the site like a live request: routed there under ``auto``,
+    refused (403, in the error file) when it pins the external backend; the external
+    upstream never sees it."""
+    card = "Charge card 4111 1111 1111 1111 for the seal kit"
+    rows = [
+        {"custom_id": "auto", "body": {"messages": [{"role": "user", "content": card}]}},
+        {
+            "custom_id": "pinned",
+            "body": {"model": "cloud", "messages": [{"role": "user", "content": card}]},
+        },
+        {
+            "custom_id": "public",
+            "body": {"model": "cloud", "messages": [{"role": "user", "content": "hello"}]},
+        },
+    ]
+    data = "".join(
+        json.dumps({**r, "method": "POST", "url": "/v1/chat/completions"}) + "\n" for r in rows
+    ).encode()
+    with upstream() as (site, site_url), upstream() as (cloud, cloud_url):
+        settings = gateway_settings(
+            [
+                upstream_backend("site", site_url, "m"),
+                upstream_backend("cloud", cloud_url, "m", boundary="external", api_key="sk-t"),
+            ],
+            [{"name": "site", "backends": ["site"]}, {"name": "cloud", "backends": ["cloud"]}],
+            ledger={"url": f"sqlite:///{tmp_path / 'l.db'}"},
+            batch={"poll_seconds": 0.05},
+        )
+        with gateway_app(settings) as (_, gw):
+            client = _client(gw)
+            done = _finished(client, _submit(client, data).id)
+            out = {x["custom_id"]: x for x in _lines(client, done.output_file_id)}
+            err = {x["custom_id"]: x for x in _lines(client, done.error_file_id)}
+    assert out["auto"]["response"]["body"]["tierlm"]["backend"] == "site"
+    assert out["public"]["response"]["body"]["tierlm"]["backend"] == "cloud"
+    assert err["pinned"]["response"]["status_code"] == 403
+    assert site.seen[card] == 1 and card not in cloud.seen and cloud.seen["hello"] == 1

@@ -47,7 +47,9 @@ class Runner:
         body: dict[str, Any] = {"answer": line.body["messages"][0]["content"]}
         if status != 200:
             body = {"error": {"message": "busy", "code": status}}
-        return Result(status, f"req-{line.n}", body, cost_usd=0.001, baseline_usd=0.003)
+        return Result(
+            status, f"req-{line.n}", body, cost_usd=0.001, baseline_usd=0.003, retry=status == 503
+        )
 
     async def now(self, ts: float, key: str | None) -> Now:
         return Now(ts=ts, energy=self.energy, budget_share=self.share, live=self.live)

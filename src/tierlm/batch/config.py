@@ -65,7 +65,7 @@ class BatchConfig(_Strict):
     run_anyway_seconds: float = Field(default=3600.0, ge=0)
     max_file_bytes: int = Field(default=64 * 1024 * 1024, gt=0)  # an uploaded input file
     max_lines: int = Field(default=50_000, ge=1)  # lines per input file
-    max_attempts: int = Field(default=3, ge=1)  # a transient failure (429, 5xx) is retried
+    max_attempts: int = Field(default=3, ge=1)  # claims of a line: retries of a retryable error
     retry_seconds: float = Field(default=30.0, ge=0)  # first retry delay, doubling
     poll_seconds: float = Field(default=1.0, gt=0)  # the scheduler's idle wake-up
     lease_seconds: float = Field(default=30.0, gt=0)  # a silent scheduler's lines are reclaimed

@@ -22,9 +22,10 @@ on a model of this host (boundary process or host, with ``window.preempt``), all
 since they share its CPU or GPU with the live request (except lines run because their
 window is ending); on a site backend, the newest ones, when its free slots are fewer than
 the live requests in flight. A preempted line is cancelled and goes back to waiting (its
-claim does not count; what it had generated is dropped). A transient failure (429, 502,
-503, 504) goes back to waiting for ``retry_seconds`` (doubling), up to ``max_attempts``
-claims; after that, and for any other error, the error answer is the line's result.
+claim does not count; what it had generated is dropped). A failure that trying again may
+mend (the error is ``retryable``: overloaded, rate-limited, unreachable, timed out) goes
+back to waiting for ``retry_seconds`` (doubling), up to ``max_attempts`` claims; after that,
+and for any other error, the error answer is the line's result.
 
 ``clock`` gives wall-clock seconds (tests drive windows with their own and call
 :meth:`step`).
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
     from tierlm.batch.store import BatchStore, Line
 
 log = logging.getLogger("tierlm.batch")
-TRANSIENT = frozenset({429, 502, 503, 504})
 _INTERNAL = {"message": "internal error in the gateway", "type": "api_error"}
 INTERNAL = Result(500, None, {"error": {**_INTERNAL, "code": "internal_error", "param": None}})
 
@@ -236,7 +236,7 @@ class Scheduler:
 
     async def _record(self, line: Line, result: Result) -> None:
         now = self.clock()
-        if result.status_code in TRANSIENT and line.claims < self.config.max_attempts:
+        if result.retry and line.claims < self.config.max_attempts:
             delay = self.config.retry_seconds * 2 ** (line.claims - 1)
             back, when = self.store.put_back, now + delay
             await asyncio.to_thread(back, line.batch_id, line.n, self.worker, when, count=True)

@@ -154,6 +154,7 @@ class Result:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     baseline_usd: float | None = None  # its cost on the backend planned at submission
+    retry: bool = False  # a failure that trying again later may mend (overloaded, timeout)
 
 
 def _batch(row: Row) -> BatchRow:

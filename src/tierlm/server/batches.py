@@ -145,7 +145,7 @@ class GatewayRunner:
             body = e.to_openai()
             if getattr(e, "param", None):
                 body["error"]["param"] = e.param  # type: ignore[attr-defined]
-            return Result(e.status, rid, body)
+            return Result(e.status, rid, body, retry=bool(getattr(e, "retryable", False)))
         finally:
             self.live.leave(gw)
         accounting = gw.router.accounting
