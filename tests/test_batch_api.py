@@ -283,3 +283,11 @@ def test_batch_lines_keep_privacy_rules(tmp_path: Path) -> None:
     assert out["public"]["response"]["body"]["tierlm"]["backend"] == "cloud"
     assert err["pinned"]["response"]["status_code"] == 403
     assert site.seen[card] == 1 and card not in cloud.seen and cloud.seen["hello"] == 1
+
+
+def test_without_a_ledger_the_batch_api_says_so(tmp_path: Path) -> None:
+    settings = _settings("http://127.0.0.1:9", tmp_path / "l.db")
+    settings.ledger.url = "off"
+    with gateway_app(settings) as (_, gw):
+        r = httpx.get(gw + "/v1/batches", timeout=10)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "ledger_off"
