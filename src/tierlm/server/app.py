@@ -12,8 +12,9 @@ errors), the Ollama API (``/api/chat``,
 the answer cache's stats, ``DELETE`` clears it; reload and local models in
 :mod:`tierlm.server.admin`), ``/openapi.json``
 (open), ``/dashboard`` (the page; its data at ``/admin/dashboard``:
-:mod:`tierlm.server.dashboard`), and, when the Router has a ledger, ``POST /v1/feedback`` and
-``GET /admin/report``.
+:mod:`tierlm.server.dashboard`), and, when the Router has a ledger, ``POST /v1/feedback``,
+``GET /admin/report`` and the OpenAI Batch API for deferred work (``/v1/files``,
+``/v1/batches``: :mod:`tierlm.server.batches`, whose scheduler the lifespan starts).
 ``/health`` and ``/metrics`` include each local model's worker process (state, restarts,
 crashes). Every body is read incrementally under ``server.max_body_bytes`` (feedback: 64 KiB)
 and nests at most ``MAX_JSON_DEPTH`` deep; a string that is not valid Unicode (a lone
