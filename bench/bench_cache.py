@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
@@ -70,8 +71,8 @@ def pairs(embedder: str, threshold: float, guard: bool) -> dict[str, Any]:
         a, b = _request(r["a"]), _request(r["b"])
         a.api_key_id = b.api_key_id = f"pair{i}"  # one scope per pair
         scope = cache.scope(a, Privacy.PUBLIC, False)
-        cache.store(a, scope, _answer(r["a"]), "site")
-        hit = cache.lookup(b, scope, None).status.startswith("hit")
+        asyncio.run(cache.store(a, scope, _answer(r["a"]), "site"))
+        hit = asyncio.run(cache.lookup(b, scope, None)).status.startswith("hit")
         by_cat.setdefault(r["category"], []).append(int(hit))
         if hit and r["label"] == "near_miss":
             wrong.append(r)
@@ -119,9 +120,13 @@ def memory(entries: int, embedder: str) -> dict[str, Any]:
     cache = AnswerCache(cfg, Path(tempfile.mkdtemp()), lambda: emb)
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
-    for i in range(entries):
-        req = _request(f"What is the status of machine {i} in hall {i % 7}?")
-        cache.store(req, cache.scope(req, Privacy.PUBLIC, False), _answer(str(i)), "site")
+
+    async def fill() -> None:
+        for i in range(entries):
+            req = _request(f"What is the status of machine {i} in hall {i % 7}?")
+            await cache.store(req, cache.scope(req, Privacy.PUBLIC, False), _answer(str(i)), "site")
+
+    asyncio.run(fill())
     used = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.stop()
     return {
@@ -222,8 +227,6 @@ def gateway_latency(n: int) -> dict[str, Any]:
 def router_time(n: int) -> dict[str, Any]:
     """Gateway time without HTTP: ``Router.achat_planned`` for a hit (exact and semantic),
     and what the cache adds to a miss (lookup plus store), in process."""
-    import asyncio
-
     import yaml
 
     from fakes import serve
@@ -257,11 +260,11 @@ def router_time(n: int) -> dict[str, Any]:
                 req = _request(f"A question never asked, number {i}")
                 scope = cache.scope(req, Privacy.PUBLIC, False)
                 t0 = time.perf_counter()
-                cache.lookup(req, scope, None)
-                cache.store(req, scope, _answer("x"), "site")
+                await cache.lookup(req, scope, None)
+                await cache.store(req, scope, _answer("x"), "site")
                 miss.append((time.perf_counter() - t0) * 1000)
             res["miss_lookup_and_store"] = {"p50_ms": _p(miss, 0.5), "p90_ms": _p(miss, 0.9)}
-            res["entries"] = cache.stats()["semantic_index"]
+            res["entries"] = (await cache.stats())["semantic_index"]
             return res
 
         try:

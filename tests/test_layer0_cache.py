@@ -5,6 +5,7 @@ admin route and ``tierlm cache``, and the near-miss set."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from server_util import (
     upstream_backend,
 )
 from tierlm.cli.main import app as cli_app
-from tierlm.layer0.cache import AnswerCache
+from tierlm.layer0.cache import AnswerCache, Lookup
 from tierlm.layer0.config import CacheConfig
 from tierlm.layer0.embed import HashedEmbedder
 from tierlm.layer0.store import MemoryStore, SQLiteStore
@@ -207,12 +208,17 @@ def test_sqlite_store_survives_a_restart_and_the_cli_reads_it(tmp_path: Path) ->
 
     cfg = CacheConfig(store="sqlite")
     req = ChatRequest.from_prompt("What is 2 + 2?", temperature=0)
-    cache = AnswerCache(cfg, tmp_path, HashedEmbedder)
-    cache.store(req, cache.scope(req, Privacy.PUBLIC, False), _answer("4"), "site")
-    cache.close()
-    again = AnswerCache(cfg, tmp_path, HashedEmbedder)
-    hit = again.lookup(req, again.scope(req, Privacy.PUBLIC, False), None)
-    again.close()
+
+    async def store_then_restart() -> Lookup:
+        cache = AnswerCache(cfg, tmp_path, HashedEmbedder)
+        await cache.store(req, cache.scope(req, Privacy.PUBLIC, False), _answer("4"), "site")
+        await cache.aclose()
+        again = AnswerCache(cfg, tmp_path, HashedEmbedder)
+        hit = await again.lookup(req, again.scope(req, Privacy.PUBLIC, False), None)
+        await again.aclose()
+        return hit
+
+    hit = asyncio.run(store_then_restart())
     assert hit.status == "hit-exact" and hit.response is not None and hit.response.text == "4"
     conf = tmp_path / "c.yaml"
     conf.write_text(
@@ -273,12 +279,16 @@ def test_near_miss_set_is_never_served() -> None:
     cfg = CacheConfig.model_validate({"semantic": {"enabled": True, "embedder": "hashed"}})
     cache = AnswerCache(cfg, Path("."), HashedEmbedder)
     hits = {"near_miss": 0, "paraphrase": 0}
-    for i, r in enumerate(rows):
-        a = ChatRequest.from_prompt(r["a"], temperature=0, api_key_id=f"k{i}")
-        b = ChatRequest.from_prompt(r["b"], temperature=0, api_key_id=f"k{i}")
-        scope = cache.scope(a, Privacy.PUBLIC, False)
-        cache.store(a, scope, _answer("x"), "site")
-        hits[r["label"]] += cache.lookup(b, scope, None).status == "hit-semantic"
+
+    async def run() -> None:
+        for i, r in enumerate(rows):
+            a = ChatRequest.from_prompt(r["a"], temperature=0, api_key_id=f"k{i}")
+            b = ChatRequest.from_prompt(r["b"], temperature=0, api_key_id=f"k{i}")
+            scope = cache.scope(a, Privacy.PUBLIC, False)
+            await cache.store(a, scope, _answer("x"), "site")
+            hits[r["label"]] += (await cache.lookup(b, scope, None)).status == "hit-semantic"
+
+    asyncio.run(run())
     paraphrases = sum(r["label"] == "paraphrase" for r in rows)
     assert hits["near_miss"] == 0
     assert hits["paraphrase"] >= paraphrases // 3

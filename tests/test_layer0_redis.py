@@ -5,6 +5,7 @@ A Redis that is down or hung never takes a gateway down: its lookups miss."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
@@ -16,7 +17,7 @@ import pytest
 from fakes import free_port, serve
 from fakes.openai_server import make_app
 from server_util import serve_gateway, settings, start_serve, upstream_backend
-from tierlm.layer0.store import RedisStore
+from tierlm.layer0.store import RETRY_AFTER, RedisStore
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +57,16 @@ def test_one_replica_serves_what_the_other_stored(replicas: list[str]) -> None:
     assert _ask(a, "What is the melting point of iron?") == "miss"
     assert _ask(b, "What is the melting point of iron?") == "hit-exact"
     assert _ask(a, "What is the melting point of iron?") == "hit-exact"
+
+
+def test_a_stream_is_served_what_the_other_replica_stored(replicas: list[str]) -> None:
+    a, b = replicas
+    assert _ask(a, "What is the melting point of zinc?") == "miss"
+    ask = [{"role": "user", "content": "What is the melting point of zinc?"}]
+    body = {"temperature": 0, "stream": True, "messages": ask}
+    with httpx.stream("POST", b + "/v1/chat/completions", json=body, timeout=10) as r:
+        assert r.status_code == 200 and r.headers["x-tierlm-cache"] == "hit-exact"
+        assert "[DONE]" in r.read().decode()
 
 
 def test_private_answers_stay_in_their_replica(replicas: list[str]) -> None:
@@ -104,18 +115,22 @@ def test_a_hung_redis_is_a_miss_then_left_alone_for_a_while(
     url, accepted = silent_redis
     now = [100.0]
     store = RedisStore(url, ttl=60, clock=lambda: now[0])
-    try:
-        assert store.get("k") is None  # after the 1 s socket timeout
-        assert store.failures == 1 and len(accepted) == 1
-        assert "answer cache: Redis unreachable" in caplog.text
-        store.put("k", b"v")
-        assert store.get("k") is None  # paused: neither call went to Redis
-        assert store.failures == 1 and len(accepted) == 1
-        now[0] += RedisStore.PAUSE_S
-        assert store.get("k") is None  # tried again after the pause
-        assert store.failures == 2
-    finally:
-        store.close()
+
+    async def run() -> None:
+        try:
+            assert await store.get("k") is None  # after the 0.5 s timeout
+            assert store.failures == 1 and len(accepted) == 1
+            assert "answer cache: redis store unreachable" in caplog.text
+            await store.put("k", b"v")
+            assert await store.get("k") is None  # paused: neither call went to Redis
+            assert store.failures == 1 and len(accepted) == 1
+            now[0] += RETRY_AFTER
+            assert await store.get("k") is None  # tried again after the pause
+            assert store.failures == 2
+        finally:
+            await store.aclose()
+
+    asyncio.run(run())
 
 
 def test_a_gateway_answers_when_its_redis_cache_is_down() -> None:

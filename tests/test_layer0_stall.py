@@ -10,6 +10,8 @@ request itself is answered by the model (a cache miss), not with an error.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -23,6 +25,8 @@ import pytest
 
 from server_util import fake_openai_upstream, serve_gateway, settings, upstream_backend
 from stall_proxy import StallProxy
+from tierlm.errors import BackendUnavailable
+from tierlm.layer0.store import RETRY_AFTER, RedisStore
 
 BLOCKED = 0.5  # a /health slower than this waited on the store (it answers in milliseconds)
 
@@ -109,3 +113,44 @@ def test_a_locked_sqlite_cache_neither_stalls_the_loop_nor_fails_the_request(
         assert worst < BLOCKED, f"/health waited {worst:.2f} s on the locked SQLite file"
         assert resp.status_code == 200, resp.text
         assert resp.headers["x-tierlm-cache"] == "miss"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_failed_store_is_left_alone_for_a_while_then_tried_again(
+    proxy: StallProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    url = f"redis://127.0.0.1:{proxy.port}/0"
+    store = RedisStore(url, 60.0, prefix=f"stall-{time.time_ns()}:", timeout=0.2, clock=clock)
+
+    async def run() -> None:
+        await store.put("k", b"v")
+        assert await store.get("k") == b"v"
+        proxy.stall()
+        with caplog.at_level(logging.WARNING, logger="tierlm.layer0.store"):
+            assert await asyncio.gather(*(store.get("k") for _ in range(3))) == [None] * 3
+        assert store.failures == 3 and not store.available
+        assert [r.levelname for r in caplog.records] == ["WARNING"]  # one line for the pause
+        assert "redis store unreachable on read" in caplog.records[0].getMessage()
+        t0 = time.perf_counter()
+        assert await store.get("k") is None  # not even tried
+        await store.put("k2", b"w")
+        assert time.perf_counter() - t0 < store.timeout and store.failures == 3
+        assert "error" in await store.stats()  # the admin calls say so
+        with pytest.raises(BackendUnavailable, match="redis cache store"):
+            await store.clear()
+        proxy.flow()
+        clock.now += RETRY_AFTER
+        assert store.available and await store.get("k") == b"v"
+        assert await store.get("k2") is None  # skipped while it was left alone
+        assert (await store.stats())["entries"] == 1
+        await store.aclose()
+
+    asyncio.run(run())

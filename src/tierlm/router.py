@@ -287,7 +287,7 @@ class Router:
         t0 = time.perf_counter()
         privacy = _PrivacyOf(self, request, cond, signals)
         try:
-            early = self.layer0.early(request, privacy, cond.api_key)
+            early = await self.layer0.early(request, privacy, cond.api_key)
             if early.plan is not None:
                 plan = early.plan
                 resp = await self.layer0.answer(early, request)
@@ -297,7 +297,7 @@ class Router:
                 plan = self._decide(request, cond, held, signals)
                 early.annotate(plan)
                 resp = await self.cascade.complete(request, plan, attempts)
-                self.layer0.remember(early, request, plan, resp)
+                await self.layer0.remember(early, request, plan, resp)
         except TierlmError as e:
             plan = plan or (held[0] if held else None)
             ms = _ms(t0)
@@ -323,14 +323,48 @@ class Router:
         carrier: Mapping[str, str] | None = None,
     ) -> RoutedStream:
         """Plan now (on ``signals`` when the caller has read them: :meth:`asignals`); stream
-        on iteration. The record is written (and the trace ended) when the stream ends."""
+        on iteration. The record is written (and the trace ended) when the stream ends. The
+        answer cache is read in this process's memory only (a shared store cannot be waited on
+        here): :meth:`aopen_stream` reads all of it."""
+        cond = conditions or Conditions()
+        privacy = _PrivacyOf(self, request, cond, signals)
+        return self._stream(request, cond, privacy, time.perf_counter(), carrier, None)
+
+    async def aopen_stream(
+        self,
+        request: ChatRequest,
+        conditions: Conditions | None = None,
+        *,
+        signals: Signals | None = None,
+        carrier: Mapping[str, str] | None = None,
+    ) -> RoutedStream:
+        """As :meth:`astream`, with the whole answer cache read first (a shared store
+        awaited)."""
         cond = conditions or Conditions()
         t0 = time.perf_counter()
-        trace = self._trace(request, carrier)
-        held: list[Plan] = []
         privacy = _PrivacyOf(self, request, cond, signals)
         try:
-            early = self.layer0.early(request, privacy, cond.api_key)
+            early = await self.layer0.early(request, privacy, cond.api_key)
+        except TierlmError as e:
+            trace = self._trace(request, carrier)
+            self.accounting.record(request, None, [], error=e, latency_ms=_ms(t0), trace=trace)
+            raise
+        return self._stream(request, cond, privacy, t0, carrier, early)
+
+    def _stream(
+        self,
+        request: ChatRequest,
+        cond: Conditions,
+        privacy: _PrivacyOf,
+        t0: float,
+        carrier: Mapping[str, str] | None,
+        early: Early | None,
+    ) -> RoutedStream:
+        trace = self._trace(request, carrier)
+        held: list[Plan] = []
+        try:
+            if early is None:
+                early = self.layer0.early_local(request, privacy, cond.api_key)
             if early.plan is None:
                 self.accounting.local_only(request, cond)
                 plan = self._decide(request, cond, held, privacy.signals())

@@ -21,6 +21,11 @@ are scoped by key even when a tenant is configured, and stay in this process's m
 are never written to the SQLite or Redis store, whatever ``cache.store`` says. A hit is served
 only to a key that may itself use the tier and boundary the answer came from. Keys are hashes; the
 stored value is the answer (needed to serve it) and where it came from, never the prompt.
+
+**Waiting.** :meth:`AnswerCache.lookup` and :meth:`~AnswerCache.store` are awaited: this
+process's memory is read at once, a shared store is awaited (bounded, a failure is a miss:
+:class:`~tierlm.layer0.store.SharedStore`). :meth:`~AnswerCache.lookup_local` reads this
+process's memory only, for a caller that cannot wait.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import hashlib
 import json
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tierlm.layer0.guard import Compact, anchors
-from tierlm.layer0.store import Clock, MemoryStore, RedisStore, SQLiteStore, Store
+from tierlm.layer0.store import Clock, MemoryStore, SharedStore, open_shared
 from tierlm.privacy import key_reaches
 from tierlm.types import Boundary, ChatRequest, ChatResponse, Message, Privacy, Usage
 
@@ -136,14 +141,8 @@ class AnswerCache:
     ) -> None:
         self.cfg = cfg
         args = (cfg.ttl_seconds, cfg.max_entries, cfg.max_bytes)
-        self.local: Store = MemoryStore(*args, clock=clock or time.monotonic)
-        self.shared: Store = self.local
-        if cfg.store == "sqlite":
-            path = Path(cfg.path) if cfg.path else data_dir / "cache.sqlite3"
-            self.shared = SQLiteStore(path, *args, clock=clock or time.time)
-        elif cfg.store == "redis":
-            assert cfg.redis_url is not None
-            self.shared = RedisStore(cfg.redis_url, cfg.ttl_seconds)
+        self.local = MemoryStore(*args, clock=clock or time.monotonic)
+        self.shared: SharedStore | None = open_shared(cfg, data_dir, clock)
         self._embedder = embedder() if cfg.semantic.enabled else None
         self.guard = True  # the near-miss guard (off only to measure what it does)
         self._buckets: dict[str, _Bucket] = {}
@@ -171,25 +170,40 @@ class AnswerCache:
         return Scope(f"{who}|{privacy.value}", local_only=sensitive or privacy is Privacy.PRIVATE)
 
     # -- reading ----------------------------------------------------------------------------
-    def lookup(self, request: ChatRequest, scope: Scope, key: ApiKeyConfig | None) -> Lookup:
-        exact, _ = self._keys(request, scope)
-        found = self._get(exact, key)
-        if found is not None:
-            return self.count(Lookup("hit-exact", found[0], origin=found[1]))
-        if self._embedder is not None:
-            hit = self._semantic(request, scope, key)
+    async def lookup(self, request: ChatRequest, scope: Scope, key: ApiKeyConfig | None) -> Lookup:
+        """The exact entry, then semantic neighbours: in this process's memory, then in the
+        shared store (awaited)."""
+        for exact, sim, bucket in self._probes(request, scope):
+            raw = self.local.get(exact)
+            if raw is None and self.shared is not None:
+                raw = await self.shared.get(exact)
+                if raw is None and not self.shared.available:
+                    continue  # unknown, not gone: the index keeps it
+            hit = self._hit(exact, raw, key, sim, bucket)
             if hit is not None:
                 return self.count(hit)
         return self.count(Lookup("miss"))
 
-    def _semantic(
-        self, request: ChatRequest, scope: Scope, key: ApiKeyConfig | None
-    ) -> Lookup | None:
-        assert self._embedder is not None
+    def lookup_local(self, request: ChatRequest, scope: Scope, key: ApiKeyConfig | None) -> Lookup:
+        """As :meth:`lookup`, in this process's memory only (no waiting)."""
+        for exact, sim, bucket in self._probes(request, scope):
+            raw = self.local.get(exact)
+            hit = self._hit(exact, raw, key, sim, None if self.shared else bucket)
+            if hit is not None:
+                return self.count(hit)
+        return self.count(Lookup("miss"))
+
+    def _probes(
+        self, request: ChatRequest, scope: Scope
+    ) -> Iterator[tuple[str, float | None, _Bucket | None]]:
+        """The keys to try, best first: the exact key, then (embedded only if asked for) the
+        semantic neighbours the guard lets through, with their similarity and bucket."""
+        exact, bucket_id = self._keys(request, scope)
+        yield exact, None, None
         text = _last_user_text(request)
-        bucket = self._buckets.get(self._keys(request, scope)[1])
-        if text is None or bucket is None or not bucket.keys:
-            return None
+        bucket = self._buckets.get(bucket_id)
+        if self._embedder is None or text is None or bucket is None or not bucket.keys:
+            return
         q = self._embedder.embed(text)
         # einsum, not BLAS: a threaded matrix-vector product is slower on a busy CPU
         sims = np.einsum("ij,j->i", bucket.vecs[: len(bucket.keys)], q)
@@ -201,21 +215,32 @@ class AnswerCache:
             k, a = bucket.keys[i], bucket.anchors[i]
             if k is None or a is None or (self.guard and not a.agrees(anc)):
                 continue
-            found = self._get(k, key)
-            if found is None:
-                bucket.drop(k)
-                continue
-            return Lookup("hit-semantic", found[0], sim, origin=found[1])
-        return None
+            yield k, sim, bucket
 
-    def _get(
-        self, exact: str, key: ApiKeyConfig | None
-    ) -> tuple[ChatResponse, dict[str, Any]] | None:
-        raw = self.local.get(exact)
-        if raw is None and self.shared is not self.local:
-            raw = self.shared.get(exact)
+    def _hit(
+        self,
+        exact: str,
+        raw: bytes | None,
+        key: ApiKeyConfig | None,
+        sim: float | None,
+        bucket: _Bucket | None,
+    ) -> Lookup | None:
+        """The hit ``raw`` (the entry under ``exact``) makes for ``key``; an entry gone from
+        the store leaves ``bucket``, the semantic index."""
         if raw is None:
+            if bucket is not None:
+                bucket.drop(exact)
             return None
+        found = self._decode(raw, key)
+        if found is None:
+            return None
+        if sim is None:
+            return Lookup("hit-exact", found[0], origin=found[1])
+        return Lookup("hit-semantic", found[0], sim, origin=found[1])
+
+    def _decode(
+        self, raw: bytes, key: ApiKeyConfig | None
+    ) -> tuple[ChatResponse, dict[str, Any]] | None:
         entry = json.loads(raw)
         origin = entry["origin"]
         if key is not None and not _may_use(key, origin):
@@ -235,8 +260,11 @@ class AnswerCache:
         return lookup
 
     # -- writing ----------------------------------------------------------------------------
-    def store(self, request: ChatRequest, scope: Scope, resp: ChatResponse, boundary: str) -> bool:
-        """Keep ``resp`` as the answer to ``request``; whether it was stored."""
+    async def store(
+        self, request: ChatRequest, scope: Scope, resp: ChatResponse, boundary: str
+    ) -> bool:
+        """Keep ``resp`` as the answer to ``request``; whether it was kept (a shared store's
+        failure is not seen here: see :class:`~tierlm.layer0.store.SharedStore`)."""
         if resp.finish_reason not in _STORED_FINISH or not resp.tier or resp.tier == "rules":
             return False
         exact, bucket_id = self._keys(request, scope)
@@ -247,7 +275,11 @@ class AnswerCache:
             "usage": resp.usage.model_dump(mode="json"),
             "origin": {"tier": resp.tier, "backend": resp.backend, "boundary": boundary},
         }
-        (self.local if scope.local_only else self.shared).put(exact, json.dumps(entry).encode())
+        raw = json.dumps(entry).encode()
+        if scope.local_only or self.shared is None:
+            self.local.put(exact, raw)
+        else:
+            await self.shared.put(exact, raw)
         self.counts["stored"] += 1
         text = _last_user_text(request)
         if self._embedder is not None and text is not None:
@@ -280,20 +312,21 @@ class AnswerCache:
         return exact, bucket
 
     # -- operating --------------------------------------------------------------------------
-    def clear(self) -> int:
-        n = self.local.clear() + (self.shared.clear() if self.shared is not self.local else 0)
+    async def clear(self) -> int:
+        n = self.local.clear() + (await self.shared.clear() if self.shared is not None else 0)
         self._buckets.clear()
         self._order.clear()
         return n
 
-    def stats(self) -> dict[str, Any]:
+    async def stats(self) -> dict[str, Any]:
         stores = [self.local.stats()]
-        if self.shared is not self.local:
-            stores.append(self.shared.stats())
+        if self.shared is not None:
+            stores.append(await self.shared.stats())
         return {"counts": dict(self.counts), "stores": stores, "semantic_index": len(self._order)}
 
-    def close(self) -> None:
-        self.shared.close()
+    async def aclose(self) -> None:
+        if self.shared is not None:
+            await self.shared.aclose()
 
 
 def _last_user_text(request: ChatRequest) -> str | None:

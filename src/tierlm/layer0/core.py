@@ -7,8 +7,10 @@
    ``cache``, boundary ``process``, cost 0, and ``plan.layer0["cache"]`` says how it was found
    (``hit-exact``, ``hit-semantic`` with the similarity, ``miss`` or ``bypass``).
 
-:meth:`Layer0.early` decides; the Router records the answer, and after a model has answered
-a cacheable request, :meth:`Layer0.remember` keeps it.
+:meth:`Layer0.early` decides (awaited: a shared cache store is never waited on by the event
+loop; :meth:`Layer0.early_local` consults this process's memory only, for a caller that cannot
+wait); the Router records the answer, and after a model has answered a cacheable request,
+:meth:`Layer0.remember` keeps it.
 """
 
 from __future__ import annotations
@@ -122,22 +124,49 @@ class Layer0:
         )
         return plan, match, why_not
 
-    def early(self, request: ChatRequest, privacy: PrivacyOf, key: ApiKeyConfig | None) -> Early:
+    async def early(
+        self, request: ChatRequest, privacy: PrivacyOf, key: ApiKeyConfig | None
+    ) -> Early:
         """A rule's or the cache's answer to ``request``, if either has one."""
+        early, level = self._before_cache(request, privacy, key)
+        if self.cache is None or early.scope is None:
+            return early
+        found = await self.cache.lookup(request, early.scope, key)
+        return self._cached(early, found, request, level)
+
+    def early_local(
+        self, request: ChatRequest, privacy: PrivacyOf, key: ApiKeyConfig | None
+    ) -> Early:
+        """As :meth:`early`, with the cache's entries in this process's memory only."""
+        early, level = self._before_cache(request, privacy, key)
+        if self.cache is None or early.scope is None:
+            return early
+        found = self.cache.lookup_local(request, early.scope, key)
+        return self._cached(early, found, request, level)
+
+    def _before_cache(
+        self, request: ChatRequest, privacy: PrivacyOf, key: ApiKeyConfig | None
+    ) -> tuple[Early, Privacy]:
+        """A rule's answer; or where the cache would look (``scope``) and the request's
+        privacy, or why it won't look (the privacy is then not read: public)."""
         plan, match, why_not = self.rule_plan(request, privacy, key)
         if match is not None:
-            return Early(plan=plan, rule=match)
+            return Early(plan=plan, rule=match), Privacy.PUBLIC
         if self.cache is None:
-            return Early(rules_why=why_not)
+            return Early(rules_why=why_not), Privacy.PUBLIC
         why = self.cache.bypass(request)
         if why is not None:
             bypass = self.cache.count(cache_mod.Lookup("bypass", why=why))
-            return Early(lookup=bypass, rules_why=why_not)
+            return Early(lookup=bypass, rules_why=why_not), Privacy.PUBLIC
         level, sensitive = privacy()
         scope = self.cache.scope(request, level, sensitive)
-        found = self.cache.lookup(request, scope, key)
+        return Early(scope=scope, rules_why=why_not), level
+
+    def _cached(self, early: Early, found: Lookup, request: ChatRequest, level: Privacy) -> Early:
+        """``early`` with the cache's verdict: its answer (a plan), or a miss."""
         if found.response is None:
-            return Early(lookup=found, scope=scope, rules_why=why_not)
+            early.lookup = found
+            return early
         plan = Plan(
             candidates=[Candidate(backend="cache", tier="cache", boundary=Boundary.PROCESS)],
             reasons=[f"answered from the cache ({found.status})"],
@@ -145,7 +174,7 @@ class Layer0:
             request_id=request.request_id,
             layer0={"cache": found.to_dict()},
         )
-        return Early(plan=plan, hit=found, scope=scope)
+        return Early(plan=plan, hit=found, scope=early.scope)
 
     async def answer(self, early: Early, request: ChatRequest) -> ChatResponse:
         """The early answer (a rule's action runs now)."""
@@ -193,21 +222,23 @@ class Layer0:
             backend=rs.backend,
             tier=rs.tier or "",
         )
-        self.remember(early, request, rs.plan, resp)
+        await self.remember(early, request, rs.plan, resp)
 
-    def remember(self, early: Early, request: ChatRequest, plan: Plan, resp: ChatResponse) -> None:
+    async def remember(
+        self, early: Early, request: ChatRequest, plan: Plan, resp: ChatResponse
+    ) -> None:
         """After a model answered a cacheable request: keep the answer."""
         if self.cache is None or early.scope is None:
             return
         boundary = next((c.boundary for c in plan.candidates if c.backend == resp.backend), None)
         if boundary is not None:
-            self.cache.store(request, early.scope, resp, boundary.label)
+            await self.cache.store(request, early.scope, resp, boundary.label)
 
     async def aclose(self) -> None:
         if self.rules is not None:
             await self.rules.aclose()
         if self.cache is not None:
-            self.cache.close()
+            await self.cache.aclose()
 
 
 async def _replay(

@@ -7,29 +7,43 @@
 - :class:`RedisStore`: a Redis server (extra ``tierlm[redis]``), shared by gateway replicas.
   Entries expire by Redis's own TTL; ``max_entries``/``max_bytes`` are left to the server's
   ``maxmemory`` and its eviction policy (``allkeys-lru``), which sees every replica's use.
-  The cache never takes the gateway down: when Redis fails or takes longer than 1 s, the
-  lookup is a miss, the answer is not stored, a warning is logged, and Redis is left alone
-  for ``RedisStore.PAUSE_S`` seconds (lookups miss at once instead of each waiting).
 
 The shared stores hold only answers to public requests with nothing sensitive in them (the
 cache decides; see :mod:`tierlm.layer0.cache`). The memory and SQLite stores evict the least
 recently used entries past ``max_entries`` or ``max_bytes``; no store returns an entry past
 its expiry. ``clock`` is injectable for tests.
+
+**Never on the event loop.** The memory store is called directly (a lookup is a dict read).
+The SQLite and Redis stores are reached through a :class:`SharedStore` (:func:`open_shared`):
+every call is awaited (Redis through ``redis.asyncio``; SQLite in one worker thread of its
+own), none waits longer than ``timeout`` (0.5 s), and a failure (timeout, refused connection,
+a locked file) is a miss, or a write not made, never an error to the caller. After a failure the
+store is left alone for ``retry_after`` (5 s): every call is then a miss at once, and the one
+warning logged says so. Only the admin calls report a failure: ``clear`` raises
+:class:`~tierlm.errors.BackendUnavailable`, ``stats`` says ``error``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from tierlm.layer0.config import CacheConfig
 
 Clock = Callable[[], float]
-log = logging.getLogger("tierlm.cache")
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+TIMEOUT = 0.5  # the longest a shared store is waited on
+RETRY_AFTER = 5.0  # after a failure, a shared store is left alone this long
 
 
 class Store(Protocol):
@@ -114,7 +128,9 @@ class SQLiteStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.ttl, self.max_entries, self.max_bytes, self.clock = ttl, max_entries, max_bytes, clock
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(
+            self.path, timeout=1.0, check_same_thread=False, isolation_level=None
+        )
         self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -175,61 +191,180 @@ class SQLiteStore:
             self._db.close()
 
 
-class RedisStore:
-    PAUSE_S = 5.0  # after a failure, how long lookups miss without asking Redis
+class SharedStore:
+    """A store across I/O, as the event loop sees it: awaited calls bounded by ``timeout``;
+    a failure is a miss (``get``), a write not made (``put``), and a pause of ``retry_after``
+    (one warning). Subclasses say how (``_get`` ...) and which exceptions mean a failure."""
+
+    kind = "shared"
+    _failures: tuple[type[Exception], ...] = (OSError,)  # TimeoutError is an OSError
 
     def __init__(
-        self, url: str, ttl: float, prefix: str = "tierlm:cache:", clock: Clock = time.monotonic
+        self,
+        timeout: float = TIMEOUT,
+        retry_after: float = RETRY_AFTER,
+        clock: Clock = time.monotonic,
     ) -> None:
+        self.timeout, self.retry_after, self.clock = timeout, retry_after, clock
+        self.failures = 0
+        self._down_until = 0.0
+
+    @property
+    def available(self) -> bool:
+        """False while the store is left alone after a failure."""
+        return self.clock() >= self._down_until
+
+    async def get(self, key: str) -> bytes | None:
+        return await self._guarded("read", lambda: self._get(key), None)
+
+    async def put(self, key: str, value: bytes) -> None:
+        await self._guarded("write", lambda: self._put(key, value), None)
+
+    async def clear(self) -> int:
+        from tierlm.errors import BackendUnavailable
+
         try:
-            import redis
+            return await self._bounded(self._clear)
+        except self._failures as e:
+            raise BackendUnavailable(f"the {self.kind} cache store: {_why(e)}") from e
+
+    async def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"store": self.kind, **self._where()}
+        try:
+            return {**out, **await self._bounded(self._stats)}
+        except self._failures as e:
+            return {**out, "error": _why(e)}
+
+    async def _guarded(self, what: str, op: Callable[[], Awaitable[T]], default: T) -> T:
+        if not self.available:
+            return default
+        try:
+            return await self._bounded(op)
+        except self._failures as e:
+            self.failures += 1
+            if self.available:  # the first failure of this pause: say it once
+                log.warning(
+                    "answer cache: %s store unreachable on %s (%s); misses for the next %g s",
+                    self.kind,
+                    what,
+                    _why(e),
+                    self.retry_after,
+                )
+            self._down_until = self.clock() + self.retry_after
+            return default
+
+    async def _bounded(self, op: Callable[[], Awaitable[T]]) -> T:
+        async with asyncio.timeout(self.timeout):
+            return await op()
+
+    async def _get(self, key: str) -> bytes | None:
+        raise NotImplementedError
+
+    async def _put(self, key: str, value: bytes) -> None:
+        raise NotImplementedError
+
+    async def _clear(self) -> int:
+        raise NotImplementedError
+
+    async def _stats(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _where(self) -> dict[str, Any]:
+        return {}
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+
+class ThreadedSQLite(SharedStore):
+    """A :class:`SQLiteStore` called in one worker thread of its own (a write may wait on
+    another process's lock; the event loop must not)."""
+
+    kind = "sqlite"
+    _failures = (OSError, sqlite3.Error)
+
+    def __init__(self, store: SQLiteStore, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.store = store
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="tierlm-cache-sqlite")
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def _get(self, key: str) -> bytes | None:
+        return await self._run(self.store.get, key)
+
+    async def _put(self, key: str, value: bytes) -> None:
+        await self._run(self.store.put, key, value)
+
+    async def _clear(self) -> int:
+        return await self._run(self.store.clear)
+
+    async def _stats(self) -> dict[str, Any]:
+        return await self._run(self.store.stats)
+
+    async def aclose(self) -> None:
+        await self._run(self.store.close)
+        self._pool.shutdown(wait=False)
+
+
+class RedisStore(SharedStore):
+    """A Redis server, through ``redis.asyncio``."""
+
+    kind = "redis"
+
+    def __init__(self, url: str, ttl: float, prefix: str = "tierlm:cache:", **kw: Any) -> None:
+        try:
+            from redis.asyncio import Redis
+            from redis.exceptions import RedisError
         except ImportError:
             from tierlm.errors import MissingDependency
 
             raise MissingDependency("the redis cache store", "redis") from None
-        self.ttl, self.prefix, self.url, self.clock = ttl, prefix, url, clock
-        self._db = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
-        self._errors: tuple[type[BaseException], ...] = (redis.RedisError,)
-        self._paused_until = 0.0
-        self.failures = 0
+        super().__init__(**kw)
+        self._failures = (OSError, RedisError)
+        self.ttl, self.prefix, self.url = ttl, prefix, url
+        t = self.timeout
+        self._db = Redis.from_url(url, socket_connect_timeout=t, socket_timeout=t)
 
-    def _failed(self, e: BaseException) -> None:
-        self.failures += 1
-        self._paused_until = self.clock() + self.PAUSE_S
-        log.warning(
-            "answer cache: Redis unreachable (%s); cache skipped for %.0f s", e, self.PAUSE_S
-        )
-
-    def get(self, key: str) -> bytes | None:
-        if self.clock() < self._paused_until:
-            return None
-        try:
-            value = self._db.get(self.prefix + key)
-        except self._errors as e:
-            self._failed(e)
-            return None
+    async def _get(self, key: str) -> bytes | None:
+        value = await self._db.get(self.prefix + key)
         return value if value is None or isinstance(value, bytes) else value.encode()
 
-    def put(self, key: str, value: bytes) -> None:
-        if self.clock() < self._paused_until:
-            return
-        try:
-            self._db.set(self.prefix + key, value, px=int(self.ttl * 1000))
-        except self._errors as e:
-            self._failed(e)
+    async def _put(self, key: str, value: bytes) -> None:
+        await self._db.set(self.prefix + key, value, px=int(self.ttl * 1000))
 
-    def _keys(self) -> list[bytes]:
-        return list(self._db.scan_iter(match=self.prefix + "*", count=1000))
+    async def _keys(self) -> list[bytes]:
+        return [k async for k in self._db.scan_iter(match=self.prefix + "*", count=1000)]
 
-    def clear(self) -> int:
-        keys = self._keys()
-        return int(self._db.delete(*keys)) if keys else 0
+    async def _clear(self) -> int:
+        keys = await self._keys()
+        return int(await self._db.delete(*keys)) if keys else 0
 
-    def stats(self) -> dict[str, Any]:
-        return {"store": "redis", "url": _without_password(self.url), "entries": len(self._keys())}
+    async def _stats(self) -> dict[str, Any]:
+        return {"entries": len(await self._keys())}
 
-    def close(self) -> None:
-        self._db.close()
+    def _where(self) -> dict[str, Any]:
+        return {"url": _without_password(self.url)}
+
+    async def aclose(self) -> None:
+        await self._db.aclose()
+
+
+def open_shared(cfg: CacheConfig, data_dir: Path, clock: Clock | None) -> SharedStore | None:
+    """The store ``cache.store`` names, when it is not this process's memory."""
+    args = (cfg.ttl_seconds, cfg.max_entries, cfg.max_bytes)
+    if cfg.store == "sqlite":
+        path = Path(cfg.path) if cfg.path else data_dir / "cache.sqlite3"
+        return ThreadedSQLite(SQLiteStore(path, *args, clock=clock or time.time))
+    if cfg.store == "redis":
+        assert cfg.redis_url is not None
+        return RedisStore(cfg.redis_url, cfg.ttl_seconds)
+    return None
+
+
+def _why(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
 def _without_password(url: str) -> str:

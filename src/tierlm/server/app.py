@@ -293,8 +293,8 @@ async def admin_cache(request: Request) -> Response:
     gw.keys.require_admin(request.headers)
     cache = gw.router.layer0.cache
     if cache is not None and request.method == "DELETE":
-        return json_response({"cleared": cache.clear()})
-    return json_response(gw.cache_stats())
+        return json_response({"cleared": await cache.clear()})
+    return json_response(await gw.cache_stats())
 
 
 async def metrics(request: Request) -> Response:

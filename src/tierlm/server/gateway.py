@@ -244,11 +244,11 @@ class Gateway:
         # makes room for it (:meth:`tierlm.batch.scheduler.Scheduler.live_arrived`)
         self.on_live: Callable[[int], object] | None = None
 
-    def cache_stats(self) -> dict[str, Any]:
+    async def cache_stats(self) -> dict[str, Any]:
         """The answer cache's stats (``/admin/cache``, the dashboard); ``enabled`` false when
         there is none."""
         cache = self.router.layer0.cache
-        return {"enabled": False} if cache is None else {"enabled": True, **cache.stats()}
+        return {"enabled": False} if cache is None else {"enabled": True, **await cache.stats()}
 
     # -- models -----------------------------------------------------------------------------
     def resolve_model(self, name: Any) -> str:
@@ -333,7 +333,7 @@ class Gateway:
         """
         signals = await self.router.asignals(req, processes=True)
         cond = self.conditions(req, key)
-        rs = self.router.astream(req, cond, signals=signals, carrier=headers)
+        rs = await self.router.aopen_stream(req, cond, signals=signals, carrier=headers)
         try:
             first = await anext(aiter(rs))
         except StopAsyncIteration:

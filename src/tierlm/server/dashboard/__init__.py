@@ -119,7 +119,7 @@ async def live(gw: Gateway) -> dict[str, Any]:
     return {
         "tiers": gw.tiers,
         "backends": backends,
-        "cache": gw.cache_stats(),
+        "cache": await gw.cache_stats(),
         "in_flight": gw.metrics.in_flight,
         "ledger": gw.ledger is not None,
         "started": gw.started,
