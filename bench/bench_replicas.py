@@ -20,8 +20,13 @@ requests answered (by A, by B), requests that failed on A (connection errors), a
 requests without a ledger record, counted twice: at once (before anything is flushed) and
 after B has been stopped cleanly (what is lost for good: only A's can be).
 
+With ``--cache-store`` (only this): one replica whose only shared part is the Redis answer
+cache, with the cache, without it, and with Redis hung (behind a proxy that holds every byte
+sent to it, ``tests/stall_proxy.py``): requests per second, latency p50 / p99, and the latency
+of ``/health`` asked in a loop alongside (a request that needs no cache at all).
+
     .venv/bin/python bench/bench_replicas.py [--clients 16] [--duration 5] [--kills 3]
-        [--kill-after 1.5] [--breakdown] [--skip-throughput]
+        [--kill-after 1.5] [--breakdown] [--skip-throughput] [--cache-store]
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from fakes.metered_server import make_app
 from pg_fixture import new_database, start_cluster
 from redis_fixture import start_redis
 from server_util import sha, start_serve
+from stall_proxy import StallProxy
 
 KEY = "tlm-bench-replicas-0123456789"
 
@@ -162,6 +168,60 @@ async def load(
     return results
 
 
+async def probed(url: str, clients: int, seconds: float) -> tuple[list[Result], list[float]]:
+    """:func:`load` on one replica, and ``/health`` asked in a loop meanwhile: its seconds."""
+    health: list[float] = []
+
+    async def probe() -> None:
+        stop = time.monotonic() + seconds
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            while time.monotonic() < stop:
+                t0 = time.perf_counter()
+                async with session.get(url + "/health") as r:
+                    await r.read()
+                health.append(time.perf_counter() - t0)
+
+    res, _ = await asyncio.gather(load([url], clients, seconds), probe())
+    return res, health
+
+
+def cache_store(env: Env, args: argparse.Namespace) -> None:
+    """One replica, the Redis answer cache its only shared part: with it, without it, hung."""
+    print(f"\n{args.clients} clients, {args.duration:g} s each, 1 replica, no ledger\n")
+    print("| Redis cache | req/s | p50 / p99 | /health p50 / p99 | errors |")
+    print("|---|---:|---:|---:|---:|")
+    proxy = StallProxy(int(env.redis.rsplit(":", 1)[1].split("/")[0]))
+    via_proxy = f"redis://127.0.0.1:{proxy.port}/0"
+    try:
+        for label in ("on", "off", "hung"):  # off: the default, this process's memory
+            drop = ("budgets", "rate_limits", "ledger") + (("cache",) if label == "off" else ())
+            cfg = config(env.upstream, "off", via_proxy, False, env.tmp, drop)
+            proc, url = start_serve(cfg, env.tmp)
+            try:
+                asyncio.run(load([url], args.clients, 1.0))  # warm-up, Redis answering
+                if label == "hung":
+                    proxy.stall()
+                res, health = asyncio.run(probed(url, args.clients, args.duration))
+            finally:
+                proxy.flow()
+                stop_all([proc])
+            ms = np.array([r.seconds for r in res if r.ok]) * 1000
+            hs = np.array(health) * 1000
+            print(
+                f"| {label} | {len(ms) / args.duration:,.0f} | {_p50_p99(ms)} | "
+                f"{_p50_p99(hs)} | {sum(r.failed for r in res)} |",
+                flush=True,
+            )
+    finally:
+        proxy.close()
+
+
+def _p50_p99(ms: Any) -> str:
+    if not len(ms):
+        return "-"
+    return f"{np.percentile(ms, 50):.1f} / {np.percentile(ms, 99):.1f} ms"
+
+
 def recorded(db: str, rids: list[str]) -> int:
     with psycopg.connect(db) as conn:
         row = conn.execute(
@@ -241,7 +301,18 @@ def main() -> None:
     ap.add_argument(
         "--breakdown", action="store_true", help="also 1 replica without each shared part in turn"
     )
+    ap.add_argument(
+        "--cache-store", action="store_true", help="only: the Redis answer cache, on, off, hung"
+    )
     args = ap.parse_args()
+    if args.cache_store:
+        redis_url, stop_redis = start_redis()
+        try:
+            with serve(make_app()) as upstream, tempfile.TemporaryDirectory() as tmp:
+                cache_store(Env("", redis_url, upstream, Path(tmp)), args)
+        finally:
+            stop_redis()
+        return
     pg, stop_pg = start_cluster()
     redis_url, stop_redis = start_redis()
     try:
