@@ -326,9 +326,10 @@ class Router:
         on iteration. The record is written (and the trace ended) when the stream ends. The
         answer cache is read in this process's memory only (a shared store cannot be waited on
         here): :meth:`aopen_stream` reads all of it."""
-        cond = conditions or Conditions()
+        cond, t0 = conditions or Conditions(), time.perf_counter()
+        trace = self._trace(request, carrier)
         privacy = _PrivacyOf(self, request, cond, signals)
-        return self._stream(request, cond, privacy, time.perf_counter(), carrier, None)
+        return self._stream(request, cond, privacy, t0, trace, None)
 
     async def aopen_stream(
         self,
@@ -340,16 +341,15 @@ class Router:
     ) -> RoutedStream:
         """As :meth:`astream`, with the whole answer cache read first (a shared store
         awaited)."""
-        cond = conditions or Conditions()
-        t0 = time.perf_counter()
+        cond, t0 = conditions or Conditions(), time.perf_counter()
+        trace = self._trace(request, carrier)
         privacy = _PrivacyOf(self, request, cond, signals)
         try:
             early = await self.layer0.early(request, privacy, cond.api_key)
         except TierlmError as e:
-            trace = self._trace(request, carrier)
             self.accounting.record(request, None, [], error=e, latency_ms=_ms(t0), trace=trace)
             raise
-        return self._stream(request, cond, privacy, t0, carrier, early)
+        return self._stream(request, cond, privacy, t0, trace, early)
 
     def _stream(
         self,
@@ -357,10 +357,9 @@ class Router:
         cond: Conditions,
         privacy: _PrivacyOf,
         t0: float,
-        carrier: Mapping[str, str] | None,
+        trace: RequestTrace | None,
         early: Early | None,
     ) -> RoutedStream:
-        trace = self._trace(request, carrier)
         held: list[Plan] = []
         try:
             if early is None:

@@ -34,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from tierlm.layer0.config import CacheConfig
@@ -44,18 +44,6 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 TIMEOUT = 0.5  # the longest a shared store is waited on
 RETRY_AFTER = 5.0  # after a failure, a shared store is left alone this long
-
-
-class Store(Protocol):
-    def get(self, key: str) -> bytes | None: ...
-
-    def put(self, key: str, value: bytes) -> None: ...
-
-    def clear(self) -> int: ...
-
-    def stats(self) -> dict[str, Any]: ...
-
-    def close(self) -> None: ...
 
 
 class MemoryStore:
