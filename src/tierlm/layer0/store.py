@@ -19,8 +19,8 @@ every call is awaited (Redis through ``redis.asyncio``; SQLite in one worker thr
 own), none waits longer than ``timeout`` (0.5 s), and a failure (timeout, refused connection,
 a locked file) is a miss, or a write not made, never an error to the caller. After a failure the
 store is left alone for ``retry_after`` (5 s): every call is then a miss at once, and the one
-warning logged says so. Only the admin calls report a failure: ``clear`` raises
-:class:`~tierlm.errors.BackendUnavailable`, ``stats`` says ``error``.
+warning logged says so. Only the admin calls (bounded by 30 s: they walk every entry) report a
+failure: ``clear`` raises :class:`~tierlm.errors.BackendUnavailable`, ``stats`` says ``error``.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 TIMEOUT = 0.5  # the longest a shared store is waited on
 RETRY_AFTER = 5.0  # after a failure, a shared store is left alone this long
+ADMIN_TIMEOUT = 30.0  # clear and stats walk every entry
 
 
 class MemoryStore:
@@ -212,14 +213,16 @@ class SharedStore:
         from tierlm.errors import BackendUnavailable
 
         try:
-            return await self._bounded(self._clear)
+            async with asyncio.timeout(ADMIN_TIMEOUT):
+                return await self._clear()
         except self._failures as e:
             raise BackendUnavailable(f"the {self.kind} cache store: {_why(e)}") from e
 
     async def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {"store": self.kind, **self._where()}
         try:
-            return {**out, **await self._bounded(self._stats)}
+            async with asyncio.timeout(ADMIN_TIMEOUT):
+                return {**out, **await self._stats()}
         except self._failures as e:
             return {**out, "error": _why(e)}
 
@@ -227,7 +230,8 @@ class SharedStore:
         if not self.available:
             return default
         try:
-            return await self._bounded(op)
+            async with asyncio.timeout(self.timeout):
+                return await op()
         except self._failures as e:
             self.failures += 1
             if self.available:  # the first failure of this pause: say it once
@@ -240,10 +244,6 @@ class SharedStore:
                 )
             self._down_until = self.clock() + self.retry_after
             return default
-
-    async def _bounded(self, op: Callable[[], Awaitable[T]]) -> T:
-        async with asyncio.timeout(self.timeout):
-            return await op()
 
     async def _get(self, key: str) -> bytes | None:
         raise NotImplementedError
