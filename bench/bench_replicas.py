@@ -188,7 +188,7 @@ async def probed(url: str, clients: int, seconds: float) -> tuple[list[Result], 
 def cache_store(env: Env, args: argparse.Namespace) -> None:
     """One replica, the Redis answer cache its only shared part: with it, without it, hung."""
     print(f"\n{args.clients} clients, {args.duration:g} s each, 1 replica, no ledger\n")
-    print("| Redis cache | req/s | p50 / p99 | /health p50 / p99 | errors |")
+    print("| Redis cache | req/s | p50 / p99 | /health p50 / p99 / max | errors |")
     print("|---|---:|---:|---:|---:|")
     proxy = StallProxy(int(env.redis.rsplit(":", 1)[1].split("/")[0]))
     via_proxy = f"redis://127.0.0.1:{proxy.port}/0"
@@ -209,9 +209,10 @@ def cache_store(env: Env, args: argparse.Namespace) -> None:
             hs = np.array(health) * 1000
             print(
                 f"| {label} | {len(ms) / args.duration:,.0f} | {_p50_p99(ms)} | "
-                f"{_p50_p99(hs)} | {sum(r.failed for r in res)} |",
+                f"{_p50_p99(hs)} / {hs.max():.0f} ms | {sum(r.failed for r in res)} |",
                 flush=True,
             )
+            _print_errors(res)
     finally:
         proxy.close()
 
@@ -258,6 +259,10 @@ def throughput(
         f"{sum(r.failed for r in res)} |",
         flush=True,
     )
+    _print_errors(res)
+
+
+def _print_errors(res: list[Result]) -> None:
     for error, n in Counter(r.error for r in res if r.failed).items():
         print(f"  {n} failed: {error}", flush=True)
 
