@@ -171,3 +171,46 @@ def _wait_healthy(proc: subprocess.Popen[bytes], url: str) -> None:
             _, err = proc.communicate()
             raise RuntimeError(f"tierlm serve did not start: {err.decode()[-2000:]}")
         time.sleep(0.1)
+
+
+def test_access_log_carries_the_clients_request_id(
+    upstream: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client's x-request-id is on its access line next to tierlm's own id (whole answers,
+    streams and errors alike); an id that is not a sane token (too long, control characters:
+    client input) never reaches the log."""
+    s = settings(
+        [upstream_backend("site", upstream, "ok")], [{"name": "near", "backends": ["site"]}]
+    )
+    caplog.set_level(logging.INFO, logger="tierlm.access")
+    body = {"model": "near", "messages": [{"role": "user", "content": "hello"}]}
+    sent = {
+        "whole-1": body,
+        "stream:2": {**body, "stream": True},
+        "bad.3": {"model": "near", "messages": "not a list"},
+    }
+    hostile = ["x" * 65, "evil\tid", "a b", 'quote"d']
+    with (
+        serve(create_app(s), lifespan="on", start_within=30) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        ours = {}
+        for cid, payload in sent.items():
+            r = client.post("/v1/chat/completions", json=payload, headers={"x-request-id": cid})
+            assert r.status_code == (400 if cid == "bad.3" else 200), r.text
+            ours[cid] = r.headers.get("x-tierlm-request-id")
+        for cid in hostile:
+            r = client.post("/v1/chat/completions", json=body, headers={"x-request-id": cid})
+            assert r.status_code == 200, r.text
+    lines = [r for r in caplog.records if r.name == "tierlm.access"]
+    assert len(lines) == len(sent) + len(hostile)
+    by_client = {vars(r)["client_request_id"]: r for r in lines[: len(sent)]}
+    assert set(by_client) == set(sent)
+    for cid, rec in by_client.items():
+        assert f"client_id={cid}" in rec.getMessage()
+        assert vars(rec)["request_id"] == ours[cid]  # tierlm's own id, beside the client's
+    assert ours["whole-1"] and ours["stream:2"]  # the 400 failed before it was given an id
+    for rec in lines[len(sent) :]:
+        assert vars(rec)["client_request_id"] is None
+        assert rec.getMessage().endswith("client_id=-")
+    assert not any("evil" in r.getMessage() or "x" * 65 in r.getMessage() for r in lines)

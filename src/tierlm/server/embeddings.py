@@ -105,7 +105,7 @@ def _request(body: Any, fields: set[str], request: Request, gw: Gateway) -> Embe
         model=name,
         dimensions=dims,
         privacy=privacy,
-        client_request_id=client_request_id(request).get("client_request_id"),
+        client_request_id=client_request_id(request),
     )
 
 
@@ -129,11 +129,29 @@ async def _answer(
         req.chat.api_key_id = key.name if key else None
         result = await gw.router.embeddings.embed(req, request.headers)
     except TierlmError as e:
-        gw.account(route, None, e.tier or "", e.backend or "", e.status, started)
+        gw.account(
+            route,
+            None,
+            e.tier or "",
+            e.backend or "",
+            e.status,
+            started,
+            request_id=req.request_id if req is not None else None,
+            client_id=client_request_id(request),
+        )
         return error(e, {"x-tierlm-request-id": req.request_id} if req is not None else None)
     finally:
         gw.metrics.in_flight -= 1
-    gw.account(route, result.plan, result.tier, result.backend, 200, started)
+    gw.account(
+        route,
+        result.plan,
+        result.tier,
+        result.backend,
+        200,
+        started,
+        request_id=req.request_id,
+        client_id=req.chat.client_request_id,
+    )
     headers = {
         "x-tierlm-request-id": req.request_id,
         "x-tierlm-tier": result.tier,

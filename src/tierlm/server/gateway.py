@@ -194,17 +194,20 @@ async def read_json(request: Request, limit: int) -> Any:
     return await anyio.to_thread.run_sync(parse_json, body)
 
 
-def client_request_id(request: Request) -> dict[str, str]:
-    """``{"client_request_id": ...}`` from a sane ``x-request-id`` header, else nothing: a
+def client_request_id(request: Request) -> str | None:
+    """The client's ``x-request-id`` when it is sane (1 to 64 of ``A-Za-z0-9._:-``: client
+    input, so nothing else reaches a log line, a header or the ledger), else ``None``: a
     correlation field only; the gateway always assigns its own request id."""
     rid = request.headers.get("x-request-id")
-    return {"client_request_id": rid} if rid and _REQUEST_ID.match(rid) else {}
+    return rid if rid and _REQUEST_ID.match(rid) else None
 
 
 def chat_request(data: dict[str, Any], request: Request) -> ChatRequest:
     """``data`` (plus the client's request id) as a :class:`ChatRequest`; 400 naming the
     field when it is bad."""
-    data.update(client_request_id(request))
+    cid = client_request_id(request)
+    if cid is not None:
+        data["client_request_id"] = cid
     try:
         return ChatRequest.model_validate(data)
     except ValidationError as e:
@@ -407,12 +410,13 @@ class Gateway:
         *,
         request_id: str | None = None,
         usage: Usage | None = None,
+        client_id: str | None = None,
     ) -> None:
         """Count one finished request (and a fallback when the first choice did not answer),
-        and write its access log line."""
+        and write its access log line (``client_id``: the client's ``x-request-id``)."""
         seconds = time.perf_counter() - started
         self.metrics.observe(route, tier, backend, status, seconds)
-        oplog.access(route, request_id, tier, backend, status, seconds, usage)
+        oplog.access(route, request_id, tier, backend, status, seconds, usage, client_id)
         if (
             plan is not None
             and backend
@@ -508,7 +512,14 @@ class WireFormat:
             gw.metrics.in_flight -= 1
             rid = req.request_id if req is not None else None
             gw.account(
-                self.route, None, e.tier or "", e.backend or "", e.status, started, request_id=rid
+                self.route,
+                None,
+                e.tier or "",
+                e.backend or "",
+                e.status,
+                started,
+                request_id=rid,
+                client_id=client_request_id(request),
             )
             return self.error(
                 e, {"x-tierlm-request-id": req.request_id} if req is not None else None
@@ -527,6 +538,7 @@ class WireFormat:
                 started,
                 request_id=req.request_id,
                 usage=resp.usage,
+                client_id=req.client_request_id,
             )
             headers = gw.routing_headers(req, plan, resp.tier, resp.backend, resp.model)
             headers.update(limited)
@@ -536,7 +548,7 @@ class WireFormat:
         headers.update(limited)
         if self.stream_headers:
             headers = {**self.stream_headers, **headers}
-        end = StreamEnd(gw, self.route, rs, started)
+        end = StreamEnd(gw, self.route, rs, started, req.client_request_id)
         return GuardedStream(
             self.stream(req, rs, first, end), end, headers=headers, media_type=self.media_type
         )

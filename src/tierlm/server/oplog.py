@@ -13,7 +13,9 @@
   are checked concurrently, each for at most :data:`STARTUP_CHECK_S` seconds, and the results
   seed the health cache routing reads.
 - :func:`access`: one line per finished request: request id, route, tier, backend, status,
-  latency and tokens. Never prompt or answer text.
+  latency and tokens, and the client's own ``x-request-id`` (``client_id=``, when it sent a
+  sane one: :func:`tierlm.server.gateway.client_request_id`) to join with its logs. Never
+  prompt or answer text.
 """
 
 from __future__ import annotations
@@ -162,15 +164,17 @@ def access(
     status: int,
     seconds: float,
     usage: Usage | None,
+    client_id: str | None = None,
 ) -> None:
-    """The access log line of one finished request (counts and names, never text)."""
+    """The access log line of one finished request (counts and names, never text);
+    ``client_id``: the client's ``x-request-id``, already checked by the gateway."""
     if not access_log.isEnabledFor(logging.INFO):
         return
     pt = usage.prompt_tokens if usage is not None else 0
     ct = usage.completion_tokens if usage is not None else 0
     ms = round(seconds * 1000.0, 1)
     access_log.info(
-        "%s %s tier=%s backend=%s status=%d %.1f ms tokens=%d+%d",
+        "%s %s tier=%s backend=%s status=%d %.1f ms tokens=%d+%d client_id=%s",
         request_id or "-",
         route,
         tier or "-",
@@ -179,8 +183,10 @@ def access(
         ms,
         pt,
         ct,
+        client_id or "-",
         extra={
             "request_id": request_id,
+            "client_request_id": client_id,
             "route": route,
             "tier": tier or None,
             "backend": backend or None,

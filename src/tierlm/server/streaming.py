@@ -39,8 +39,16 @@ log = logging.getLogger("tierlm.server")
 class StreamEnd:
     """Closes a routed stream and counts it, exactly once, however the response ended."""
 
-    def __init__(self, gw: Gateway, route: str, rs: RoutedStream, started: float) -> None:
+    def __init__(
+        self,
+        gw: Gateway,
+        route: str,
+        rs: RoutedStream,
+        started: float,
+        client_id: str | None = None,
+    ) -> None:
         self.gw, self.route, self.rs, self.started = gw, route, rs, started
+        self.client_id = client_id  # the client's x-request-id, for the access log
         self.status = 200
         self.done = False
 
@@ -68,6 +76,7 @@ class StreamEnd:
             self.started,
             request_id=rs.plan.request_id,
             usage=rs.usage,
+            client_id=self.client_id,
         )
 
 
