@@ -272,3 +272,27 @@ def test_an_audit_row_carries_the_time_of_its_attempt(tmp_path: Path) -> None:
         ledger.flush()
         (row,) = ledger.audit_list()
     assert row.ts == 1_234.5
+
+
+@pytest.mark.parametrize("db", DBS)
+def test_the_attempts_digests_catch_a_rewritten_newest_row(
+    db: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The newest row rewritten with its hash recomputed still chains (nothing follows it);
+    the attempt kept the digest of what it sent, and the cross-check compares the two."""
+    from tierlm.ledger.audit import row_hash
+
+    with open_url(db_url(db, tmp_path, request), tmp_path) as ledger:
+        _fill(ledger, 60)
+        assert ledger.audit_verify().ok
+        row = ledger.audit_list(limit=1)[0]
+        fields = {k: v for k, v in row.to_dict().items() if k not in ("prev_hash", "hash")}
+        for dig, why in (("cd" * 32, "deleted or changed"), (row.digest, "")):
+            fields["digest"] = dig
+            _exec(
+                ledger,
+                "UPDATE audit SET digest = ?, hash = ? WHERE seq = ?",
+                (dig, row_hash(row.prev_hash, fields), row.seq),
+            )
+            result = ledger.audit_verify()
+            assert result.ok is (why == "") and why in result.reason, result

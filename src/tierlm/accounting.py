@@ -3,13 +3,17 @@
 - Before an attempt on a backend that costs money, an upper bound of its cost (everything
   it can bill: :func:`~tierlm.pricing.estimate_usd`) is reserved against every budget in
   force (``BudgetExceeded`` skips that candidate; the plan goes on, to local
-  tiers in the end); after it, the reservation is settled at the real cost, or released when
-  the attempt failed (failed attempts are never billed).
+  tiers in the end); after it, the reservation is settled at the real cost (a failed
+  attempt's: what it generated, if anything: a cut stream is billed), or released.
+- Every attempt is priced (:meth:`Accounting.cost`, the executor's ``hooks.cost``) at the
+  usage it is settled at, so each attempt's record and its budget settlement agree.
 - After the request, one :class:`~tierlm.ledger.RequestRecord` is queued: the decision,
-  every attempt, tokens, cost and outcome. Attempts that crossed the site boundary carry the
-  digest of the exact bytes sent (set by the executor), from which the ledger builds its audit
-  chain. A refused request is recorded with its privacy level and finding kinds. The
-  request's trace, when it is traced (:mod:`tierlm.telemetry`), ends with the same facts.
+  every attempt, tokens, cost and outcome. Its cost is the sum of its attempts' costs: what
+  every provider it reached bills (a cut stream's generated part, a cascade's rejected
+  answer, every consensus member), not only the answer's. Attempts carry the digest of the
+  exact bytes they sent (set by the executor), from which the ledger builds its audit chain.
+  A refused request is recorded with its privacy level and finding kinds. The request's
+  trace, when it is traced (:mod:`tierlm.telemetry`), ends with the same facts.
 - With ``ledger.commit_before_reply``, :meth:`Accounting.committed` waits until the record
   is committed, and the Router calls it before it hands an answer back (a whole reply, or a
   stream's end): every answer a client received has its record in the database, even when
@@ -120,6 +124,7 @@ class Accounting:
         await self.ledger.asettle(reservation, self.cost(backend, usage))  # what was billed
 
     def cost(self, backend: str, usage: Usage | None) -> float:
+        """What ``backend`` bills for ``usage`` (0 for nothing, or for no configured backend)."""
         if usage is None:
             return 0.0
         from tierlm.pricing import cost_usd
@@ -207,7 +212,7 @@ class Accounting:
                 # what was billed: an answer, or what a cut or abandoned stream generated
                 prompt_tokens=usage.prompt_tokens if usage else 0,
                 completion_tokens=usage.completion_tokens if usage else 0,
-                cost_usd=self.cost(backend, usage) if backend else 0.0,
+                cost_usd=sum(a.cost_usd for a in attempts),  # what every provider bills
                 outcome=final,
                 latency_ms=latency_ms,
                 ttft_ms=ttft_ms,

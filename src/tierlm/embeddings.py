@@ -280,6 +280,7 @@ class Embeddings:
                     continue
             rec = _attempt(c, "ok", None, started, ts)
             rec.tokens, rec.sent_digest = tokens, sent
+            rec.cost_usd = self.accounting.cost(c.backend, Usage(prompt_tokens=tokens))
             attempts.append(rec)
             if span is not None:
                 span.settled(rec, Usage(prompt_tokens=tokens), self.backends[c.backend], model)

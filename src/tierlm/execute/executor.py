@@ -33,7 +33,8 @@ truncated or duplicated answer.
 
 Accounting: every attempt becomes an :class:`AttemptRecord` (in the caller's ``attempts`` list,
 or ``RoutedStream.attempts``), with the SHA-256 of the exact body the adapter sent upstream
-(``sent_digest``, :func:`~tierlm.backends.base.capture_sent`); failed attempts carry no
+(``sent_digest``, :func:`~tierlm.backends.base.capture_sent`) and what it is billed
+(``cost_usd``: ``hooks.cost`` of the usage it is settled at); failed attempts carry no
 tokens and are settled with ``after_attempt(token, None, False)``, except a stream cut or
 abandoned after it generated text: the provider bills that, so it is settled at the estimated
 usage of what was streamed (``after_attempt(token, usage, False)``), whatever cancelled it
@@ -97,14 +98,18 @@ T = TypeVar("T")
 
 
 class ExecutionHooks(Protocol):
-    """Budget hooks around every attempt; any object with these two methods will do (subclass
+    """Budget hooks around every attempt; any object with these methods will do (subclass
     this for the do-nothing defaults).
 
     ``before_attempt`` may raise :class:`BudgetExceeded` to skip the candidate; what it returns
     (e.g. a reservation) comes back to ``after_attempt`` exactly once, with the usage of a
     success, or with ``ok=False`` and the usage billed for a failed or abandoned attempt
-    (``None`` when nothing was generated).
+    (``None`` when nothing was generated). ``cost`` prices that same usage for the attempt's
+    record.
     """
+
+    def cost(self, backend: str, usage: Usage | None) -> float:
+        return 0.0
 
     async def before_attempt(self, request: ChatRequest, candidate: Candidate) -> object | None:
         return None
@@ -554,11 +559,16 @@ class Executor:
         with anyio.CancelScope(shield=True):
             await self.hooks.after_attempt(tr.token, billed, False)
 
-    @staticmethod
     def _record(
-        tr: _Try, outcome: str, kind: str | None, usage: Usage | None, model: str | None = None
+        self,
+        tr: _Try,
+        outcome: str,
+        kind: str | None,
+        usage: Usage | None,
+        model: str | None = None,
     ) -> AttemptRecord:
-        """The attempt's record (``usage``: what it billed); its span is settled with it."""
+        """The attempt's record (``usage``: what it billed, priced by ``hooks.cost``); its span
+        is settled with it."""
         rec = AttemptRecord(
             backend=tr.cand.backend,
             tier=tr.cand.tier,
@@ -568,6 +578,7 @@ class Executor:
             latency_ms=(time.perf_counter() - tr.started) * 1000.0,
             ttft_ms=tr.ttft_ms,
             tokens=usage.total_tokens if usage else 0,
+            cost_usd=self.hooks.cost(tr.cand.backend, usage),
             ts=tr.ts,
             sent_digest=digest(tr.sent[-1]) if tr.sent else None,
         )

@@ -8,7 +8,10 @@ Deleting rows from the *end* leaves a shorter chain that still verifies. Two che
 
 - :func:`cross_check`: every request still in the ``requests`` table must have exactly one
   audit row per attempt of it that crossed the boundary (they are written in one
-  transaction), so a deleted newest row whose request is still recorded is found;
+  transaction), so a deleted newest row whose request is still recorded is found; and since
+  every attempt keeps the digest of what it sent (``attempts.sent_digest``, migration
+  ``009``), each audit row must match one such attempt by request, backend and digest, so a
+  row rewritten with its chain recomputed is found too;
 - an external anchor: ``tierlm audit head`` prints the head (the last row's ``seq`` and
   ``hash``) for the operator to keep elsewhere; ``verify_rows(rows, anchor=HASH)`` fails
   unless a row with that hash is still in the chain (rows after it may have been added).
@@ -17,7 +20,9 @@ What was sent is kept only as :func:`digest`: the SHA-256 of the exact bytes of 
 body the adapter sent upstream (after redaction, with every forwarded field), never the content
 itself; anyone holding those bytes can check them against the row. An attempt that sent
 nothing (skipped by a guard or the budget, or failed before its body went out) has no digest
-and no row.
+and no row. The attempts table keeps the digest of every attempt that sent a body, to a site
+backend too (:data:`LEFT_HOST`: what ``tierlm audit sent`` lists), though only external ones
+are chained.
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ from tierlm.ledger.store import Row, Tx
 GENESIS = "0" * 64
 COLUMNS = "seq, ts, request_id, api_key, backend, tier, boundary, privacy, digest, prev_hash, hash"
 CROSSES = frozenset({"external"})  # boundaries beyond the site
+LEFT_HOST = ("site", "external")  # boundaries whose attempts `tierlm audit sent` lists
+SENT_COLUMNS = "request_id, n, ts, backend, tier, boundary, outcome, sent_digest"
+_LEFT_HOST_SQL = ", ".join(f"'{b}'" for b in LEFT_HOST)
+SENT_WHERE = f"boundary IN ({_LEFT_HOST_SQL}) AND sent_digest IS NOT NULL"
 
 
 def crossed(a: Any) -> bool:
@@ -113,9 +122,9 @@ def to_record(row: Row) -> AuditRecord:
     )
 
 
-# The attempts table keeps no digest, so it bounds the audit rows of a request: at least one
-# per answered external attempt (it sent its body), at most one per external attempt that was
-# not skipped (the executor's error_kind for an attempt that was never sent).
+# Counts bound the audit rows of a request, for attempts recorded with or without a digest: at
+# least one per answered external attempt (it sent its body), at most one per external attempt
+# that was not skipped (the executor's error_kind for an attempt that was never sent).
 NOT_SENT = "Skipped"
 _CROSSING = ", ".join(f"'{b}'" for b in sorted(CROSSES))
 _AUDITED = "(SELECT request_id, COUNT(*) AS n FROM audit GROUP BY request_id)"
@@ -135,11 +144,46 @@ ORDER BY 1 LIMIT 1
 """
 
 
+# Attempts recorded with their digest must match the audit rows of their request one for one,
+# by (request, backend, digest): none missing, none extra, none changed.
+_SENT = f"""SELECT request_id, backend, sent_digest AS d, COUNT(*) AS n FROM attempts
+    WHERE boundary IN ({_CROSSING}) AND sent_digest IS NOT NULL GROUP BY 1, 2, 3"""
+_ROWS = "SELECT request_id, backend, digest AS d, COUNT(*) AS n FROM audit GROUP BY 1, 2, 3"
+_DIGEST_MISMATCH = f"""
+WITH s AS ({_SENT}), u AS ({_ROWS})
+SELECT s.request_id, s.backend, s.d, s.n, COALESCE(u.n, 0) FROM s
+LEFT JOIN u ON u.request_id = s.request_id AND u.backend = s.backend AND u.d = s.d
+WHERE COALESCE(u.n, 0) <> s.n
+UNION ALL
+SELECT u.request_id, u.backend, u.d, 0, u.n FROM u
+WHERE EXISTS (SELECT 1 FROM s x WHERE x.request_id = u.request_id)
+AND NOT EXISTS (
+    SELECT 1 FROM s y WHERE y.request_id = u.request_id AND y.backend = u.backend AND y.d = u.d)
+ORDER BY 1 LIMIT 1
+"""
+
+
+def _digest_check(tx: Tx) -> str | None:
+    bad = tx.q(_DIGEST_MISMATCH)
+    if not bad:
+        return None
+    rid, backend, dig, sent, rows = bad[0]
+    if int(sent) == 0:
+        return (
+            f"the audit trail holds a row for request {rid} to {backend} with digest "
+            f"{str(dig)[:16]}... that no recorded attempt sent: audit rows were added or changed"
+        )
+    return (
+        f"request {rid} sent {sent} body(ies) with digest {str(dig)[:16]}... to {backend}, but "
+        f"the audit trail holds {rows} row(s) for them: audit rows were deleted or changed"
+    )
+
+
 def cross_check(tx: Tx) -> str | None:
     """Why the audit rows and the recorded requests disagree, or ``None`` when they agree."""
     bad = tx.q(_MISMATCH)
     if not bad:
-        return None
+        return _digest_check(tx)
     rid, answered, tried, rows = bad[0]
     if int(rows) < int(answered):
         return (

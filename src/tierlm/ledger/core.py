@@ -23,6 +23,7 @@ from tierlm.ledger.records import (
     AuditRecord,
     AuditResult,
     RequestRecord,
+    SentAttempt,
     Thumbs,
     stored_text,
 )
@@ -40,7 +41,7 @@ _REQUEST_COLUMNS = (
 )
 _ATTEMPT_COLUMNS = (
     "request_id, n, ts, backend, tier, boundary, outcome, error_kind, latency_ms, ttft_ms, tokens, "
-    "judge_score, judge_decision"
+    "judge_score, judge_decision, cost_usd, sent_digest"
 )
 MAX_FEEDBACK_TEXT = 4000
 
@@ -115,6 +116,8 @@ def write_records(store: Store, tx: Tx, records: list[RequestRecord]) -> None:
             a.tokens,
             a.judge_score,
             a.judge_decision,
+            a.cost_usd,
+            a.sent_digest,
         )
         for r in records
         for n, a in enumerate(r.attempts)
@@ -373,6 +376,31 @@ class Ledger:
                 (since, limit),
             )
         return [audit.to_record(r) for r in rows]
+
+    def audit_sent(
+        self,
+        *,
+        since: float = 0.0,
+        limit: int = 50,
+        request_id: str | None = None,
+        digest: str | None = None,
+    ) -> list[SentAttempt]:
+        """The latest attempts that sent a body to a site or external backend since ``since``
+        (epoch seconds), newest first; only one request's, or only those that sent the bytes
+        whose digest is ``digest``, when given."""
+        where = f"ts >= ? AND {audit.SENT_WHERE}"
+        args: list[Any] = [since]
+        for column, value in (("request_id", request_id), ("sent_digest", digest)):
+            if value is not None:
+                where += f" AND {column} = ?"
+                args.append(value)
+        with self.store.transaction("read") as tx:
+            rows = tx.q(
+                f"SELECT {audit.SENT_COLUMNS} FROM attempts WHERE {where} "
+                "ORDER BY ts DESC, request_id, n LIMIT ?",
+                (*args, limit),
+            )
+        return [SentAttempt(r[0], int(r[1]), float(r[2]), *r[3:]) for r in rows]
 
     def integrity(self) -> str:
         return self.store.integrity()

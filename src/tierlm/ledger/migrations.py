@@ -155,6 +155,16 @@ MIGRATIONS: tuple[Migration, ...] = (
                 id TEXT PRIMARY KEY, seen_at DOUBLE PRECISION NOT NULL)""",
         ),
     ),
+    Migration(
+        # Each attempt's own cost (a request's cost is their sum; reports attribute it to the
+        # backend that billed it) and the digest of the body it sent (audit cross-check).
+        # Rows written before it keep cost 0 and no digest: their cost is on the request.
+        "009_attempt_cost_digest",
+        (
+            "ALTER TABLE attempts ADD COLUMN cost_usd DOUBLE PRECISION NOT NULL DEFAULT 0",
+            "ALTER TABLE attempts ADD COLUMN sent_digest TEXT",
+        ),
+    ),
 )
 
 

@@ -2,13 +2,16 @@
 
 A record holds the decision (tier, backend, complexity, privacy, reasons, the kinds of
 sensitive findings), every attempt (backend, outcome, latency, time to first token, error
-kind), tokens, cost and the final outcome. It never holds an API key's secret, only its name.
+kind, tokens, what it cost, the digest of what it sent), tokens, cost and the final outcome.
+A request's ``cost_usd`` is the sum of its attempts' ``cost_usd``: what every provider it
+reached bills, a failed or cut attempt's generated tokens and a cascade's rejected answer
+included. It never holds an API key's secret, only its name.
 Prompt and completion text are kept only when ``ledger.store_prompts`` is on, and then with
 sensitive spans replaced by ``[KIND]``.
 
-Every attempt that sent a body to a backend whose boundary is ``external`` becomes one row of
-the audit trail (:class:`AuditRecord`); its ``sent_digest`` is the SHA-256 of the exact bytes
-sent (see :func:`tierlm.ledger.audit.digest`), never the content.
+Every attempt that sent a body upstream keeps ``sent_digest``, the SHA-256 of the exact bytes
+sent (see :func:`tierlm.ledger.audit.digest`), never the content; one sent to a backend whose
+boundary is ``external`` also becomes one row of the audit trail (:class:`AuditRecord`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class AttemptRecord:
     latency_ms: float | None = None
     ttft_ms: float | None = None
     tokens: int = 0
+    cost_usd: float = 0.0  # what this attempt is billed (a failed one: what it generated)
     sent_digest: str | None = None  # sha256 of the exact body sent upstream, if one was sent
     ts: float | None = None  # when the attempt started; None: the request's time
     judge_score: float | None = None  # the cascade judged this answer (execute/cascade.py)
@@ -101,6 +105,24 @@ class AuditRecord:
     digest: str | None
     prev_hash: str
     hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True, frozen=True)
+class SentAttempt:
+    """One attempt that sent a body to a site or external backend: where it went (backend,
+    boundary) and the SHA-256 of the exact bytes (``digest``); ``n``: its place in the request."""
+
+    request_id: str
+    n: int
+    ts: float
+    backend: str
+    tier: str | None
+    boundary: str
+    outcome: str
+    digest: str
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

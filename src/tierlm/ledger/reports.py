@@ -7,6 +7,9 @@ million. Latency percentiles come from log-spaced histograms (within 0.5%); qual
 ``Report.to_dict`` is the JSON of ``tierlm report --json`` and ``/admin/report``;
 :mod:`tierlm.ledger.plots` draws the PNG charts.
 
+Spend by tier and backend is what each billed: an attempt's cost goes to its own tier and
+backend (a failed, cut or outvoted attempt too), requests are counted where they were answered.
+
 Savings are measured against sending every request to the strongest tier: at that tier's
 configured price when known, else at the cost per token that tier was observed to charge.
 
@@ -166,11 +169,12 @@ def _fold(totals: Totals, key: Callable[[tuple[str, str, str, int]], str]) -> li
                 round(cost, 9),
                 round(pt),
                 round(ct),
-                n / total,
+                n / total if total else 0.0,
                 external=ext * 2 > n,
-                fallback_rate=fb / n,
-                escalation_rate=esc / n,
-                error_rate=err / n,
+                # a group may have cost but no requests: attempts it billed, others answered
+                fallback_rate=fb / n if n else 0.0,
+                escalation_rate=esc / n if n else 0.0,
+                error_rate=err / n if n else 0.0,
             )
         )
     return sorted(out, key=lambda g: (-g.cost_usd, -g.requests, g.name))

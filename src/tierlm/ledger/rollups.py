@@ -7,6 +7,12 @@ bucket)`` (latency and time to first token in log-spaced buckets, :data:`LOG_RES
 so percentiles are within 0.5%; complexity of external requests in tenths). Upserts go in key order,
 so replicas writing the same rows never deadlock.
 
+Cost is attributed to whoever billed it: each attempt's ``cost_usd`` goes to its own tier and
+backend (a cut stream's first backend, a cascade's rejected cheap tier, every consensus
+member), and only the rest of the request's cost (none, for records written with attempt
+costs; all of it, for older ones) to the tier and backend that answered. Requests are counted
+where they were answered, so a group may show cost but no requests.
+
 A report over ``[start, end)`` reads the whole hours (days, for histograms) inside from the
 roll-ups and the partial ones at both ends from the raw tables (through the ``ts`` index): the
 same numbers as a full scan, at a cost that grows with hours, not requests. Migration
@@ -90,9 +96,15 @@ def _batch_totals(records: Sequence[RequestRecord]) -> dict[str, dict[tuple[Any,
         hour = math.floor(r.ts / HOUR)
         tier = r.tier or "-"
         ext = r.boundary == "external"
-        sums = groups.setdefault((hour, tier, r.backend or "-", r.api_key or "-"), [0.0] * 8)
+        key = r.api_key or "-"
+        sums = groups.setdefault((hour, tier, r.backend or "-", key), [0.0] * 8)
         sums[0] += 1
-        sums[1] += r.cost_usd
+        itemized = 0.0
+        for a in r.attempts:
+            if a.cost_usd:
+                groups.setdefault((hour, a.tier or "-", a.backend, key), [0.0] * 8)[1] += a.cost_usd
+                itemized += a.cost_usd
+        sums[1] += r.cost_usd - itemized
         sums[2] += r.prompt_tokens
         sums[3] += r.completion_tokens
         sums[4] += ext
@@ -183,6 +195,19 @@ def from_raw(tx: Tx, day_expr: str, lo: float, hi: float, out: Totals) -> None:
         args,
     ):
         out.add_attempts(backend, int(n), int(failed))
+    # each attempt's cost moves from the answering tier and backend to its own
+    for tier, backend, key, day, a_tier, a_backend, cost in tx.q(
+        "SELECT COALESCE(r.tier, '-'), COALESCE(r.backend, '-'), COALESCE(r.api_key, '-'), "
+        f"CAST(FLOOR(r.ts / {DAY}) AS BIGINT), COALESCE(a.tier, '-'), a.backend, SUM(a.cost_usd) "
+        "FROM requests r JOIN attempts a ON a.request_id = r.id "
+        "WHERE r.ts >= ? AND r.ts < ? AND a.cost_usd <> 0 GROUP BY 1, 2, 3, 4, 5, 6",
+        args,
+    ):
+        moved = [0.0] * _NSUMS
+        moved[1] = float(cost)
+        out.add_group((a_tier, a_backend, key, int(day)), moved)
+        moved[1] = -float(cost)
+        out.add_group((tier, backend, key, int(day)), moved)
 
 
 def hist_from_raw(tx: Tx, lo: float, hi: float, out: Totals) -> None:
