@@ -67,7 +67,8 @@ def make_records(n: int, seed: int = 1, start: float | None = None) -> list[Requ
                         latency_ms=lat,
                         ttft_ms=lat / 4,
                         tokens=pt + ct,
-                        sent_digest="ab" * 32 if boundary == "external" else None,
+                        cost_usd=(pt + ct) * price,
+                        sent_digest="ab" * 32 if boundary != "process" else None,
                     )
                 ],
                 prompt_tokens=pt,

@@ -12,7 +12,6 @@ what was generated, checked here against the upstream's count within the estimat
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -27,6 +26,7 @@ from typer.testing import CliRunner
 from fakes import serve
 from fakes.metered_server import CUT_AFTER, billed_usd
 from fakes.metered_server import make_app as metered_app
+from ledger_support import db_url
 from server_util import settings, upstream_backend
 from tierlm import Router
 from tierlm.cli.audit import register
@@ -39,6 +39,7 @@ PRICES = {  # USD per million tokens, different per backend so a misattribution 
 }
 PROMPT = "Count from zero, please, one word at a time."
 Metered = Callable[[int], list[tuple[str, Any]]]
+DBS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 @pytest.fixture
@@ -59,31 +60,36 @@ def _backend(name: str, url: str, model: str, boundary: str = "external") -> dic
     )
 
 
-def _router(tmp_path: Path, backends: list[dict[str, Any]], tiers: list[dict[str, Any]]) -> Router:
+def _router(
+    tmp_path: Path,
+    backends: list[dict[str, Any]],
+    tiers: list[dict[str, Any]],
+    url: str | None = None,
+) -> Router:
     s = settings(
         backends,
         tiers,
         data_dir=str(tmp_path),
-        ledger={"url": f"sqlite:///{tmp_path / 'ledger.sqlite3'}"},
+        ledger={"url": url or f"sqlite:///{tmp_path / 'ledger.sqlite3'}"},
         budgets={"limits": [{"usd": 100.0}], "per_request_share": 1.0, "local_only_below": 0.0},
     )
     return Router(s)
 
 
-def _rows(tmp_path: Path, sql: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(tmp_path / "ledger.sqlite3") as db:
-        return db.execute(sql).fetchall()
+def _rows(router: Router, sql: str) -> list[tuple[Any, ...]]:
+    with router.accounting.ledger.store.transaction("read") as tx:
+        return [tuple(r) for r in tx.q(sql)]
 
 
 def _bill(app: Any, name: str) -> float:
     return billed_usd(app.state.billed, PRICES[name]["input"], PRICES[name]["output"])
 
 
-def _costs(tmp_path: Path) -> tuple[float, dict[str, float]]:
+def _costs(router: Router) -> tuple[float, dict[str, float]]:
     """The request's recorded cost and each backend's attempts' cost (one request)."""
-    ((total,),) = _rows(tmp_path, "SELECT cost_usd FROM requests")
+    ((total,),) = _rows(router, "SELECT cost_usd FROM requests")
     per: dict[str, float] = {}
-    for backend, cost in _rows(tmp_path, "SELECT backend, cost_usd FROM attempts ORDER BY n"):
+    for backend, cost in _rows(router, "SELECT backend, cost_usd FROM attempts ORDER BY n"):
         per[backend] = per.get(backend, 0.0) + cost
     return total, per
 
@@ -94,12 +100,12 @@ def _spent(router: Router) -> float:
     return bucket.spent_nusd / 1e9
 
 
-def _check_money(router: Router, tmp_path: Path, billed: dict[str, float]) -> None:
+def _check_money(router: Router, billed: dict[str, float]) -> None:
     """The request costs the sum of its attempts, each attempt what its upstream billed, the
     budget spent exactly that, and the report puts it on the right backends (raw rows and
     hourly roll-ups alike)."""
     router.accounting.ledger.flush()
-    total, per = _costs(tmp_path)
+    total, per = _costs(router)
     assert per == pytest.approx(billed, rel=1e-9, abs=1e-15)
     assert total == pytest.approx(sum(billed.values()), rel=1e-9)
     assert _spent(router) == pytest.approx(total, abs=1e-9 * len(per))  # nano-USD, rounded up
@@ -111,36 +117,42 @@ def _check_money(router: Router, tmp_path: Path, billed: dict[str, float]) -> No
         assert by_backend == pytest.approx(billed, rel=1e-6), until
 
 
-def test_a_cascade_escalation_costs_both_answers(tmp_path: Path, metered: Metered) -> None:
+@pytest.mark.parametrize("db", DBS)
+def test_a_cascade_escalation_costs_both_answers(
+    db: str, tmp_path: Path, metered: Metered, request: pytest.FixtureRequest
+) -> None:
     (a_url, a), (b_url, b) = metered(2)
     backends = [_backend("first", a_url, "metered"), _backend("second", b_url, "metered")]
     tiers = [
         {"name": "cheap", "backends": ["first"], "strength": 0.3, "cascade": {"threshold": 1.0}},
         {"name": "strong", "backends": ["second"], "strength": 1.0},
     ]
-    with _router(tmp_path, backends, tiers) as router:
+    with _router(tmp_path, backends, tiers, db_url(db, tmp_path, request)) as router:
         resp = router.chat(PROMPT, max_tokens=12)
         assert resp.backend == "second"
         assert [d["decision"] for d in resp.cascade or []] == ["escalate"]
         billed = {"first": _bill(a, "first"), "second": _bill(b, "second")}
         assert all(v > 0 for v in billed.values())
-        _check_money(router, tmp_path, billed)
+        _check_money(router, billed)
         rep = router.accounting.ledger.report(timedelta(days=1))
         by_tier = {g.name: (g.requests, g.cost_usd) for g in rep.by_tier}
         assert by_tier["cheap"] == (0, pytest.approx(billed["first"], rel=1e-6))  # billed it
         assert by_tier["strong"] == (1, pytest.approx(billed["second"], rel=1e-6))  # answered
 
 
-def test_consensus_costs_every_member(tmp_path: Path, metered: Metered) -> None:
+@pytest.mark.parametrize("db", DBS)
+def test_consensus_costs_every_member(
+    db: str, tmp_path: Path, metered: Metered, request: pytest.FixtureRequest
+) -> None:
     (a_url, a), (b_url, b) = metered(2)
     backends = [_backend("first", a_url, "metered"), _backend("second", b_url, "metered")]
     tiers = [{"name": "pair", "backends": ["first", "second"]}]
-    with _router(tmp_path, backends, tiers) as router:
+    with _router(tmp_path, backends, tiers, db_url(db, tmp_path, request)) as router:
         req = ChatRequest.from_prompt(PROMPT, max_tokens=8, hints={"consensus": 2})
         resp = router.chat(req)
         assert [d["decision"] for d in resp.cascade or []].count("majority") == 1
         assert len(a.state.billed) == len(b.state.billed) == 1
-        _check_money(router, tmp_path, {"first": _bill(a, "first"), "second": _bill(b, "second")})
+        _check_money(router, {"first": _bill(a, "first"), "second": _bill(b, "second")})
 
 
 def _cut_then_continued(
@@ -172,13 +184,13 @@ def test_a_rescued_stream_costs_what_both_upstreams_billed(
         (bill_a,), (bill_b,) = a.state.billed, b.state.billed
         assert bill_a.completion_tokens == CUT_AFTER and not bill_a.finished
         assert bill_b.finished
-        rows = _rows(tmp_path, "SELECT backend, outcome, tokens, cost_usd FROM attempts ORDER BY n")
+        rows = _rows(router, "SELECT backend, outcome, tokens, cost_usd FROM attempts ORDER BY n")
         assert [r[:2] for r in rows] == [("first", "upstream_protocol_error"), ("second", "ok")]
         # the cut part: no usage arrives from a dead stream, so tierlm bills its own estimate
         # of what was generated; a provider bills its count, which the estimate must be near
         assert rows[0][3] == pytest.approx(_bill(a, "first"), rel=0.3)
         billed = {"first": rows[0][3], "second": _bill(b, "second")}  # the rest: exact
-        _check_money(router, tmp_path, billed)
+        _check_money(router, billed)
         assert sum(billed.values()) > _bill(b, "second")  # the old record: the last part only
 
 
@@ -195,7 +207,7 @@ def test_each_attempt_keeps_the_digest_of_the_bytes_its_upstream_received(
     router, a, b, _ = _cut_then_continued(tmp_path, metered, "site")
     with router:
         (raw_a,), (raw_b,) = a.state.bodies, b.state.bodies
-        rows = _rows(tmp_path, "SELECT backend, boundary, sent_digest FROM attempts ORDER BY n")
+        rows = _rows(router, "SELECT backend, boundary, sent_digest FROM attempts ORDER BY n")
         assert rows == [("first", "site", _sha(raw_a)), ("second", "external", _sha(raw_b))]
         assert _sha(raw_a) != _sha(raw_b)  # the continuation is another body
         audit = router.accounting.ledger.audit_list()
