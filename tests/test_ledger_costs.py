@@ -287,6 +287,7 @@ def test_a_fallback_from_site_to_external_digests_every_body_sent(
     with _router(tmp_path, backends, tiers) as router:
         resp = router.chat(PROMPT, max_tokens=8)
         assert resp.backend == "second"
+        router.accounting.ledger.flush()
         rows = _rows(
             router, "SELECT backend, outcome, cost_usd, sent_digest FROM attempts ORDER BY n"
         )
