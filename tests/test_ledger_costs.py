@@ -116,6 +116,11 @@ def _check_money(router: Router, billed: dict[str, float]) -> None:
         by_backend = {g.name: g.cost_usd for g in rep.by_backend}
         paid = {k: v for k, v in billed.items() if v}  # a backend that billed nothing: no row
         assert by_backend == pytest.approx(paid, rel=1e-6), until
+        hourly: dict[str, float] = {}  # the dashboard's series: the same attribution
+        for h in rep.hourly:
+            hourly[h["tier"]] = hourly.get(h["tier"], 0.0) + h["cost_usd"]
+        by_tier = {g.name: g.cost_usd for g in rep.by_tier}
+        assert hourly == pytest.approx(by_tier, rel=1e-6, abs=1e-12), until
 
 
 @pytest.mark.parametrize("db", DBS)

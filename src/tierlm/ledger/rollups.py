@@ -289,6 +289,14 @@ def hourly(tx: Tx, start: float, end: float) -> dict[tuple[int, str], list[float
             (a, b),
         ):
             add(math.floor(a / HOUR), tier, n, cost)
+        for tier, a_tier, cost in tx.q(  # each attempt's cost on its own tier, as rolled up
+            "SELECT COALESCE(r.tier, '-'), COALESCE(a.tier, '-'), SUM(a.cost_usd) "
+            "FROM requests r JOIN attempts a ON a.request_id = r.id "
+            "WHERE r.ts >= ? AND r.ts < ? AND a.cost_usd <> 0 GROUP BY 1, 2",
+            (a, b),
+        ):
+            add(math.floor(a / HOUR), a_tier, 0, cost)
+            add(math.floor(a / HOUR), tier, 0, -float(cost))
     return out
 
 
