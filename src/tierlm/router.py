@@ -35,6 +35,7 @@ from tierlm.layer0.core import Early, Layer0
 from tierlm.learn import read_calibration
 from tierlm.paths import data_dir
 from tierlm.policy import Conditions, Policy, Signals
+from tierlm.signals.rapl import JoulesMeter
 from tierlm.types import ChatRequest, ChatResponse, Finding, Message, Plan, Privacy, StreamEvent
 
 if TYPE_CHECKING:
@@ -176,10 +177,15 @@ class Router:
         return plan
 
     def _with_energy(self, cond: Conditions) -> Conditions:
-        """``cond`` with the cached energy state (a copy; no I/O)."""
-        if self.energy is None or cond.energy is not None:
+        """``cond`` with the cached energy state and the local backends' measured joules per
+        token (a copy; no I/O)."""
+        if self.energy is None:
             return cond
-        return dataclasses.replace(cond, energy=self.energy.snapshot())
+        measured = cond.measured_joules
+        if measured is None:
+            measured = {n: j for n, b in self.backends.items() if (j := _measured(b)) is not None}
+        energy = cond.energy or self.energy.snapshot()
+        return dataclasses.replace(cond, energy=energy, measured_joules=measured)
 
     async def asignals(self, request: ChatRequest, *, processes: bool = False) -> Signals:
         """The request's signals. A large request (more than :data:`INLINE_SCAN_CHARS` of
@@ -597,3 +603,9 @@ async def _wrap(aw: Awaitable[T]) -> T:
 
 def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1000.0
+
+
+def _measured(backend: Backend) -> float | None:
+    """A local backend's measured joules per token (:mod:`tierlm.signals.rapl`)."""
+    meter = getattr(backend, "meter", None)
+    return meter.joules_per_token if isinstance(meter, JoulesMeter) else None

@@ -76,6 +76,7 @@ class BackendHealth:
     memory_free_gb: float | None = None
     latency_ms: float | None = None
     worker: dict[str, Any] | None = None  # a supervised worker process's state
+    energy: dict[str, Any] | None = None  # measured J/token (signals/rapl.py), local models
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}

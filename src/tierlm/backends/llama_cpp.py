@@ -52,6 +52,7 @@ from tierlm.errors import (
 from tierlm.gguf import estimate_memory_bytes
 from tierlm.hostinfo import memory_available_bytes
 from tierlm.paths import models_dir as default_models_dir
+from tierlm.signals.rapl import JoulesMeter
 from tierlm.types import ChatRequest, ChatResponse, Message, StreamEvent, Usage
 
 if TYPE_CHECKING:
@@ -92,6 +93,7 @@ class LlamaCppBackend(Backend):
         self._last_used = time.monotonic()
         self._unload_timer: threading.Timer | None = None
         self._sampling: dict[str, Any] = config.sampling.resolved()
+        self.meter = JoulesMeter()  # measured J/token (signals/rapl.py)
 
     @classmethod
     def from_settings(cls, config: BackendConfig, settings: Settings | None) -> LlamaCppBackend:
@@ -283,6 +285,7 @@ class LlamaCppBackend(Backend):
             queued=self._waiting,
             memory_needed_gb=round(need, 3),
             memory_free_gb=round(free, 3),
+            energy=self.meter.to_dict(),
         )
 
     async def aclose(self) -> None:
@@ -338,7 +341,7 @@ class LlamaCppBackend(Backend):
         try:
             self._check_context(llm, request)
             out = await asyncio.get_running_loop().run_in_executor(
-                self._pool, lambda: _call(llm, self._kwargs(request))
+                self._pool, lambda: self._metered_call(llm, self._kwargs(request))
             )
         finally:
             self._release(llm, sem)
@@ -355,6 +358,15 @@ class LlamaCppBackend(Backend):
             backend=self.name,
             latency_ms=(time.perf_counter() - t0) * 1000,
         )
+
+    def _metered_call(self, llm: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        start, tokens = self.meter.begin(), 0
+        try:
+            out = _call(llm, kwargs)
+            tokens = (out.get("usage") or {}).get("completion_tokens", 0)
+            return out
+        finally:
+            self.meter.end(start, tokens)
 
     def complete_blocking(self, request: ChatRequest) -> str:
         """Answer in the calling thread (for signals that rate a request with this model)."""
@@ -389,12 +401,16 @@ class LlamaCppBackend(Backend):
 
         def work() -> None:
             put = loop.call_soon_threadsafe
+            start, chunks = self.meter.begin(), 0  # a chunk per generated token
             try:
                 for chunk in _stream(llm, kwargs, stop):
+                    chunks += bool(_chunk_text(chunk))
                     put(queue.put_nowait, ("chunk", chunk))
-                put(queue.put_nowait, ("end", llm.n_tokens))
+                last: tuple[str, Any] = ("end", llm.n_tokens)
             except BaseException as e:  # handed to the consumer, which re-raises it
-                put(queue.put_nowait, ("error", e))
+                last = ("error", e)
+            self.meter.end(start, chunks)  # before the consumer hears of the end
+            put(queue.put_nowait, last)
 
         future = loop.run_in_executor(self._pool, work)
         future.add_done_callback(lambda _f: self._release(llm, sem))
@@ -493,6 +509,12 @@ def _stream(llm: Any, kwargs: dict[str, Any], stop: threading.Event) -> Iterator
         gen.close()
 
 
+def _chunk_text(chunk: dict[str, Any]) -> str:
+    choice = chunk["choices"][0]
+    text: str = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
+    return text
+
+
 async def _events(queue: asyncio.Queue[tuple[str, Any]], model: str) -> AsyncIterator[StreamEvent]:
     completion = 0
     finish: Any = None
@@ -503,7 +525,7 @@ async def _events(queue: asyncio.Queue[tuple[str, Any]], model: str) -> AsyncIte
         if kind == "end":
             break
         choice = item["choices"][0]
-        text = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
+        text = _chunk_text(item)
         if text:
             completion += 1
             yield StreamEvent(text=text)

@@ -158,16 +158,29 @@ class LlamaWorkerBackend(LlamaCppBackend):
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         async with self._attempt(request) as client:
-            out = await client.complete(self._with_defaults(request))
+            start, tokens = self.meter.begin(), 0
+            try:
+                out = await client.complete(self._with_defaults(request))
+                tokens = out.usage.completion_tokens
+            finally:
+                self.meter.end(start, tokens)
         out.model = self.model
         return out
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         async with self._attempt(request) as client:
-            async for ev in client.stream(self._with_defaults(request)):
-                if ev.model:
-                    ev.model = self.model
-                yield ev
+            start, ended = self.meter.begin(), False
+            try:
+                async for ev in client.stream(self._with_defaults(request)):
+                    if ev.model:
+                        ev.model = self.model
+                    if ev.usage is not None and not ended:  # the end: measured now
+                        ended = True
+                        self.meter.end(start, ev.usage.completion_tokens)
+                    yield ev
+            finally:
+                if not ended:
+                    self.meter.end(start, 0)
 
     def complete_blocking(self, request: ChatRequest) -> str:
         """Answer from the calling thread (signals that rate a request with this model)."""

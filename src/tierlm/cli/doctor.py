@@ -26,6 +26,7 @@ import typer
 
 from tierlm.cli.common import CONFIG_HELP, PRESET_HELP, load
 from tierlm.config.backends import HttpConfig, LlamaCppConfig
+from tierlm.signals import rapl
 
 if TYPE_CHECKING:
     from tierlm.config.settings import BackendConfig, Settings
@@ -217,6 +218,8 @@ def _fmt_health(b: dict[str, Any]) -> str:
         parts.append(f"{h['latency_ms']:.0f} ms")
     if h.get("worker"):
         parts.append(_fmt_worker(h["worker"]))
+    if h.get("energy"):
+        parts.append(rapl.describe(h["energy"]))
     if b["detail"] and b["detail"] not in ("ok", "loaded"):
         parts.insert(0, b["detail"])
     return "; ".join(parts)

@@ -10,11 +10,15 @@
 - dirty grid: the quality bar is lowered, as for ``cost_sensitivity: high``;
 - solar surplus: the carbon rule is lifted, and local candidates go before external ones.
 
+A backend's energy per token is its configured ``joules_per_token``, else the value measured
+for it (:mod:`tierlm.signals.rapl`), else the default for its boundary.
+
 Every effect is a reason of the plan and an entry of its ``energy`` object.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,13 +38,26 @@ class EnergyEffects:
     max_joules: float | None = None  # battery: the energy budget per token
     quality_drop: float = 0.0  # dirty grid
     local_first: bool = False  # solar surplus
+    measured: Mapping[str, float] = field(default_factory=dict)  # backend -> J/token (RAPL)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.state.to_dict(), "effects": list(self.effects)}
+        measured = {k: round(v, 4) for k, v in self.measured.items()}
+        return {**self.state.to_dict(), "effects": list(self.effects), "measured": measured}
+
+    def joules_per_token(self, backend: BackendConfig) -> float | None:
+        """Configured, else measured, else the boundary's default (``None``: unknown)."""
+        if backend.joules_per_token is None and backend.name in self.measured:
+            return self.measured[backend.name]
+        return backend.energy_per_token()
 
 
-def effects(cfg: EnergyConfig, state: EnergyState, request: ChatRequest) -> EnergyEffects:
-    out = EnergyEffects(state=state)
+def effects(
+    cfg: EnergyConfig,
+    state: EnergyState,
+    request: ChatRequest,
+    measured: Mapping[str, float] | None = None,
+) -> EnergyEffects:
+    out = EnergyEffects(state=state, measured=measured or {})
     if not state.known:
         why = state.detail or state.status
         out.effects.append(f"energy state unknown ({state.source}: {why}): no energy rule")
@@ -82,7 +99,7 @@ def within_budget(
         return usable
 
     def fits(c: Candidate) -> bool:
-        j = backends[c.backend].energy_per_token()
+        j = eff.joules_per_token(backends[c.backend])
         return j is not None and j <= limit
 
     kept = {t: [c for c in cands if fits(c)] for t, cands in usable.items()}

@@ -75,6 +75,7 @@ class Conditions:
     api_key: ApiKeyConfig | None = None
     paid: Mapping[str, bool] | None = None  # backend -> costs money (else: external = paid)
     energy: EnergyState | None = None  # the cached energy state (Router.energy)
+    measured_joules: Mapping[str, float] | None = None  # backend -> measured J/token (RAPL)
 
 
 class Policy:
@@ -123,7 +124,7 @@ class Policy:
         if cfg is None:
             return None
         state = cond.energy or EnergyState(source=cfg.source, detail="no reading supplied")
-        return energy_rules.effects(cfg, state, request)
+        return energy_rules.effects(cfg, state, request, cond.measured_joules or {})
 
     def refused(self, request: ChatRequest, signals: Signals, cond: Conditions) -> Plan:
         """What the ledger records for a request :meth:`plan` refused: no candidates, its

@@ -255,6 +255,7 @@ async def health(request: Request) -> Response:
             "latency_ms": h.latency_ms,
             # the worker's state, without where it is installed (the endpoint is open)
             **({"worker": _public(h.worker)} if h.worker is not None else {}),
+            **({"energy": h.energy} if h.energy is not None else {}),  # measured J/token
         }
         for n, h in checks.items()
     }
