@@ -10,7 +10,8 @@
 - After the request, one :class:`~tierlm.ledger.RequestRecord` is queued: the decision,
   every attempt, tokens, cost and outcome. Its cost is the sum of its attempts' costs: what
   every provider it reached bills (a cut stream's generated part, a cascade's rejected
-  answer, every consensus member), not only the answer's. Attempts carry the digest of the
+  answer, every consensus member), not only the answer's (:func:`billed`; a whole answer
+  carries it as ``ChatResponse.cost_usd``). Attempts carry the digest of the
   exact bytes they sent (set by the executor), from which the ledger builds its audit chain.
   A refused request is recorded with its privacy level and finding kinds. The request's
   trace, when it is traced (:mod:`tierlm.telemetry`), ends with the same facts.
@@ -186,6 +187,8 @@ class Accounting:
                 else [],
             }
         cfg = self._configs.get(backend or "")
+        if response is not None:
+            response.cost_usd = billed(attempts)
         final = error.code if error is not None else (outcome or "ok")
         if trace is not None:
             by = (tier, backend, model, usage) if response or streamed else None
@@ -212,7 +215,7 @@ class Accounting:
                 # what was billed: an answer, or what a cut or abandoned stream generated
                 prompt_tokens=usage.prompt_tokens if usage else 0,
                 completion_tokens=usage.completion_tokens if usage else 0,
-                cost_usd=sum(a.cost_usd for a in attempts),  # what every provider bills
+                cost_usd=billed(attempts),
                 outcome=final,
                 latency_ms=latency_ms,
                 ttft_ms=ttft_ms,
@@ -224,6 +227,11 @@ class Accounting:
                 **texts,
             )
         )
+
+
+def billed(attempts: list[AttemptRecord]) -> float:
+    """What a request costs: what every provider it reached bills, the sum of its attempts."""
+    return sum(a.cost_usd for a in attempts)
 
 
 def _planned_boundary(plan: Plan | None, backend: str | None) -> str | None:

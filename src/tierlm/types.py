@@ -291,6 +291,8 @@ class ChatResponse(BaseModel):
     latency_ms: float | None = None
     ttft_ms: float | None = None
     cascade: list[dict[str, Any]] | None = None  # judged answers: tier, score, decision
+    # what every attempt of the request billed (set when the request is recorded)
+    cost_usd: float | None = None
 
     @property
     def text(self) -> str:

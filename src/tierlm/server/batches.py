@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tierlm.accounting import billed
 from tierlm.backends.base import collect
 from tierlm.batch.config import DEFAULT_SLOTS
 from tierlm.batch.jsonl import ENDPOINTS, LineError, parse_lines
@@ -149,7 +150,6 @@ class GatewayRunner:
         finally:
             self.live.leave(gw)
         accounting = gw.router.accounting
-        cost = accounting.cost(resp.backend, resp.usage)
         baseline = (
             accounting.cost(line.planned_backend, resp.usage) if line.planned_backend else None
         )
@@ -161,7 +161,7 @@ class GatewayRunner:
             backend=resp.backend,
             prompt_tokens=resp.usage.prompt_tokens,
             completion_tokens=resp.usage.completion_tokens,
-            cost_usd=cost,
+            cost_usd=resp.cost_usd or 0.0,  # every attempt's, as the ledger records it
             baseline_usd=baseline,
         )
 
@@ -181,6 +181,7 @@ async def _streamed(
     if rs.finish_reason is None:
         raise unfinished(req, rs)
     resp.tier, resp.backend = rs.tier or "", rs.backend or ""
+    resp.cost_usd = billed(rs.attempts)  # recorded when the stream ended, as it is here
     return resp, rs.plan
 
 
