@@ -3,16 +3,22 @@ errors, and the Router using it from YAML (``function: "module:callable"``) and 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import typer
+from typer.testing import CliRunner
 
 from server_util import settings
 from tierlm import Router
 from tierlm.backends import create_backend
 from tierlm.backends.base import collect
 from tierlm.backends.function import FunctionBackend, FunctionInfo, tool_call
+from tierlm.cli.audit import register
 from tierlm.config import load_settings
 from tierlm.config.backends import FunctionConfig
 from tierlm.errors import AllAttemptsFailed, BackendUnavailable, ConfigError, RateLimited
@@ -192,3 +198,47 @@ def test_a_malformed_import_path_is_a_validation_error(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"config key `backends.0.function`: .*module:callable"):
         load_settings(cfg, env={})
+
+
+def test_posed_beyond_the_process_what_the_callable_got_is_audited(tmp_path: Path) -> None:
+    """An external function backend (a callable wrapping some provider's SDK) leaves a trail:
+    its attempt's digest is the SHA-256 of the documented encoding of what the callable was
+    handed, listed by `tierlm audit sent` and chained; a private request never reaches it."""
+    handed: list[bytes] = []
+
+    def cloud(request: ChatRequest, info: FunctionInfo) -> str:
+        got = {"info": asdict(info), "request": request.model_dump(mode="json")}
+        handed.append(
+            json.dumps(got, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        )
+        return "from the cloud"
+
+    s = settings(
+        [
+            {"name": "cloud", "kind": "function", "function": cloud, "boundary": "external"},
+            {"name": "local", "kind": "function", "function": echo},
+        ],
+        [{"name": "t", "backends": ["cloud", "local"]}],
+        data_dir=str(tmp_path),
+        ledger={"url": f"sqlite:///{tmp_path / 'ledger.sqlite3'}"},
+    )
+    with Router(s) as router:
+        assert router.chat("hello there").backend == "cloud"
+        assert router.chat("my secret", hints={"privacy": "private"}).backend == "local"
+        assert router.backends["cloud"].calls == 1  # type: ignore[attr-defined]
+        ledger = router.accounting.ledger
+        ledger.flush()
+        (sent,) = handed
+        digest = hashlib.sha256(sent).hexdigest()
+        assert [(r.backend, r.digest) for r in ledger.audit_list()] == [("cloud", digest)]
+        assert ledger.audit_verify().ok
+    cfg = tmp_path / "tierlm.yaml"
+    cfg.write_text(f"data_dir: {tmp_path}\n")
+    app = typer.Typer()
+    register(app)
+    res = CliRunner().invoke(app, ["audit", "sent", "--config", str(cfg), "--json"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.output.splitlines() if line.strip()]
+    assert [(r["backend"], r["boundary"], r["digest"]) for r in rows] == [
+        ("cloud", "external", digest)
+    ]

@@ -24,7 +24,12 @@ Configured in YAML with ``kind: function`` and ``function: "module:callable"`` (
 the backend is built); from Python, ``FunctionBackend(answer)`` or
 ``FunctionConfig(name=..., function=answer)`` in :class:`~tierlm.config.settings.Settings`.
 Its boundary is ``process`` unless configured: a test may pose it as a site or an external
-backend to test privacy and fallback rules.
+backend to test privacy and fallback rules, and an app may wrap some provider's SDK in it.
+Posed beyond ``process``, what the callable is handed is what left: :func:`handed` encodes it
+as the attempt's "sent bytes" (its ``sent_digest``, and an external attempt's audit row), the
+canonical JSON (:func:`~tierlm.ledger.audit.canonical`: sorted keys, no spaces, UTF-8 kept) of
+``{"info": {"backend", "model", "stream"}, "request": request.model_dump(mode="json")}``, so an
+operator holding the request can recompute the digest.
 """
 
 from __future__ import annotations
@@ -34,14 +39,20 @@ import inspect
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from tierlm.backends.base import Backend, collect, expect_config, tool_calls_to_deltas
+from tierlm.backends.base import (
+    Backend,
+    collect,
+    expect_config,
+    note_sent,
+    tool_calls_to_deltas,
+)
 from tierlm.config.backends import FunctionConfig
 from tierlm.errors import BackendError, ConfigError
 from tierlm.execute.streams import estimate_usage
-from tierlm.types import ChatRequest, ChatResponse, Message, StreamEvent, ToolCall
+from tierlm.types import Boundary, ChatRequest, ChatResponse, Message, StreamEvent, ToolCall
 
 if TYPE_CHECKING:
     from tierlm.config.settings import BackendConfig, Settings
@@ -66,6 +77,13 @@ def tool_call(name: str, arguments: dict[str, Any] | str, *, id: str | None = No
     args = arguments if isinstance(arguments, str) else json.dumps(arguments)
     call_id = id or "call_" + uuid.uuid4().hex[:24]
     return ToolCall(id=call_id, function={"name": name, "arguments": args})
+
+
+def handed(request: ChatRequest, info: FunctionInfo) -> bytes:
+    """What the callable is handed, as bytes: the encoding the module doc describes."""
+    from tierlm.ledger.audit import canonical
+
+    return canonical({"info": asdict(info), "request": request.model_dump(mode="json")}).encode()
 
 
 def echo(request: ChatRequest, info: FunctionInfo) -> str:
@@ -97,6 +115,8 @@ class FunctionBackend(Backend):
     async def _call(self, request: ChatRequest, *, stream: bool) -> Answer:
         self.calls += 1
         info = FunctionInfo(backend=self.name, model=self.model, stream=stream)
+        if self.boundary is not Boundary.PROCESS:
+            note_sent(handed(request, info))
         try:
             out = self.function(request, info)
             return await out if inspect.isawaitable(out) else out
