@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -33,6 +32,7 @@ from tierlm.execute.cascade import Cascade
 from tierlm.execute.executor import Executor, RoutedStream
 from tierlm.layer0.core import Early, Layer0
 from tierlm.learn import read_calibration
+from tierlm.loopthread import LoopThread
 from tierlm.paths import data_dir
 from tierlm.policy import Conditions, Policy, Signals
 from tierlm.signals.rapl import JoulesMeter
@@ -114,8 +114,7 @@ class Router:
         )
         self.layer0 = Layer0(settings)
         self._embeddings: Embeddings | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._sync = LoopThread()  # the synchronous API's event loop
         self._scan_pool: ScanPool | None = None
         self.energy: EnergyMonitor | None = None
         if settings.energy is not None:
@@ -506,12 +505,7 @@ class Router:
 
     def close(self) -> None:
         self._run(self.aclose())
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            if self._thread is not None:
-                self._thread.join(timeout=5)
-            self._loop.close()
-            self._loop = None
+        self._sync.stop()
 
     def __enter__(self) -> Router:
         return self
@@ -520,20 +514,7 @@ class Router:
         self.close()
 
     def _run(self, aw: Awaitable[T]) -> T:
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
-            self._thread = threading.Thread(
-                target=self._loop.run_forever, daemon=True, name="tierlm-router"
-            )
-            self._thread.start()
-        future = asyncio.run_coroutine_threadsafe(_wrap(aw), self._loop)
-        try:
-            return future.result()
-        except _Escaped as e:
-            raise e.exc from None
-        except BaseException:  # Ctrl-C in the caller's thread: stop the work in the loop too
-            future.cancel()
-            raise
+        return self._sync.run(aw)
 
 
 class _PrivacyOf:
@@ -581,24 +562,6 @@ def _text_size(request: ChatRequest) -> int:
         for call in m.tool_calls or ():
             size += len(str(call.function.get("arguments") or ""))
     return size + (len(str(request.tools)) if request.tools else 0)
-
-
-class _Escaped(Exception):
-    """A ``SystemExit`` or ``KeyboardInterrupt`` raised by work on the loop thread (rich raises
-    ``SystemExit`` when stdout's reader has gone: ``tierlm chat | head``), carried to the
-    caller's thread. Left alone, asyncio lets it end the loop thread, and the caller would wait
-    for the result forever."""
-
-    def __init__(self, exc: BaseException) -> None:
-        super().__init__(repr(exc))
-        self.exc = exc
-
-
-async def _wrap(aw: Awaitable[T]) -> T:
-    try:
-        return await aw
-    except (SystemExit, KeyboardInterrupt) as e:
-        raise _Escaped(e) from e
 
 
 def _ms(t0: float) -> float:
