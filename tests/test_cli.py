@@ -167,16 +167,22 @@ def test_ctrl_c_stops_an_answer_and_the_repl_goes_on(tmp_path: Path) -> None:
         )
         assert p.stdin is not None and p.stdout is not None and p.stderr is not None
         out, err = _Pipe(p.stdout), _Pipe(p.stderr)
-        p.stdin.write("Say the words.\n")
-        p.stdin.flush()
-        out.wait_for("w4")  # the answer is under way, and stalled
-        p.send_signal(signal.SIGINT)
-        err.wait_for("stopped")  # the dim line of an interrupted answer
-        p.stdin.write("/help\n/exit\n")
-        p.stdin.close()
-        assert p.wait(timeout=60) == 0, err.close()
-        out.close()
-        err.close()
+        try:
+            p.stdin.write("Say the words.\n")
+            p.stdin.flush()
+            out.wait_for("w4")  # the answer is under way, and stalled
+            p.send_signal(signal.SIGINT)
+            err.wait_for("stopped")  # the dim line of an interrupted answer
+            p.stdin.write("/help\n/exit\n")
+            p.stdin.close()
+            assert p.wait(timeout=60) == 0, err.close()
+        finally:  # a failure above must not leave the child and its pipes to later tests
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stdin.close()
+            out.close()
+            err.close()
     assert "/exit, /quit" in err.text  # /help was answered by the REPL, not sent to the model
     assert "Traceback" not in err.text
     assert up.count("slow") == 1
