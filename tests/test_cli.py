@@ -164,6 +164,9 @@ def test_ctrl_c_stops_an_answer_and_the_repl_goes_on(tmp_path: Path) -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # as from a terminal: a suite started in the background (`... &` in a script)
+            # ignores SIGINT, and a child would inherit that
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         assert p.stdin is not None and p.stdout is not None and p.stderr is not None
         out, err = _Pipe(p.stdout), _Pipe(p.stderr)
