@@ -29,7 +29,8 @@ from tierlm.accounting import Accounting
 from tierlm.config import Settings, load_settings
 from tierlm.errors import ConfigError, TierlmError
 from tierlm.execute.cascade import Cascade
-from tierlm.execute.executor import Executor, RoutedStream
+from tierlm.execute.executor import Executor
+from tierlm.execute.streams import RoutedStream
 from tierlm.layer0.core import Early, Layer0
 from tierlm.learn import read_calibration
 from tierlm.loopthread import LoopThread

@@ -13,7 +13,7 @@ from tierlm.cli.common import CONFIG_HELP, PRESET_HELP, PRIVACY_HELP, PrivacyLev
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from tierlm.execute.executor import RoutedStream
+    from tierlm.execute.streams import RoutedStream
     from tierlm.router import Router
     from tierlm.types import ChatRequest, Message
 

@@ -48,7 +48,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from tierlm.errors import TierlmError
 from tierlm.execute.consensus import consensus
-from tierlm.execute.executor import Executor, RoutedStream
+from tierlm.execute.executor import Executor
+from tierlm.execute.streams import RoutedStream
 from tierlm.judge import Judge, Verdict, case_for
 from tierlm.types import CascadeHint, ChatRequest, ChatResponse, Plan, StreamEvent
 

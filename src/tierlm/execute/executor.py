@@ -1,6 +1,7 @@
 """Carry a plan out: try its candidates in order until one answers, and never hang.
 
-``complete()`` returns a whole answer; ``stream()`` returns a :class:`RoutedStream`, an async
+``complete()`` returns a whole answer; ``stream()`` returns a
+:class:`~tierlm.execute.streams.RoutedStream`, an async
 iterator of :class:`StreamEvent` whose ``tier``/``backend``/``model`` are known once the first
 piece has been handed over (the stream is then *committed* to that backend).
 
@@ -74,7 +75,7 @@ from tierlm.errors import (
 from tierlm.execute.breaker import BreakerBoard, BreakerConfig, Clock
 from tierlm.execute.rescue import Splice, continuation_request
 from tierlm.execute.retry import RetryPolicy, counts_against_backend, retry_after
-from tierlm.execute.streams import TimedStream, add_usage, estimate_usage
+from tierlm.execute.streams import RoutedStream, TimedStream, add_usage, estimate_usage
 from tierlm.ledger.audit import digest
 from tierlm.ledger.records import AttemptRecord
 from tierlm.privacy import ceiling, needs_redaction
@@ -83,7 +84,6 @@ from tierlm.types import (
     Candidate,
     ChatRequest,
     ChatResponse,
-    FinishReason,
     Plan,
     StreamEvent,
     Usage,
@@ -120,46 +120,6 @@ class ExecutionHooks(Protocol):
 
 class _NoHooks(ExecutionHooks):
     pass
-
-
-class RoutedStream:
-    """A streamed answer that knows where it came from once it has started.
-
-    ``tier``/``backend``/``model`` name the backend that is answering (after a mid-stream
-    rescue: the one that finished the answer, and ``continued`` is true). ``usage`` and
-    ``finish_reason`` are set when the stream has finished; ``attempts`` fills as it goes.
-    """
-
-    def __init__(
-        self,
-        plan: Plan,
-        events: AsyncIterator[StreamEvent] | None = None,
-        *,
-        attempts: list[AttemptRecord] | None = None,
-    ) -> None:
-        self.plan = plan
-        self.tier: str | None = None
-        self.backend: str | None = None
-        self.model: str | None = None
-        self.attempts: list[AttemptRecord] = attempts if attempts is not None else []
-        self.usage: Usage | None = None
-        self.finish_reason: FinishReason | None = None
-        self.ttft_ms: float | None = None
-        self.continued = False
-        self._events: AsyncIterator[StreamEvent] | None = events
-
-    @property
-    def committed(self) -> bool:
-        return self.backend is not None
-
-    def __aiter__(self) -> AsyncIterator[StreamEvent]:
-        assert self._events is not None, "RoutedStream has no events"
-        return self._events
-
-    async def aclose(self) -> None:
-        close = getattr(self._events, "aclose", None)
-        if close is not None:
-            await close()
 
 
 @dataclass(slots=True)

@@ -1,4 +1,8 @@
-"""Stream helpers of the executor: per-chunk deadlines and usage sums.
+"""Stream helpers of the executor: the routed stream it hands out, per-chunk deadlines and
+usage sums.
+
+:class:`RoutedStream` is what ``Executor.stream()`` returns: the caller's view of one streamed
+answer, which learns which backend answers once the first piece is handed over.
 
 :class:`TimedStream` enforces the attempt's limits on any backend's event stream, whatever the
 adapter does itself: the first event must come within ``first_token`` seconds of the start,
@@ -15,10 +19,51 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from tierlm.errors import BackendTimeout, ProtocolError
-from tierlm.types import ChatRequest, StreamEvent, Usage
+from tierlm.types import ChatRequest, FinishReason, Plan, StreamEvent, Usage
 
 if TYPE_CHECKING:
     from tierlm.config.settings import Timeouts
+    from tierlm.ledger.records import AttemptRecord
+
+
+class RoutedStream:
+    """A streamed answer that knows where it came from once it has started.
+
+    ``tier``/``backend``/``model`` name the backend that is answering (after a mid-stream
+    rescue: the one that finished the answer, and ``continued`` is true). ``usage`` and
+    ``finish_reason`` are set when the stream has finished; ``attempts`` fills as it goes.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        events: AsyncIterator[StreamEvent] | None = None,
+        *,
+        attempts: list[AttemptRecord] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.tier: str | None = None
+        self.backend: str | None = None
+        self.model: str | None = None
+        self.attempts: list[AttemptRecord] = attempts if attempts is not None else []
+        self.usage: Usage | None = None
+        self.finish_reason: FinishReason | None = None
+        self.ttft_ms: float | None = None
+        self.continued = False
+        self._events: AsyncIterator[StreamEvent] | None = events
+
+    @property
+    def committed(self) -> bool:
+        return self.backend is not None
+
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        assert self._events is not None, "RoutedStream has no events"
+        return self._events
+
+    async def aclose(self) -> None:
+        close = getattr(self._events, "aclose", None)
+        if close is not None:
+            await close()
 
 
 class TimedStream:

@@ -22,7 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tierlm.execute.executor import RoutedStream
+from tierlm.execute.streams import RoutedStream
 from tierlm.layer0 import cache as cache_mod
 from tierlm.layer0.rules import RuleMatch, RuleSet
 from tierlm.privacy import ceiling, needs_redaction

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping
 
     from tierlm.config.settings import ApiKeyConfig
-    from tierlm.execute.executor import RoutedStream
+    from tierlm.execute.streams import RoutedStream
     from tierlm.router import Router
     from tierlm.types import ChatResponse, Plan, StreamEvent, Usage
 

@@ -44,7 +44,7 @@ from tierlm.server.streaming import StreamEnd, chain, unfinished
 from tierlm.types import Usage
 
 if TYPE_CHECKING:
-    from tierlm.execute.executor import RoutedStream
+    from tierlm.execute.streams import RoutedStream
     from tierlm.types import ChatRequest, ChatResponse, Plan, StreamEvent
 
 _NDJSON = "application/x-ndjson"

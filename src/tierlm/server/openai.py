@@ -39,7 +39,7 @@ from tierlm.server.streaming import StreamEnd, chain, unfinished
 from tierlm.types import PASS_ON_FIELDS, Usage
 
 if TYPE_CHECKING:
-    from tierlm.execute.executor import RoutedStream
+    from tierlm.execute.streams import RoutedStream
     from tierlm.types import ChatRequest, ChatResponse, Plan, StreamEvent
 
 ROUTE = "/v1/chat/completions"

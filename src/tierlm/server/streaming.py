@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from starlette.types import Receive, Scope, Send
 
-    from tierlm.execute.executor import RoutedStream
+    from tierlm.execute.streams import RoutedStream
     from tierlm.server.gateway import Gateway
     from tierlm.types import ChatRequest, StreamEvent
 
